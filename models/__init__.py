@@ -1,0 +1,23 @@
+"""Model registry: CLI name -> constructor(num_classes, mean, std).
+
+Every model takes images in [0, 1] and normalises them itself (first layer), so attacks, epsilons and
+users never see normalised pixels. A model knows nothing of data sets or attacks: the caller passes the
+data set's channel mean/std.
+"""
+from functools import partial
+
+from .mnist import MnistNet
+from .resnet import CifarResNet, ResNet
+
+MODELS = {
+    # He et al. 2016, Sec. 4.2: 6n+2 layers, n basic blocks per stage.
+    "resnet20": partial(CifarResNet, blocks_per_stage=3),
+    "resnet32": partial(CifarResNet, blocks_per_stage=5),
+    "resnet44": partial(CifarResNet, blocks_per_stage=7),
+    "resnet56": partial(CifarResNet, blocks_per_stage=9),
+    "resnet110": partial(CifarResNet, blocks_per_stage=18),
+    # The ImageNet ResNets with a 3x3 stem and no max-pool, the usual choice for 32x32 robustness work.
+    "resnet18": partial(ResNet, blocks_per_stage=(2, 2, 2, 2)),
+    "resnet34": partial(ResNet, blocks_per_stage=(3, 4, 6, 3)),
+    "mnist": MnistNet,
+}

@@ -1,0 +1,23 @@
+"""Shared fixtures. The real data under ../shared (beside the repository) is optional: tests that need it
+skip cleanly in a user's clone, which has none."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+OFFLINE_DATA = SHARED / "tools" / "offline_data.py"
+
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def mnist_stand_in_root(tmp_path_factory):
+    """A torchvision data root holding the real MNIST test split as 8k train / 2k test (../shared)."""
+    if not (SHARED / "data" / "mnist").is_dir():
+        pytest.skip("no ../shared/data/mnist beside the repository")
+    root = tmp_path_factory.mktemp("mnist-stand-in")
+    subprocess.run([sys.executable, str(OFFLINE_DATA), "mnist", str(root)], check=True, capture_output=True)
+    return root
