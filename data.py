@@ -19,7 +19,7 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    load: callable          # (root, train) -> torchvision data set, downloaded if missing
+    load: callable          # (root, train, download) -> torchvision data set
     num_classes: int
     mean: tuple             # per-channel statistics of the training split, used inside the model
     std: tuple
@@ -30,7 +30,7 @@ class DatasetSpec:
 
 
 def _split(cls):
-    return lambda root, train: cls(root, train=train, download=True)
+    return lambda root, train, download: cls(root, train=train, download=download)
 
 
 DATASETS = {
@@ -39,7 +39,8 @@ DATASETS = {
     "cifar100": DatasetSpec(_split(tvd.CIFAR100), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                             "cifar", True, True, "cifar-100-python"),
     # Digits are not mirror-symmetric, so SVHN gets crops but no flips.
-    "svhn": DatasetSpec(lambda root, train: tvd.SVHN(root, split="train" if train else "test", download=True),
+    "svhn": DatasetSpec(lambda root, train, download: tvd.SVHN(root, "train" if train else "test",
+                                                                  download=download),
                         10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "cifar", True, False, "."),
     "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.1307,), (0.3081,), "mnist", False, False, "MNIST"),
     "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.2860,), (0.3530,), "mnist", False, False,
@@ -53,8 +54,13 @@ def load_split(name, root, train):
     if os.path.isfile(root):
         raise DataError(f"--data-root {root} is a file, not a folder")
     try:
-        ds = spec.load(root, train)
-    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... for a failed download
+        ds = spec.load(root, train, download=False)
+    except RuntimeError:  # not there (or fails the md5 check): download it
+        ds = None
+    try:
+        if ds is None:
+            ds = spec.load(root, train, download=True)
+    except Exception as e:  # URLError, RuntimeError, OSError...: whatever a failed download raises
         where = os.path.join(root, spec.folder)
         raise DataError(
             f"{name} ({'train' if train else 'test'} split) is not under {where} and could not be downloaded "
