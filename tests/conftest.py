@@ -21,3 +21,14 @@ def mnist_stand_in_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist-stand-in")
     subprocess.run([sys.executable, str(OFFLINE_DATA), "mnist", str(root)], check=True, capture_output=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist_root(tmp_path_factory):
+    """A data root with a small synthetic digit task (not MNIST) in MNIST's on-disk format: 600 train,
+    200 test."""
+    from formats import synthetic_digits, write_mnist
+    root = tmp_path_factory.mktemp("synthetic-mnist")
+    images, labels = synthetic_digits(800)
+    write_mnist(root, images[:600], labels[:600], images[600:], labels[600:])
+    return root

@@ -1,0 +1,327 @@
+"""Adversarial Logit Pairing (Kannan, Kurakin & Goodfellow, 2018).
+
+Train on each clean batch and its PGD adversarial twin, and pull the two sets of logits together:
+
+    loss = CE(f(x), y) + CE(f(x_adv), y) + leverage * MSE(f(x_adv), f(x))
+
+One process:  python ALP.py resnet32 cifar10 -lp=AT --epochs=200 -wd=0.0002 --leverage=0.5
+K processes:  torchrun --nproc_per_node=K ALP.py resnet32 cifar10 ...   (one per GPU; gloo on CPU)
+"""
+import argparse
+import json
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from attacks import ATTACKS
+from data import DATASETS, DataError, DeviceLoader, train_val_splits
+from models import MODELS
+from utils import (LEARNING_POLICIES, OPTIMIZERS, CheckpointError, CLIParser, build_model, checkpoint_meta,
+                   default_device, fail, get_rng_state, load_checkpoint, plot_curves, save_checkpoint,
+                   set_rng_state, write_csv)
+
+TRAINING_ATTACKS = ("pgd-linf", "pgd-l2")
+# The attack that measures robust accuracy after each epoch, by data-set family.
+VALIDATION_ATTACKS = {
+    "cifar": dict(epsilon=8 / 255, steps=10, stepsize=2 / 255),   # PGD-10
+    "mnist": dict(epsilon=0.3, steps=100, stepsize=0.01),         # PGD-100
+}
+SNAPSHOT_EVERY = 5  # epochs
+
+
+def alp_loss(model, x, x_adv, y, leverage):
+    """The ALP objective and the adversarial logits. Two forward passes, not one on the concatenated batch:
+    BatchNorm normalises the clean and the adversarial half each with its own statistics, as the reference
+    does. Logits go to float32 before the losses, so bf16 autocast never reaches them."""
+    logits_nat = model(x).float()
+    logits_adv = model(x_adv).float()
+    loss = (F.cross_entropy(logits_nat, y) + F.cross_entropy(logits_adv, y)
+            + leverage * F.mse_loss(logits_adv, logits_nat))  # MSE averaged over all logits
+    return loss, logits_adv
+
+
+def train_step(model, attack_model, attack, optimizer, x, y, leverage, autocast=nullcontext):
+    """One ALP iteration: make the PGD pair, compute the loss, step. `attack_model` is the same network
+    without the DistributedDataParallel wrapper: attacks need no gradient synchronisation."""
+    with autocast():
+        x_adv = attack(attack_model, x, y)  # eval mode, gradient w.r.t. the input only
+    model.train()
+    with autocast():
+        loss, logits_adv = alp_loss(model, x, x_adv, y, leverage)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits_adv.detach()
+
+
+def train_epoch(model, attack_model, attack, optimizer, loader, epoch, args, autocast, progress):
+    """Returns device tensors (loss sum, correct on x_adv, count, first non-finite batch or -1). Nothing here
+    waits for the GPU: the figures are read once, after the epoch."""
+    device = loader.labels.device
+    totals = torch.zeros(3, device=device)
+    first_bad_batch = torch.tensor(-1, device=device)
+    for batch, (x, y) in enumerate(tqdm(loader.epoch(epoch), total=len(loader), disable=not progress,
+                                        desc=f"epoch {epoch + 1}", leave=False)):
+        loss, logits_adv = train_step(model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
+        totals += torch.stack([loss * len(y), (logits_adv.argmax(1) == y).sum(), torch.tensor(len(y))])
+        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(loss), batch, first_bad_batch)
+    return totals, first_bad_batch
+
+
+@torch.no_grad()
+def predictions_correct(model, x, y):
+    return model(x).argmax(1) == y
+
+
+def evaluate(model, loader, attack, autocast):
+    """(clean accuracy, robust accuracy) on a validation loader."""
+    was_training = model.training
+    model.eval()
+    clean = robust = 0
+    for x, y in loader.epoch():
+        with autocast():
+            x_adv = attack(model, x, y)
+            clean += predictions_correct(model, x, y).sum()
+            robust += predictions_correct(model, x_adv, y).sum()
+    model.train(was_training)
+    n = len(loader.labels)
+    return clean.item() / n, robust.item() / n
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = CLIParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--leverage", type=float, default=0.5, help="weight of the logit-pairing term (0: plain AT "
+                   "on clean + adversarial halves)")
+    p.add_argument("--attack", choices=TRAINING_ATTACKS, default="pgd-linf", help="attack that makes the pairs")
+    p.add_argument("--epsilon", type=float, default=8 / 255, help="radius of the attack's ball")
+    p.add_argument("--stepsize", type=float, default=2 / 255, help="absolute PGD step size")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("-mom", "--momentum", type=float, default=0.9)
+    p.add_argument("-beta1", type=float, default=0.9, help="Adam's beta1")
+    p.add_argument("-beta2", type=float, default=0.999, help="Adam's beta2")
+    p.add_argument("-wd", "--weight_decay", type=float, default=2e-4)
+    p.add_argument("-lr", "--lr", type=float, default=0.1)
+    p.add_argument("-lp", "--learning_policy", choices=LEARNING_POLICIES, default="AT")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("-b", "--batch_size", type=int, default=128,
+                   help="batch size per process: under torchrun the global batch is K times this")
+    p.add_argument("--ratio", type=float, default=0.0,
+                   help="share of the training split held out for validation (0: validate on the test split)")
+    p.add_argument("--eval-freq", type=int, default=1, help="validate every this many epochs (and at the end)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--data-root", default="./data")
+    p.add_argument("--out", default="./runs", help="parent folder of the run folders")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if present)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="use only the first N training and N validation images (quick trials)")
+    cuda = p.add_argument_group("CUDA speed options (on by default where a GPU is used)")
+    cuda.add_argument("--no-amp", dest="amp", action="store_false",
+                      help="float32 forward passes instead of bf16 autocast")
+    cuda.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    cuda.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false")
+    cuda.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = p.parse_args(argv)
+
+    checks = [
+        (args.epsilon > 0, "--epsilon must be > 0"),
+        (args.stepsize > 0, "--stepsize must be > 0"),
+        (args.steps > 0, "--steps must be > 0"),
+        (args.batch_size > 0, "--batch_size must be > 0"),
+        (args.epochs > 0, "--epochs must be > 0"),
+        (args.leverage >= 0, "--leverage must be >= 0"),
+        (0 <= args.ratio < 1, "--ratio must lie in [0, 1)"),
+        (args.eval_freq > 0, "--eval-freq must be > 0"),
+        (args.subset is None or args.subset > 0, "--subset must be > 0"),
+        (args.lr > 0, "--lr must be > 0"),
+        (not os.path.isfile(args.data_root), f"--data-root {args.data_root} is a file, not a folder"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            p.error(message)
+    try:
+        args.device = str(torch.device(args.device or default_device()))
+    except RuntimeError:
+        p.error(f"--device {args.device!r} is not a device torch knows")
+    return args
+
+
+def run_name(args):
+    """The run folder's name: data set, model and every hyper-parameter that changes the result."""
+    name = (f"{args.dataset}-{args.model}-ALP-lev{args.leverage:g}-{args.attack}-eps{args.epsilon:.4g}"
+            f"-steps{args.steps}-step{args.stepsize:.4g}-{args.optimizer}-lr{args.lr:g}-wd{args.weight_decay:g}"
+            f"-{args.learning_policy}-ep{args.epochs}-b{args.batch_size}-seed{args.seed}")
+    return name + (f"-subset{args.subset}" if args.subset else "")
+
+
+# --- distributed plumbing ----------------------------------------------------------------------------------
+
+def setup_process(args):
+    """(rank, world size, device). Under torchrun one process per device, gloo on CPU, nccl on CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1, torch.device(args.device)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def all_ranks(tensor, op=dist.ReduceOp.SUM):
+    """The tensor reduced over processes (unchanged in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def rng_states_of_all_ranks():
+    """Every process's RNG state, so that a resumed distributed run continues each stream exactly."""
+    if not dist.is_initialized():
+        return [get_rng_state()]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, get_rng_state())
+    return states
+
+
+# --- the run -----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    """Train as the command line says; returns the trained model (tests compare processes' weights)."""
+    args = parse_args(argv)
+    rank, world_size, device = setup_process(args)
+    is_main = rank == 0
+    spec = DATASETS[args.dataset]
+    run_dir = os.path.join(args.out, run_name(args))
+    last_path = os.path.join(run_dir, "last.pt")
+
+    if args.resume and not os.path.isfile(last_path):
+        fail(f"--resume: nothing to resume, no checkpoint at {last_path}")
+    if not args.resume and os.path.exists(last_path):
+        fail(f"{run_dir} already holds a run: pass --resume to continue it, or remove the folder")
+
+    use_cuda = device.type == "cuda"
+    amp = args.amp and use_cuda
+    channels_last = args.channels_last and use_cuda
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
+
+    # Rank 0 downloads the data if needed; the others read it afterwards.
+    if not is_main:
+        dist.barrier()
+    try:
+        (train_x, train_y), (val_x, val_y) = train_val_splits(args.dataset, args.data_root, args.ratio,
+                                                              args.subset, args.seed)
+    except DataError as e:
+        fail(str(e))
+    if is_main and world_size > 1:
+        dist.barrier()
+    train_loader = DeviceLoader(train_x, train_y, args.batch_size, device, shuffle=True, crop=spec.crop,
+                                flip=spec.flip, seed=args.seed, rank=rank, world_size=world_size,
+                                channels_last=channels_last)
+    val_loader = DeviceLoader(val_x, val_y, 500, device, channels_last=channels_last)
+
+    torch.manual_seed(args.seed + rank)  # distinct PGD starts and crops per process; DDP syncs the weights
+    model = build_model(args.model, args.dataset).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args)
+    scheduler = LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
+    attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
+    validation_attack = ATTACKS["pgd-linf"](**VALIDATION_ATTACKS[spec.family])
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+
+    start_epoch, metrics, best = 0, [], {"clean_accuracy": -1.0, "robust_accuracy": -1.0}
+    if args.resume:
+        try:
+            state = load_checkpoint(last_path, device)
+        except CheckpointError as e:
+            fail(str(e))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, metrics, best = state["epoch"], state["metrics"], state["best"]
+        set_rng_state(state["rng"][rank])
+
+    net = torch.compile(model) if args.compile else model           # what attacks and validation call
+    train_net = DistributedDataParallel(net) if world_size > 1 else net  # what the optimizer step goes through
+
+    log = (lambda line: None)
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+        log_file = open(os.path.join(run_dir, "log.txt"), "a")
+
+        def log(line):
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        log(f"{'resuming' if args.resume else 'starting'} {run_dir} at epoch {start_epoch + 1}/{args.epochs} on "
+            f"{world_size} x {device} (bf16 autocast {'on' if amp else 'off'}); {len(train_y)} training, "
+            f"{len(val_y)} validation images")
+
+    meta = checkpoint_meta(args, spec.num_classes)
+    for epoch in range(start_epoch, args.epochs):
+        started = time.time()
+        lr = optimizer.param_groups[0]["lr"]
+        totals, first_bad_batch = train_epoch(train_net, net, attack, optimizer, train_loader, epoch, args,
+                                              autocast, progress=args.progress and is_main)
+        scheduler.step()
+        loss_sum, correct, count = all_ranks(totals).tolist()
+        first_bad_batch = int(all_ranks(first_bad_batch, dist.ReduceOp.MAX))
+        if first_bad_batch >= 0:
+            kept = last_path if os.path.exists(last_path) else "none written yet"
+            fail(f"the loss became NaN or infinite at epoch {epoch + 1}, batch {first_bad_batch + 1}; stopping "
+                 f"(last good checkpoint: {kept})", status=1)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_adv_accuracy": correct / count,
+               "clean_accuracy": None, "robust_accuracy": None, "seconds": None}
+        validate = is_main and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs)
+        if validate:
+            row["clean_accuracy"], row["robust_accuracy"] = evaluate(net, val_loader, validation_attack, autocast)
+        row["seconds"] = round(time.time() - started, 2)
+        rng_states = rng_states_of_all_ranks()
+        if not is_main:
+            continue
+
+        metrics.append(row)
+        weights = {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
+                   "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"]}
+        for key in ("clean_accuracy", "robust_accuracy") if validate else ():
+            if row[key] > best[key]:
+                best[key] = row[key]
+                save_checkpoint(weights, os.path.join(run_dir, f"best_{key.split('_')[0]}.pt"))
+        if (epoch + 1) % SNAPSHOT_EVERY == 0:
+            save_checkpoint(weights, os.path.join(run_dir, f"epoch_{epoch + 1:03d}.pt"))
+        save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "metrics": metrics, "best": best, "rng": rng_states}, last_path)
+        write_csv(metrics, os.path.join(run_dir, "metrics.csv"))
+        accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
+                      if validate else "")
+        log(f"epoch {epoch + 1:3d}/{args.epochs} | lr {lr:.4g} | loss {row['train_loss']:.4f} | "
+            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s")
+
+    if is_main:
+        plot_curves(metrics, os.path.join(run_dir, "curves.png"), title=run_name(args))
+        log(f"done: best clean {100 * best['clean_accuracy']:.2f}%, best robust {100 * best['robust_accuracy']:.2f}%"
+            f" (PGD on the validation split); checkpoints in {run_dir}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return model
+
+
+if __name__ == "__main__":
+    main()

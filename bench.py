@@ -1,0 +1,200 @@
+"""Speed of ALP training and of the evaluation attacks, on whatever device is present.
+
+    python bench.py                      # everything; table on stdout, figures in bench.json
+    python bench.py --skip-attacks       # training only
+    python bench.py --attacks fgsm pgd-10 --attack-batch 256
+
+Inputs are synthetic tensors of the real shapes (timings do not depend on pixel values, except for attacks
+that stop early: see the note printed with the attack table). Every figure is the median of --repeats
+timed runs after an untimed warm-up.
+
+Training: images/s and projected seconds per epoch (50,000 CIFAR / 60,000 MNIST training images) of one ALP
+iteration (PGD pair + two forward passes + one backward). On CPU it is also timed with a PGD that calls
+loss.backward() at every attack step, as the reference implementation does, to show what input-only
+gradients save. On CUDA it is timed with and without the speed options (bf16 autocast, channels_last,
+cudnn.benchmark), and with --compile also under torch.compile.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from ALP import train_step
+from attacks import ATTACKS
+from attacks.common import clip_to_ball
+from data import DATASETS
+from eval import SUITES, build_attack
+from utils import CLIParser, build_model, default_device
+
+# name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
+TRAINING_CONFIGS = {
+    "resnet32/cifar10 b128 PGD-10": ("resnet32", "cifar10", 128, 10, 8 / 255, 2 / 255),
+    "resnet18/cifar10 b128 PGD-10": ("resnet18", "cifar10", 128, 10, 8 / 255, 2 / 255),
+    "mnist/mnist b50 PGD-40": ("mnist", "mnist", 50, 40, 0.3, 0.01),
+}
+EPOCH_IMAGES = {"cifar10": 50_000, "mnist": 60_000}
+SHAPES = {"cifar": (3, 32, 32), "mnist": (1, 28, 28)}
+ATTACK_MODELS = {"cifar": ("resnet32", "cifar10"), "mnist": ("mnist", "mnist")}
+
+
+class BackwardEveryStepPGD:
+    """Baseline only: linf PGD as the reference writes it, loss.backward() through a model whose parameters
+    still require gradients, so every attack step also computes (and discards) weight gradients."""
+
+    def __init__(self, epsilon, steps, stepsize):
+        self.epsilon, self.steps, self.stepsize = epsilon, steps, stepsize
+
+    def __call__(self, model, x, y):
+        model.eval()
+        x_adv = (x + torch.empty_like(x).uniform_(-self.epsilon, self.epsilon)).clamp(0, 1)
+        for _ in range(self.steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            model.zero_grad()
+            F.cross_entropy(model(x_adv), y).backward()
+            x_adv = x_adv + self.stepsize * x_adv.grad.sign()
+            x_adv = (x + clip_to_ball(x_adv - x, self.epsilon, "linf")).clamp(0, 1)
+        model.train()
+        return x_adv.detach()
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeats, warmup=1):
+    """Median wall time of fn() over `repeats` runs, after `warmup` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def synthetic_batch(family, n, num_classes, device, channels_last=False):
+    x = torch.rand(n, *SHAPES[family], device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, num_classes, (n,), device=device)
+
+
+def time_training(config, device, repeats, iterations, amp, channels_last, compile_model, baseline=False):
+    """Seconds per ALP iteration (median over repeats of `iterations` iterations each)."""
+    model_name, dataset, batch_size, steps, epsilon, stepsize = TRAINING_CONFIGS[config]
+    spec = DATASETS[dataset]
+    torch.manual_seed(0)
+    model = build_model(model_name, dataset).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if baseline
+              else ATTACKS["pgd-linf"](epsilon, steps=steps, stepsize=stepsize))
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    x, y = synthetic_batch(spec.family, batch_size, spec.num_classes, device, channels_last)
+
+    def iterate():
+        for _ in range(iterations):
+            train_step(net, net, attack, optimizer, x, y, 0.5, autocast)
+
+    return median_seconds(iterate, device, repeats, warmup=2 if compile_model else 1) / iterations
+
+
+def bench_training(args, device):
+    cuda = device.type == "cuda"
+    # (label, amp, channels_last, compile, baseline)
+    variants = [("input-grad PGD", False, False, False, False), ("backward-every-step PGD", False, False, False, True)]
+    if cuda:
+        variants = [("bf16+channels_last+cudnn.benchmark", True, True, False, False),
+                    ("float32, no options", False, False, False, False)]
+        if args.compile:
+            variants.append(("all options + torch.compile", True, True, True, False))
+    rows = []
+    for config in args.configs:
+        model_name, dataset, batch_size, *_ = TRAINING_CONFIGS[config]
+        for label, amp, channels_last, compile_model, baseline in variants:
+            torch.backends.cudnn.benchmark = cuda and channels_last
+            seconds = time_training(config, device, args.repeats, args.iterations, amp, channels_last,
+                                    compile_model, baseline)
+            rows.append({"config": config, "variant": label, "seconds_per_iteration": seconds,
+                         "images_per_second": batch_size / seconds,
+                         "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
+            print(f"  {config:30s} {label:36s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
+                  f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch", flush=True)
+    return rows
+
+
+def bench_attacks(args, device):
+    rows = []
+    for family in args.families:
+        model_name, dataset = ATTACK_MODELS[family]
+        spec = DATASETS[dataset]
+        torch.manual_seed(0)
+        model = build_model(model_name, dataset).to(device).eval()
+        x, y = synthetic_batch(family, args.attack_batch, spec.num_classes, device)
+        for norm, (epsilons, attacks) in SUITES[family].items():
+            for label, name, options in attacks:
+                if args.attacks and label.lower() not in args.attacks:
+                    continue
+                attack = build_attack(name, epsilons[0], options)
+                seconds = median_seconds(lambda: attack(model, x, y), device, args.attack_repeats, warmup=0)
+                rows.append({"family": family, "model": model_name, "norm": norm, "epsilon": epsilons[0],
+                             "attack": label, "images_per_second": args.attack_batch / seconds,
+                             "seconds": seconds, "batch": args.attack_batch})
+                print(f"  {model_name:9s} {norm:4s} eps {epsilons[0]:.4g} {label:9s} "
+                      f"{args.attack_batch / seconds:9.1f} img/s", flush=True)
+    return rows
+
+
+def main(argv=None):
+    p = CLIParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", choices=TRAINING_CONFIGS, default=list(TRAINING_CONFIGS),
+                   metavar="CONFIG", help=f"training configurations: {', '.join(TRAINING_CONFIGS)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per training figure")
+    p.add_argument("--iterations", type=int, default=2, help="ALP iterations per timed repeat")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    p.add_argument("--skip-attacks", action="store_true")
+    p.add_argument("--families", nargs="+", choices=SUITES, default=list(SUITES))
+    p.add_argument("--attacks", nargs="+", help="only these attack columns (e.g. fgsm pgd-10)")
+    p.add_argument("--attack-batch", type=int, default=None, help="images per attack call (CPU 32, CUDA 1000)")
+    p.add_argument("--attack-repeats", type=int, default=1)
+    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default="bench.json")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or default_device())
+    if args.attack_batch is None:
+        args.attack_batch = 1000 if device.type == "cuda" else 32
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"device: {device} ({machine}); torch {torch.__version__}")
+
+    results = {"device": str(device), "machine": machine, "torch": torch.__version__, "training": [], "attacks": []}
+    if not args.skip_training:
+        print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
+        results["training"] = bench_training(args, device)
+        if device.type == "cpu":
+            for config in args.configs:
+                ours, baseline = (r["seconds_per_iteration"] for r in results["training"] if r["config"] == config)
+                print(f"  {config}: input-grad PGD is {baseline / ours:.2f}x faster than backward-every-step")
+    if not args.skip_attacks:
+        print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
+              f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")
+        results["attacks"] = bench_attacks(args, device)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"written: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
