@@ -1,9 +1,94 @@
-class CarliniWagnerL2:
-    """Placeholder: being written."""
+"""Carlini & Wagner's l2 attack (Carlini & Wagner 2017), as foolbox 3.3.4's L2CarliniWagnerAttack.
 
-    def __init__(self, epsilon, **options):
-        self.epsilon, self.options = epsilon, options
-        self.norm = options.get("norm")
+The image is optimised as tanh of an unbounded variable, so it never leaves [0, 1] and Adam needs no
+projection. The loss is const * max(0, logit_label - best other logit + confidence) plus the squared l2
+distance; a per-sample binary search (exponential until a first success) looks for the smallest const that
+still gives an adversarial, and the smallest adversarial seen at any step is kept.
+"""
+import math
+
+import torch
+
+from .common import attacking, clip_to_ball, flat_norm
+
+
+def to_tanh_space(x):
+    """[0, 1] -> R; the factor keeps +-1 off atanh's poles (foolbox uses the same)."""
+    return torch.atanh((2 * x - 1) * 0.999999)
+
+
+def from_tanh_space(w):
+    return torch.tanh(w) * 0.5 + 0.5
+
+
+class CarliniWagnerL2:
+    """`minimize` gives the smallest adversarial found (foolbox's `raw`); calling the attack gives it clipped
+    into the epsilon ball. Unlike foolbox, which returns an all-zero image for a sample it never fools (whose
+    clipped version can then be adversarial by accident), such samples come back unchanged."""
+
+    norm = "l2"
+
+    def __init__(self, epsilon, binary_search_steps=9, steps=1000, stepsize=0.01, confidence=0,
+                 initial_const=1e-3, abort_early=True):
+        self.epsilon, self.binary_search_steps, self.initial_const = epsilon, binary_search_steps, initial_const
+        self.steps, self.stepsize, self.confidence, self.abort_early = steps, stepsize, confidence, abort_early
 
     def __call__(self, model, x, y):
-        raise NotImplementedError("CarliniWagnerL2")
+        x_min = self.minimize(model, x, y)
+        return (x + clip_to_ball(x_min - x, self.epsilon, "l2")).clamp(0, 1)
+
+    def minimize(self, model, x, y):
+        n = len(x)
+        w0 = to_tanh_space(x)
+        x_reconstructed = from_tanh_space(w0)  # the distance term is measured from here, so it is 0 at delta = 0
+        # The search runs in float64 on the CPU (as foolbox's, in numpy); the loss gets the consts in x's dtype.
+        consts = torch.full((n,), float(self.initial_const), dtype=torch.float64)
+        lower = torch.zeros_like(consts)
+        upper = torch.full_like(consts, math.inf)
+        best, best_norms = x.clone(), torch.full((n,), math.inf, device=x.device)
+        check_every = math.ceil(self.steps / 10)
+        with attacking(model):
+            for search_step in range(self.binary_search_steps):
+                if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
+                    consts = upper.clamp(max=1e10)  # a long search ends with one more try at the best const
+                delta = torch.zeros_like(w0, requires_grad=True)
+                optimizer = torch.optim.Adam([delta], lr=self.stepsize, betas=(0.9, 0.999), eps=1e-8)
+                found = torch.zeros(n, dtype=torch.bool, device=x.device)
+                loss_at_last_check = math.inf
+                consts_now = consts.to(x.device, x.dtype)
+                for step in range(self.steps):
+                    with torch.enable_grad():
+                        x_adv = from_tanh_space(w0 + delta)
+                        logits = model(x_adv).float()
+                        loss = self._loss(logits, y, consts_now, x_adv, x_reconstructed)
+                        (delta.grad,) = torch.autograd.grad(loss, delta)
+                    optimizer.step()
+                    if self.abort_early and step % check_every == 0:
+                        # Adam is stopped when a tenth of its steps did not lower the (whole batch's) loss.
+                        if not loss.item() <= 0.9999 * loss_at_last_check:
+                            break
+                        loss_at_last_check = loss.item()
+                    x_adv, logits = x_adv.detach(), logits.detach()
+                    adversarial = self._is_adversarial(logits, y)
+                    found |= adversarial
+                    norms = flat_norm(x_adv - x, "l2")
+                    improved = adversarial & (norms < best_norms)
+                    best[improved], best_norms[improved] = x_adv[improved], norms[improved]
+                found = found.cpu()
+                upper = torch.where(found, consts, upper)
+                lower = torch.where(found, lower, consts)
+                consts = torch.where(upper.isinf(), consts * 10, (lower + upper) / 2)
+        return best
+
+    def _loss(self, logits, y, consts, x_adv, x_reference):
+        label_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+        best_other = logits.scatter(1, y.unsqueeze(1), -math.inf).amax(dim=1)
+        misclassification = (label_logit - best_other + self.confidence).clamp_min(0) * consts
+        distance = (x_adv - x_reference).flatten(1).square().sum(dim=1)
+        return misclassification.sum() + distance.sum()
+
+    def _is_adversarial(self, logits, y):
+        """Misclassified even with the label's logit raised by the confidence margin."""
+        raised = logits.clone()
+        raised[torch.arange(len(y), device=y.device), y] += self.confidence
+        return raised.argmax(dim=1) != y
