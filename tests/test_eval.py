@@ -1,0 +1,419 @@
+"""eval.py: tables and JSON, the worst case, which samples get attacked, bad input, the threat-model check,
+the masking checks, and ALP.py -> eval.py end to end.
+
+A small model is trained for a few seconds on synthetic digits written in MNIST's on-disk format, so that
+accuracies are neither 0 nor 100%. Most runs are in-process (main(argv)): a subprocess costs ~6 s of
+imports; the command line itself is exercised by a few subprocess runs."""
+import json
+import os
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as evaluation
+from attacks import ATTACKS
+from formats import synthetic_digits, write_mnist
+from utils import build_model, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 40  # test images per evaluation
+# One thread: on a loaded 2-core machine two OpenMP threads spin against each other (measured 90x slower).
+SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """Synthetic digits; every 8th test label is wrong, so that some samples are misclassified clean."""
+    root = tmp_path_factory.mktemp("mnist-root")
+    train_images, train_labels = synthetic_digits(400, seed=1)
+    test_images, test_labels = synthetic_digits(200, seed=2)
+    test_labels[::8] = (test_labels[::8] + 1) % 10
+    write_mnist(root, train_images, train_labels, test_images, test_labels)
+    return root
+
+
+def write_checkpoint(path, model, extra=None):
+    """The format ALP.py writes: the model's weights and the meta that rebuilds it."""
+    args = {"model": "mnist", "dataset": "mnist", "leverage": 0.5, "learning_policy": "null", "epsilon": 0.3,
+            "attack": "pgd-linf", "steps": 40, "stepsize": 0.01, "epochs": 3}
+    state = {"model": model.state_dict(), "epoch": 3,
+             "meta": {"model": "mnist", "dataset": "mnist", "num_classes": 10, "args": args}}
+    save_checkpoint({**state, **(extra or {})}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A model trained (clean, ~3 s) until the synthetic digits are easy but small steps still fool it."""
+    torch.manual_seed(0)
+    images, labels = synthetic_digits(400, seed=1)
+    x, y = torch.as_tensor(images).unsqueeze(1).float() / 255, torch.as_tensor(labels)
+    model = build_model("mnist", "mnist")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with one_thread():  # a session fixture is set up before the module's single_thread
+        for _ in range(3):
+            for begin in range(0, len(y), 50):
+                loss = F.cross_entropy(model(x[begin:begin + 50]), y[begin:begin + 50])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)
+
+
+def run_eval(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, argv)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+
+
+def evaluate(capsys, checkpoint, data_root, tmp_path, *argv, name="out.json"):
+    """eval.main in-process: (stdout, the JSON report)."""
+    out = tmp_path / name
+    evaluation.main([str(checkpoint), "--data-root", str(data_root), "--n", str(N), "--json", str(out), *argv])
+    return capsys.readouterr().out, json.loads(out.read_text())
+
+
+def deterministic_linf_suite(monkeypatch):
+    """PGD without its random start: attacks then depend on nothing but their inputs, so that two runs can
+    be compared sample by sample. At epsilon 0.1 the small model is neither fully robust nor fully broken."""
+    suite = {"epsilons": ["0.1"], "attacks": [
+        ("FGSM", "fgsm", {}),
+        ("PGD-50", "pgd-linf", {"steps": 10, "rel_stepsize": 0.1, "random_start": False}),
+        ("PGD-100", "pgd-linf", {"steps": 20, "rel_stepsize": 0.05, "random_start": False}),
+    ]}
+    monkeypatch.setitem(evaluation.SUITES["mnist"], "linf", suite)
+
+
+# --- what it prints and writes ---------------------------------------------------------------------------
+
+def test_prints_a_table_per_threat_model_and_writes_every_figure_to_json(checkpoint, data_root, tmp_path):
+    out = tmp_path / "report.json"
+    result = run_eval(checkpoint, "--attacks", "fgsm", "pgd-50", "--n", N, "--data-root", data_root,
+                      "--json", out, "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "| ℓ∞ | leverage | Net | LP | Nat(%) | FGSM | PGD-50 | Worst |" in result.stdout
+    assert "| ℓ1 | leverage | Net | LP | Nat(%) | PGD-50 | Worst |" in result.stdout
+    assert "| ℓ2 |" not in result.stdout  # the mnist l2 suite has no PGD-50
+    assert "robust=" in result.stderr  # the progress bar's running accuracy
+
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["dataset"] == "mnist" and report["model"] == "mnist"
+    assert report["training_args"]["leverage"] == 0.5 and report["evaluation"]["n"] == N
+    clean = report["clean"]
+    assert clean["accuracy"] == clean["correct"] / N and 0.5 < clean["accuracy"] < 1
+    tables = {(t["norm"], t["epsilon_label"]): t for t in report["threat_models"]}
+    assert set(tables) == {("linf", "0.3"), ("l1", "10")}
+    assert [a["label"] for a in tables["linf", "0.3"]["attacks"]] == ["FGSM", "PGD-50"]
+    for table in tables.values():
+        worst = table["worst_case"]["robust_accuracy"]
+        for attack in table["attacks"]:
+            assert attack["attacked"] == clean["correct"]  # every attack of its own, on the clean-correct
+            assert attack["robust_accuracy"] == (attack["attacked"] - attack["broken"]) / N
+            assert worst <= attack["robust_accuracy"] <= clean["accuracy"]
+            assert attack["seconds"] >= 0
+            if attack["broken"]:
+                sizes = attack["mean_perturbation"]
+                assert set(sizes) == {"linf", "l2", "l1"}
+                assert 0 < sizes[table["norm"]] <= table["epsilon"] * (1 + 1e-5)
+        row = f"| {table['epsilon_label']} | 0.5 | mnist | null | {100 * clean['accuracy']:.2f} | " + " | ".join(
+            f"{100 * a['robust_accuracy']:.2f}" for a in table["attacks"]) + f" | {100 * worst:.2f} |"
+        assert row in result.stdout
+    # PGD at 0.3 must break something on a clean-trained model, or the evaluation is not attacking at all
+    assert tables["linf", "0.3"]["attacks"][1]["broken"] > 0
+    checks = {c["check"]: c for c in report["masking_checks"]}
+    assert checks["fgsm-beats-pgd"]["flagged"] in (True, False)
+    assert checks["large-epsilon-sanity"]["value"] == report["sanity"]["robust_accuracy"]
+    assert report["sanity"]["epsilon"] == 0.5 and report["sanity"]["norm"] == "linf"
+    assert "Gradient-masking checks" in result.stdout
+
+
+def test_json_goes_beside_the_checkpoint_by_default(capsys, checkpoint, data_root):
+    evaluation.main([str(checkpoint), "--data-root", str(data_root), "--n", "10", "--attacks", "fgsm"])
+    path = checkpoint.with_name("last.eval.json")
+    assert json.loads(path.read_text())["complete"]
+    assert str(path) in capsys.readouterr().out
+
+
+def test_epsilon_overrides_the_suite_and_keeps_its_written_form(capsys, checkpoint, data_root, tmp_path):
+    out, report = evaluate(capsys, checkpoint, data_root, tmp_path, "--norms", "linf", "--attacks", "fgsm",
+                           "--epsilon", "8/255", "0.1")
+    assert [(t["epsilon_label"], t["epsilon"]) for t in report["threat_models"]] == [("8/255", 8 / 255),
+                                                                                    ("0.1", 0.1)]
+    assert "| 8/255 |" in out
+    assert any(c["check"] == "larger-epsilon-not-lower" for c in report["masking_checks"])
+
+
+def test_worst_case_only_gives_the_same_worst_case(capsys, checkpoint, data_root, tmp_path, monkeypatch):
+    deterministic_linf_suite(monkeypatch)
+    argv = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "pgd-100")
+    _, every = evaluate(capsys, checkpoint, data_root, tmp_path, *argv, name="every.json")
+    out, worst = evaluate(capsys, checkpoint, data_root, tmp_path, *argv, "--worst-case-only", name="worst.json")
+    every_table, worst_table = every["threat_models"][0], worst["threat_models"][0]
+    assert worst_table["worst_case"] == every_table["worst_case"]
+    assert 0 < every_table["worst_case"]["robust"] < every["clean"]["correct"]  # a non-trivial comparison
+    # only the worst case is reported; the masking checks read the same in both modes
+    assert all(a["robust_accuracy"] is None for a in worst_table["attacks"])
+    assert "| 0.1 | 0.5 | mnist | null |" in out and "| – | – | – |" in out
+    def checks(report):
+        return [(c["check"], c["value"]) for c in report["masking_checks"]
+                if c["check"] != "large-epsilon-sanity"]
+    assert checks(worst) == checks(every)
+
+
+def test_attacks_see_only_samples_still_robust(capsys, checkpoint, data_root, tmp_path, monkeypatch):
+    """Clean-misclassified samples are never attacked; with --worst-case-only, neither are samples that an
+    earlier attack of the table broke, and PGD runs before FGSM."""
+    deterministic_linf_suite(monkeypatch)
+    argv = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "pgd-100")
+    _, every = evaluate(capsys, checkpoint, data_root, tmp_path, *argv)
+    correct = every["clean"]["correct"]
+    assert correct < N  # some samples are misclassified clean, so skipping them is tested
+    assert [a["attacked"] for a in every["threat_models"][0]["attacks"]] == [correct] * 3
+
+    _, worst = evaluate(capsys, checkpoint, data_root, tmp_path, *argv, "--worst-case-only")
+    table = worst["threat_models"][0]
+    assert table["run_order"] == ["PGD-50", "PGD-100", "FGSM"]
+    by_label = {a["label"]: a for a in table["attacks"]}
+    remaining = correct
+    for label in table["run_order"]:
+        assert by_label[label]["attacked"] == remaining
+        remaining -= by_label[label]["broken"]
+    assert remaining == table["worst_case"]["robust"]
+
+
+def test_clean_predictions_are_computed_once(capsys, checkpoint, data_root, tmp_path, monkeypatch):
+    calls = []
+    real = evaluation.clean_correct
+    monkeypatch.setattr(evaluation, "clean_correct", lambda *a: calls.append(1) or real(*a))
+    evaluate(capsys, checkpoint, data_root, tmp_path, "--norms", "linf", "--attacks", "fgsm", "pgd-50",
+             "--epsilon", "0.1", "0.2")
+    assert len(calls) == 1
+
+
+# --- bad input: one line on stderr, exit status 2 -----------------------------------------------------------
+
+class NeedsCode:
+    """Pickled by reference: loading it would import and run this module's code."""
+
+
+def bad_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    needs_code = tmp_path / "needs_code.pt"
+    torch.save({"model": {}, "meta": {"dataset": "mnist"}, "extra": NeedsCode()}, needs_code)
+    return {"missing": tmp_path / "nowhere.pt", "corrupt": corrupt, "needs code": needs_code}
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "needs code"])
+def test_unusable_checkpoint_is_refused_in_one_line(case, capsys, data_root, tmp_path):
+    path = bad_checkpoints(tmp_path)[case]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main([str(path), "--data-root", str(data_root), "--attacks", "fgsm"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--attacks", "fgsm", "bim"], "invalid choice: 'bim'"),
+    (["--attacks", "pgd-10"], "pgd-10: not in the mnist suite"),  # a cifar column
+    (["--norms", "l3"], "invalid choice: 'l3'"),
+    (["--norms", "l2", "--attacks", "fgsm"], "fgsm: not in the mnist suite for l2"),
+    (["--epsilon", "0"], "must be a positive number"),
+    (["--epsilon", "-0.1"], "must be a positive number"),
+    (["--epsilon", "1/0"], "must be a positive number"),
+    (["--n", "0"], "must be a positive integer"),
+    (["--n", "-5"], "must be a positive integer"),
+    (["-b", "0"], "must be a positive integer"),
+])
+def test_bad_option_exits_2_in_one_line(argv, says, capsys, checkpoint, data_root):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main([str(checkpoint), "--data-root", str(data_root), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and says in err
+
+
+def test_data_that_cannot_be_loaded_exits_2_in_one_line(capsys, checkpoint, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main([str(checkpoint), "--data-root", str(not_a_folder), "--attacks", "fgsm"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bad_input_from_the_command_line_prints_no_traceback(data_root, tmp_path):
+    result = run_eval(bad_checkpoints(tmp_path)["needs code"], "--data-root", data_root)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "need code to load" in result.stderr or "needs code" in result.stderr
+
+
+# --- the threat-model check -------------------------------------------------------------------------------
+
+class LeavesTheBall:
+    """A broken attack: steps 2 epsilon (linf) against the gradient's sign, or out of [0, 1]."""
+
+    def __init__(self, epsilon, out_of_range=False):
+        self.epsilon, self.norm, self.out_of_range = epsilon, "linf", out_of_range
+
+    def __call__(self, model, x, y):
+        if self.out_of_range:
+            return x + self.epsilon * (x > 0.5)  # within epsilon, but bright pixels go above 1
+        return (x + 2 * self.epsilon * torch.where(x > 0.5, -1.0, 1.0)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("out_of_range, says", [(False, "left the linf ball"), (True, "outside [0, 1]")])
+def test_an_attack_leaving_the_threat_model_stops_the_evaluation(out_of_range, says, capsys, checkpoint,
+                                                                  data_root, tmp_path, monkeypatch):
+    model, _ = evaluation.load_model(str(checkpoint), "cpu")
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    message = f"Sneaky {'returned pixels ' * out_of_range}{says}"
+    with pytest.raises(evaluation.ThreatModelViolation, match=re.escape(message)):
+        evaluation.run_attack(model, LeavesTheBall(0.1, out_of_range), "Sneaky", "linf", 0.1, images,
+                              torch.zeros(8, dtype=torch.long), torch.arange(8), batch_size=4)
+
+    monkeypatch.setitem(ATTACKS, "fgsm", lambda epsilon: LeavesTheBall(epsilon, out_of_range))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(capsys, checkpoint, data_root, tmp_path, "--attacks", "fgsm")
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "attack bug" in err and "FGSM" in err and says in err and len(err.strip().splitlines()) == 1
+    assert not json.loads((tmp_path / "out.json").read_text())["complete"]
+
+
+def test_an_attack_within_the_ball_passes_the_check_at_its_edge():
+    x = torch.full((4, 1, 28, 28), 0.5)
+    for norm, epsilon in (("linf", 0.3), ("l2", 2.0), ("l1", 10.0)):
+        delta = torch.randn_like(x)
+        delta = delta / evaluation.flat_norm(delta, norm).view(-1, 1, 1, 1) * epsilon
+        evaluation.check_in_threat_model("PGD", x, x + delta, norm, epsilon)  # radius exactly epsilon: fine
+
+
+# --- gradient-masking checks ------------------------------------------------------------------------------
+
+def masks(n, broken):
+    out = torch.zeros(n, dtype=torch.bool)
+    out[list(broken)] = True
+    return out
+
+
+def test_masking_checks_flag_fgsm_beating_pgd_and_autoattack_beating_white_box():
+    n = 100
+    table = {"norm": "linf", "epsilon": 0.3, "epsilon_label": "0.3", "worst_case": {"robust_accuracy": 0.5},
+             "attacks": [{"label": "FGSM", "attack": "fgsm"}, {"label": "PGD-50", "attack": "pgd-linf"},
+                         {"label": "DeepFool", "attack": "deepfool-linf"}, {"label": "AA", "attack": "aa-linf"}]}
+    broken_by = {"FGSM": masks(n, range(0, 12)),     # 2 samples (2%) no PGD broke
+                 "PGD-50": masks(n, range(0, 10)),
+                 "DeepFool": masks(n, range(0, 11)),
+                 "AA": masks(n, range(0, 20))}       # 8 (8%) nothing else broke
+    sanity = {"norm": "linf", "epsilon": 0.5, "epsilon_label": "0.5", "label": "PGD-20", "robust_accuracy": 0.3,
+              "grey_image_accuracy": 0.1}
+    def checks(broken_by, sanity):
+        return {c["check"]: c for c in evaluation.masking_checks([table], [broken_by], sanity, n)}
+
+    masked = checks(broken_by, sanity)
+    assert masked["fgsm-beats-pgd"]["value"] == 0.02 and masked["fgsm-beats-pgd"]["flagged"]
+    assert masked["autoattack-beats-white-box"]["value"] == 0.08
+    assert masked["autoattack-beats-white-box"]["flagged"] and masked["large-epsilon-sanity"]["flagged"]
+
+    honest = {**broken_by, "FGSM": masks(n, range(0, 5)), "AA": masks(n, range(0, 12))}
+    assert not any(c["flagged"] for c in checks(honest, {**sanity, "robust_accuracy": 0.0}).values())
+    # a model that predicts one class everywhere (13% of the labels) is useless, not masked
+    constant = {**sanity, "robust_accuracy": 0.13, "grey_image_accuracy": 0.13}
+    assert not checks(honest, constant)["large-epsilon-sanity"]["flagged"]
+
+
+def test_larger_epsilon_with_higher_accuracy_is_flagged():
+    tables = [{"norm": "linf", "epsilon": e, "epsilon_label": str(e), "attacks": [],
+               "worst_case": {"robust_accuracy": acc}} for e, acc in ((0.1, 0.4), (0.2, 0.45))]
+    sanity = {"norm": "linf", "epsilon": 0.5, "epsilon_label": "0.5", "label": "PGD-20", "robust_accuracy": 0.0,
+              "grey_image_accuracy": 0.1}
+    checks = {c["check"]: c for c in evaluation.masking_checks(tables, [{}, {}], sanity, 100)}
+    assert checks["larger-epsilon-not-lower"]["flagged"]
+
+
+# --- the suite as data ------------------------------------------------------------------------------------
+
+def test_cli_attack_names_are_the_lowercase_column_labels():
+    names = {evaluation.cli_name(a[0]) for suite in evaluation.SUITES.values() for norm in suite.values()
+             for a in norm["attacks"]}
+    assert names == {"fgsm", "pgd-10", "pgd-40", "pgd-50", "pgd-100", "deepfool", "cw", "slide", "aa"}
+    for suite in evaluation.SUITES.values():
+        for norm in suite.values():
+            assert all(name in ATTACKS for _, name, _ in norm["attacks"])
+
+
+# --- with the real attacks and ALP.py ---------------------------------------------------------------------
+
+def few_iterations(options):
+    return {**options, **{k: min(v, 5) for k, v in options.items() if k in ("steps", "binary_search_steps")}}
+
+
+def test_every_attack_of_the_suite_runs_within_its_threat_model(capsys, checkpoint, data_root, tmp_path,
+                                                                 monkeypatch):
+    """The whole mnist suite with few iterations (plumbing and the threat-model check, not strength), at
+    epsilons where AutoAttack's first attack breaks everything, so that Square's 5000 queries never run."""
+    for norm, epsilon in (("linf", "0.3"), ("l2", "4"), ("l1", "30")):
+        attacks = [(label, name, few_iterations(options))
+                   for label, name, options in evaluation.SUITES["mnist"][norm]["attacks"]]
+        monkeypatch.setitem(evaluation.SUITES["mnist"], norm, {"epsilons": [epsilon], "attacks": attacks})
+    out, report = evaluate(capsys, checkpoint, data_root, tmp_path)
+    assert [(t["norm"], [a["label"] for a in t["attacks"]]) for t in report["threat_models"]] == [
+        ("linf", ["FGSM", "PGD-50", "PGD-100", "DeepFool", "AA"]), ("l2", ["PGD-100", "DeepFool", "C&W", "AA"]),
+        ("l1", ["PGD-50", "SLIDE", "AA"])]
+    assert "| ℓ2 | leverage | Net | LP | Nat(%) | PGD-100 | DeepFool | C&W | AA | Worst |" in out
+    for table in report["threat_models"]:
+        assert all(table["worst_case"]["robust_accuracy"] <= a["robust_accuracy"] for a in table["attacks"])
+    assert {c["check"] for c in report["masking_checks"]} == {
+        "fgsm-beats-pgd", "autoattack-beats-white-box", "large-epsilon-sanity"}
+
+
+@pytest.mark.skipif(not os.environ.get("EVAL_FULL_SUITE"), reason="~1 min; set EVAL_FULL_SUITE=1 to run")
+def test_the_full_default_suite_runs(checkpoint, data_root, tmp_path):
+    out = tmp_path / "full.json"
+    result = run_eval(checkpoint, "--n", 8, "--data-root", data_root, "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert [(t["norm"], [a["label"] for a in t["attacks"]]) for t in report["threat_models"]] == [
+        ("linf", ["FGSM", "PGD-50", "PGD-100", "DeepFool", "AA"]), ("l2", ["PGD-100", "DeepFool", "C&W", "AA"]),
+        ("l1", ["PGD-50", "SLIDE", "AA"])]
+    for table in report["threat_models"]:
+        assert all(table["worst_case"]["robust_accuracy"] <= a["robust_accuracy"] for a in table["attacks"])
+
+
+@pytest.mark.skipif(not (ROOT / "ALP.py").exists(), reason="ALP.py is not written yet")
+def test_evaluates_the_checkpoint_alp_writes(data_root, tmp_path):
+    out = tmp_path / "runs"
+    train = subprocess.run([sys.executable, str(ROOT / "ALP.py"), "mnist", "mnist", "--epochs", "1",
+                            "--subset", "200", "--data-root", str(data_root), "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
+    assert train.returncode == 0, train.stderr
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    result = run_eval(run / "last.pt", "--n", 20, "--attacks", "fgsm", "pgd-50", "--data-root", data_root)
+    assert result.returncode == 0, result.stderr
+    assert "| ℓ∞ | leverage | Net | LP | Nat(%) | FGSM | PGD-50 | Worst |" in result.stdout
+    report = json.loads((run / "last.eval.json").read_text())
+    assert report["complete"] and report["model"] == "mnist" and report["dataset"] == "mnist"
