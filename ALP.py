@@ -69,7 +69,9 @@ def train_epoch(model, attack_model, attack, optimizer, loader, epoch, args, aut
     for batch, (x, y) in enumerate(tqdm(loader.epoch(epoch), total=len(loader), disable=not progress,
                                         desc=f"epoch {epoch + 1}", leave=False)):
         loss, logits_adv = train_step(model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
-        totals += torch.stack([loss * len(y), (logits_adv.argmax(1) == y).sum(), torch.tensor(len(y))])
+        totals[0] += loss * len(y)
+        totals[1] += (logits_adv.argmax(1) == y).sum()
+        totals[2] += len(y)
         first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(loss), batch, first_bad_batch)
     return totals, first_bad_batch
 

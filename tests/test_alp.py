@@ -134,7 +134,7 @@ def test_cifar_type_training_with_augmentation_end_to_end(tmp_path, monkeypatch)
 
 
 def test_training_on_the_real_mnist_split_learns(mnist_stand_in_root, tmp_path):
-    result = alp_cli("mnist", "mnist", *QUICK, "--epochs=2", "--subset=2000", "--eval-freq=2",
+    result = alp_cli("mnist", "mnist", *QUICK, "--epochs=3", "--subset=1000", "--eval-freq=3",
                      "--data-root", mnist_stand_in_root, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(os.path.join(run_folder(tmp_path), "last.pt"))
