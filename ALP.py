@@ -248,7 +248,7 @@ def main(argv=None):
     start_epoch, metrics, best = 0, [], {"clean_accuracy": -1.0, "robust_accuracy": -1.0}
     if args.resume:
         try:
-            state = load_checkpoint(last_path, device)
+            state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
         except CheckpointError as e:
             fail(str(e))
         model.load_state_dict(state["model"])
