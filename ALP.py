@@ -15,85 +15,18 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from attacks import ATTACKS
+from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_state, load_checkpoint,
+                         save_checkpoint, set_rng_state)
 from data import DATASETS, DataError, DeviceLoader, train_val_splits
 from models import MODELS
-from utils import (LEARNING_POLICIES, OPTIMIZERS, CheckpointError, CLIParser, build_model, checkpoint_meta,
-                   default_device, fail, get_rng_state, load_checkpoint, plot_curves, save_checkpoint,
-                   set_rng_state, write_csv)
+from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, VALIDATION_BATCH, all_ranks, barrier,
+                      gather_from_all_ranks, setup_process, train_epoch, train_step, validate)
+from utils import LEARNING_POLICIES, OPTIMIZERS, CLIParser, default_device, fail, plot_curves, write_csv
 
-TRAINING_ATTACKS = ("pgd-linf", "pgd-l2")
-# The attack that measures robust accuracy after each epoch, by data-set family.
-VALIDATION_ATTACKS = {
-    "cifar": dict(epsilon=8 / 255, steps=10, stepsize=2 / 255),   # PGD-10
-    "mnist": dict(epsilon=0.3, steps=100, stepsize=0.01),         # PGD-100
-}
 SNAPSHOT_EVERY = 5  # epochs
-
-
-def alp_loss(model, x, x_adv, y, leverage):
-    """The ALP objective and the adversarial logits. Two forward passes, not one on the concatenated batch:
-    BatchNorm normalises the clean and the adversarial half each with its own statistics, as the reference
-    does. Logits go to float32 before the losses, so bf16 autocast never reaches them."""
-    logits_nat = model(x).float()
-    logits_adv = model(x_adv).float()
-    loss = (F.cross_entropy(logits_nat, y) + F.cross_entropy(logits_adv, y)
-            + leverage * F.mse_loss(logits_adv, logits_nat))  # MSE averaged over all logits
-    return loss, logits_adv
-
-
-def train_step(model, attack_model, attack, optimizer, x, y, leverage, autocast=nullcontext):
-    """One ALP iteration: make the PGD pair, compute the loss, step. `attack_model` is the same network
-    without the DistributedDataParallel wrapper: attacks need no gradient synchronisation."""
-    with autocast():
-        x_adv = attack(attack_model, x, y)  # eval mode, gradient w.r.t. the input only
-    model.train()
-    with autocast():
-        loss, logits_adv = alp_loss(model, x, x_adv, y, leverage)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits_adv.detach()
-
-
-def train_epoch(model, attack_model, attack, optimizer, loader, epoch, args, autocast, progress):
-    """Returns device tensors (loss sum, correct on x_adv, count, first non-finite batch or -1). Nothing here
-    waits for the GPU: the figures are read once, after the epoch."""
-    device = loader.labels.device
-    totals = torch.zeros(3, device=device)
-    first_bad_batch = torch.tensor(-1, device=device)
-    for batch, (x, y) in enumerate(tqdm(loader.epoch(epoch), total=len(loader), disable=not progress,
-                                        desc=f"epoch {epoch + 1}", leave=False)):
-        loss, logits_adv = train_step(model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
-        totals[0] += loss * len(y)
-        totals[1] += (logits_adv.argmax(1) == y).sum()
-        totals[2] += len(y)
-        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(loss), batch, first_bad_batch)
-    return totals, first_bad_batch
-
-
-@torch.no_grad()
-def predictions_correct(model, x, y):
-    return model(x).argmax(1) == y
-
-
-def evaluate(model, loader, attack, autocast):
-    """(clean accuracy, robust accuracy) on a validation loader."""
-    was_training = model.training
-    model.eval()
-    clean = robust = 0
-    for x, y in loader.epoch():
-        with autocast():
-            x_adv = attack(model, x, y)
-            clean += predictions_correct(model, x, y).sum()
-            robust += predictions_correct(model, x_adv, y).sum()
-    model.train(was_training)
-    n = len(loader.labels)
-    return clean.item() / n, robust.item() / n
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -168,120 +101,140 @@ def run_name(args):
     return name + (f"-subset{args.subset}" if args.subset else "")
 
 
-# --- distributed plumbing ----------------------------------------------------------------------------------
+# --- the run, in parts ---------------------------------------------------------------------------------------
 
-def setup_process(args):
-    """(rank, world size, device). Under torchrun one process per device, gloo on CPU, nccl on CUDA."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
-        return 0, 1, torch.device(args.device)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world_size, device
-
-
-def all_ranks(tensor, op=dist.ReduceOp.SUM):
-    """The tensor reduced over processes (unchanged in a single process)."""
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=op)
-    return tensor
-
-
-def rng_states_of_all_ranks():
-    """Every process's RNG state, so that a resumed distributed run continues each stream exactly."""
-    if not dist.is_initialized():
-        return [get_rng_state()]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, get_rng_state())
-    return states
-
-
-# --- the run -----------------------------------------------------------------------------------------------
-
-def main(argv=None):
-    """Train as the command line says; returns the trained model (tests compare processes' weights)."""
-    args = parse_args(argv)
-    rank, world_size, device = setup_process(args)
-    is_main = rank == 0
-    spec = DATASETS[args.dataset]
+def run_paths(args):
     run_dir = os.path.join(args.out, run_name(args))
-    last_path = os.path.join(run_dir, "last.pt")
+    return run_dir, os.path.join(run_dir, "last.pt")
 
+
+def check_run_folder(args, last_path):
     if args.resume and not os.path.isfile(last_path):
         fail(f"--resume: nothing to resume, no checkpoint at {last_path}")
     if not args.resume and os.path.exists(last_path):
-        fail(f"{run_dir} already holds a run: pass --resume to continue it, or remove the folder")
+        fail(f"{os.path.dirname(last_path)} already holds a run: pass --resume to continue it, or remove the folder")
 
-    use_cuda = device.type == "cuda"
-    amp = args.amp and use_cuda
-    channels_last = args.channels_last and use_cuda
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
 
-    # Rank 0 downloads the data if needed; the others read it afterwards.
-    if not is_main:
-        dist.barrier()
+def load_data(args, device, rank, world_size, channels_last):
+    """(training loader, validation loader). Rank 0 downloads the data if needed; the others wait for it."""
+    spec = DATASETS[args.dataset]
+    if rank != 0:
+        barrier()
     try:
         (train_x, train_y), (val_x, val_y) = train_val_splits(args.dataset, args.data_root, args.ratio,
                                                               args.subset, args.seed)
     except DataError as e:
         fail(str(e))
-    if is_main and world_size > 1:
-        dist.barrier()
+    if rank == 0:
+        barrier()
     train_loader = DeviceLoader(train_x, train_y, args.batch_size, device, shuffle=True, crop=spec.crop,
                                 flip=spec.flip, seed=args.seed, rank=rank, world_size=world_size,
                                 channels_last=channels_last)
-    val_loader = DeviceLoader(val_x, val_y, 500, device, channels_last=channels_last)
+    val_loader = DeviceLoader(val_x, val_y, VALIDATION_BATCH, device, channels_last=channels_last)
+    return train_loader, val_loader
+
+
+def build_optimization(args, model):
+    """(optimizer, scheduler) as the command line says."""
+    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, momentum=args.momentum,
+                                           weight_decay=args.weight_decay, betas=(args.beta1, args.beta2))
+    return optimizer, LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
+
+
+def restore(last_path, rank, model, optimizer, scheduler):
+    """(start epoch, metrics, best) from the run's last checkpoint; every random stream continues."""
+    try:
+        state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
+    except CheckpointError as e:
+        fail(str(e))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"][rank])
+    return state["epoch"], state["metrics"], state["best"]
+
+
+def open_log(run_dir, args):
+    """log(line): printed and appended to the run's log.txt. Also writes args.json."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+    log_file = open(os.path.join(run_dir, "log.txt"), "a")
+
+    def log(line):
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+    return log
+
+
+def save_epoch(run_dir, last_path, model, optimizer, scheduler, meta, row, metrics, best, rng_states):
+    """The epoch's checkpoints (best, snapshot, last) and metrics.csv."""
+    weights = {"model": model.state_dict(), "meta": meta, "epoch": row["epoch"],
+               "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"]}
+    validated = row["clean_accuracy"] is not None
+    for key in ("clean_accuracy", "robust_accuracy") if validated else ():
+        if row[key] > best[key]:
+            best[key] = row[key]
+            save_checkpoint(weights, os.path.join(run_dir, f"best_{key.split('_')[0]}.pt"))
+    if row["epoch"] % SNAPSHOT_EVERY == 0:
+        save_checkpoint(weights, os.path.join(run_dir, f"epoch_{row['epoch']:03d}.pt"))
+    save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "metrics": metrics, "best": best, "rng": rng_states}, last_path)
+    write_csv(metrics, os.path.join(run_dir, "metrics.csv"))
+
+
+def epoch_line(row, epochs):
+    accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
+                  if row["clean_accuracy"] is not None else "")
+    return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
+            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s")
+
+
+def main(argv=None):
+    """Train as the command line says; returns the trained model (tests compare processes' weights)."""
+    args = parse_args(argv)
+    rank, world_size, device = setup_process(args.device)
+    is_main = rank == 0
+    spec = DATASETS[args.dataset]
+    run_dir, last_path = run_paths(args)
+    check_run_folder(args, last_path)
+
+    use_cuda = device.type == "cuda"
+    amp = args.amp and use_cuda
+    channels_last = args.channels_last and use_cuda
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    train_loader, val_loader = load_data(args, device, rank, world_size, channels_last)
 
     torch.manual_seed(args.seed + rank)  # distinct PGD starts and crops per process; DDP syncs the weights
-    model = build_model(args.model, args.dataset).to(device)
+    model = build_model(args.model, args.dataset).to(device)  # the network itself: what checkpoints hold
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = OPTIMIZERS[args.optimizer](model.parameters(), args)
-    scheduler = LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
+    optimizer, scheduler = build_optimization(args, model)
     attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
     validation_attack = ATTACKS["pgd-linf"](**VALIDATION_ATTACKS[spec.family])
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
-
     start_epoch, metrics, best = 0, [], {"clean_accuracy": -1.0, "robust_accuracy": -1.0}
     if args.resume:
-        try:
-            state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
-        except CheckpointError as e:
-            fail(str(e))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, metrics, best = state["epoch"], state["metrics"], state["best"]
-        set_rng_state(state["rng"][rank])
+        start_epoch, metrics, best = restore(last_path, rank, model, optimizer, scheduler)
 
-    net = torch.compile(model) if args.compile else model           # what attacks and validation call
-    train_net = DistributedDataParallel(net) if world_size > 1 else net  # what the optimizer step goes through
+    attack_model = torch.compile(model) if args.compile else model  # what attacks and validation call
+    train_model = DistributedDataParallel(attack_model) if world_size > 1 else attack_model  # what the loss's
+    # backward goes through: under torchrun it averages the gradients over the processes
 
-    log = (lambda line: None)
-    if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-        log_file = open(os.path.join(run_dir, "log.txt"), "a")
+    def step(x, y):
+        return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
 
-        def log(line):
-            print(line, flush=True)
-            log_file.write(line + "\n")
-            log_file.flush()
+    log = open_log(run_dir, args) if is_main else (lambda line: None)
+    log(f"{'resuming' if args.resume else 'starting'} {run_dir} at epoch {start_epoch + 1}/{args.epochs} on "
+        f"{world_size} x {device} (bf16 autocast {'on' if amp else 'off'}); {len(train_loader.labels)} training, "
+        f"{len(val_loader.labels)} validation images")
 
-        log(f"{'resuming' if args.resume else 'starting'} {run_dir} at epoch {start_epoch + 1}/{args.epochs} on "
-            f"{world_size} x {device} (bf16 autocast {'on' if amp else 'off'}); {len(train_y)} training, "
-            f"{len(val_y)} validation images")
-
-    meta = checkpoint_meta(args, spec.num_classes)
+    meta = checkpoint_meta(args.model, args.dataset, vars(args))
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
         lr = optimizer.param_groups[0]["lr"]
-        totals, first_bad_batch = train_epoch(train_net, net, attack, optimizer, train_loader, epoch, args,
-                                              autocast, progress=args.progress and is_main)
+        totals, first_bad_batch = train_epoch(step, train_loader, epoch, progress=args.progress and is_main)
         scheduler.step()
         loss_sum, correct, count = all_ranks(totals).tolist()
         first_bad_batch = int(all_ranks(first_bad_batch, dist.ReduceOp.MAX))
@@ -291,30 +244,15 @@ def main(argv=None):
                  f"(last good checkpoint: {kept})", status=1)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_adv_accuracy": correct / count,
                "clean_accuracy": None, "robust_accuracy": None, "seconds": None}
-        validate = is_main and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs)
-        if validate:
-            row["clean_accuracy"], row["robust_accuracy"] = evaluate(net, val_loader, validation_attack, autocast)
+        if is_main and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
+            row["clean_accuracy"], row["robust_accuracy"] = validate(attack_model, val_loader, validation_attack,
+                                                                     autocast)
         row["seconds"] = round(time.time() - started, 2)
-        rng_states = rng_states_of_all_ranks()
-        if not is_main:
-            continue
-
-        metrics.append(row)
-        weights = {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
-                   "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"]}
-        for key in ("clean_accuracy", "robust_accuracy") if validate else ():
-            if row[key] > best[key]:
-                best[key] = row[key]
-                save_checkpoint(weights, os.path.join(run_dir, f"best_{key.split('_')[0]}.pt"))
-        if (epoch + 1) % SNAPSHOT_EVERY == 0:
-            save_checkpoint(weights, os.path.join(run_dir, f"epoch_{epoch + 1:03d}.pt"))
-        save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "metrics": metrics, "best": best, "rng": rng_states}, last_path)
-        write_csv(metrics, os.path.join(run_dir, "metrics.csv"))
-        accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
-                      if validate else "")
-        log(f"epoch {epoch + 1:3d}/{args.epochs} | lr {lr:.4g} | loss {row['train_loss']:.4f} | "
-            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s")
+        rng_states = gather_from_all_ranks(get_rng_state())
+        if is_main:
+            metrics.append(row)
+            save_epoch(run_dir, last_path, model, optimizer, scheduler, meta, row, metrics, best, rng_states)
+            log(epoch_line(row, args.epochs))
 
     if is_main:
         plot_curves(metrics, os.path.join(run_dir, "curves.png"), title=run_name(args))

@@ -24,12 +24,13 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from ALP import train_step
 from attacks import ATTACKS
 from attacks.common import clip_to_ball
 from data import DATASETS
 from eval import SUITES, cli_name, parse_epsilon
-from utils import CLIParser, build_model, default_device
+from checkpoints import build_model
+from training import train_step
+from utils import CLIParser, default_device
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
 TRAINING_CONFIGS = {

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
 from data import DATASETS, DataError, load_split
-from utils import CheckpointError, CLIParser, default_device, fail, load_checkpoint, model_from_checkpoint
+from checkpoints import CheckpointError, load_model as load_model_file
+from utils import CLIParser, default_device, fail
 
 # --- the suite ---------------------------------------------------------------------------------------------
 
@@ -202,19 +203,12 @@ def parse_args(argv=None):
 # --- model and data ----------------------------------------------------------------------------------------
 
 def load_model(path, device):
-    """(model in eval mode on device, checkpoint dict); bad checkpoints stop the script."""
+    """(model in eval mode on device, meta); bad checkpoints stop the script."""
     try:
-        state = load_checkpoint(path)
+        model, meta = load_model_file(path)
     except CheckpointError as e:
         fail(str(e))
-    meta = state["meta"]
-    if not isinstance(meta, dict) or meta.get("dataset") not in DATASETS:
-        fail(f"{path}: its meta names no known data set ({sorted(DATASETS)})")
-    try:
-        model = model_from_checkpoint(state)
-    except (KeyError, RuntimeError, TypeError) as e:
-        fail(f"{path}: cannot rebuild its model ({type(e).__name__}: {str(e).splitlines()[0]})")
-    return model.to(device).eval(), state
+    return model.to(device), meta
 
 
 def resolve_device(name):
@@ -483,8 +477,7 @@ def write_json(report, path):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
-    model, state = load_model(args.checkpoint, device)
-    meta = state["meta"]
+    model, meta = load_model(args.checkpoint, device)
     family = DATASETS[meta["dataset"]].family
     try:
         plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon)
@@ -503,10 +496,10 @@ def main(argv=None):
 
     correct = clean_correct(model, images, labels, args.batch_size)
     clean_accuracy = int(correct.sum()) / n
-    print(f"{args.checkpoint}: {meta.get('model')} on {meta['dataset']}, epoch {state.get('epoch', '?')}; "
+    print(f"{args.checkpoint}: {meta.get('model')} on {meta['dataset']}, epoch {meta.get('epoch') or '?'}; "
           f"{n} test images on {device}; clean accuracy {_percent(clean_accuracy)}\n", flush=True)
     report = {
-        "checkpoint": args.checkpoint, "epoch": state.get("epoch"), "model": meta.get("model"),
+        "checkpoint": args.checkpoint, "epoch": meta.get("epoch"), "model": meta.get("model"),
         "dataset": meta["dataset"], "num_classes": meta.get("num_classes"), "training_args": meta.get("args"),
         "evaluation": {"n": n, "batch_size": args.batch_size, "device": str(device), "seed": args.seed,
                        "worst_case_only": args.worst_case_only, "data_root": args.data_root,

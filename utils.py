@@ -1,17 +1,12 @@
-"""Shared plumbing for the scripts: CLI parsing, optimisers and learning-rate policies, checkpoints,
-random-number state, and plots."""
+"""Shared plumbing for the scripts: CLI parsing, optimisers and learning-rate policies, metrics files and
+plots. Checkpoints are in checkpoints.py."""
 import argparse
 import csv
 import os
-import pickle
 import sys
-import zipfile
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
-
-from data import DATASETS
-from models import MODELS
 
 
 class CLIParser(argparse.ArgumentParser):
@@ -27,11 +22,12 @@ def fail(message, status=2):
     sys.exit(status)
 
 
+# name -> (parameters, lr, momentum, weight_decay, betas) -> optimizer. SGD ignores betas, Adam momentum.
 OPTIMIZERS = {
-    "sgd": lambda params, args: torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
-                                                weight_decay=args.weight_decay),
-    "adam": lambda params, args: torch.optim.Adam(params, lr=args.lr, betas=(args.beta1, args.beta2),
-                                                  weight_decay=args.weight_decay),
+    "sgd": lambda params, lr, momentum, weight_decay, betas: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay),
+    "adam": lambda params, lr, momentum, weight_decay, betas: torch.optim.Adam(
+        params, lr=lr, betas=betas, weight_decay=weight_decay),
 }
 
 
@@ -54,67 +50,6 @@ LEARNING_POLICIES = {
 
 def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# --- checkpoints -----------------------------------------------------------------------------------------
-
-class CheckpointError(Exception):
-    pass
-
-
-def save_checkpoint(state, path):
-    """Write to a temporary file, then rename: a kill at any moment leaves the previous file intact."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, device="cpu"):
-    """A checkpoint's dict, loaded with weights_only=True: one that would run arbitrary code is refused."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds objects that need code to load; refusing it (weights_only=True "
-                              f"loading: {str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' and 'meta' entries)")
-    return state
-
-
-def checkpoint_meta(args, num_classes):
-    """What rebuilds the model without the command line: eval.py needs only the checkpoint."""
-    return {"model": args.model, "dataset": args.dataset, "num_classes": num_classes, "args": vars(args)}
-
-
-def build_model(name, dataset):
-    spec = DATASETS[dataset]
-    return MODELS[name](num_classes=spec.num_classes, mean=spec.mean, std=spec.std)
-
-
-def model_from_checkpoint(state):
-    meta = state["meta"]
-    model = build_model(meta["model"], meta["dataset"])
-    model.load_state_dict(state["model"])
-    return model
-
-
-# --- random-number state ---------------------------------------------------------------------------------
-
-def get_rng_state():
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --- metrics and plots -----------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import ALP
+import training
 from attacks import ATTACKS
 from conftest import ROOT
 from models import MODELS
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 QUICK = ["-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3", "--steps=3",
          "--stepsize=0.1", "--leverage=0.5"]
@@ -49,7 +50,7 @@ def test_alp_loss_equals_hand_computation():
 
     squared = ((logits_adv - logits_nat) ** 2).numpy()
     expected = (cross_entropy(logits_nat, y) + cross_entropy(logits_adv, y) + 0.7 * squared.sum() / squared.size)
-    loss, returned_adv = ALP.alp_loss(model, torch.zeros(2, 1), torch.ones(2, 1), y, leverage=0.7)
+    loss, returned_adv = training.alp_loss(model, torch.zeros(2, 1), torch.ones(2, 1), y, leverage=0.7)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert torch.equal(returned_adv, logits_adv)
 
@@ -60,7 +61,7 @@ def test_alp_loss_runs_two_forward_passes_so_batchnorm_sees_each_half_alone():
     seen = []
     model.stem[1].register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
     model.train()
-    ALP.alp_loss(model, x, x_adv, y, 0.5)
+    training.alp_loss(model, x, x_adv, y, 0.5)
     assert seen == [len(x), len(x)]
 
 
@@ -69,7 +70,7 @@ def test_train_step_attacks_in_eval_mode_and_trains_in_train_mode():
     modes = []
     model.stem[1].register_forward_hook(lambda m, inp, out: modes.append(m.training))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    ALP.train_step(model, model, ATTACKS["pgd-linf"](8 / 255, steps=2, stepsize=2 / 255), optimizer, x, y, 0.5)
+    training.train_step(model, model, ATTACKS["pgd-linf"](8 / 255, steps=2, stepsize=2 / 255), optimizer, x, y, 0.5)
     assert modes == [False, False, True, True]  # 2 attack steps, then the clean and adversarial passes
 
 
@@ -78,7 +79,7 @@ def test_a_few_alp_steps_lower_the_loss_on_a_fixed_batch():
     attack = ATTACKS["pgd-linf"](4 / 255, steps=2, stepsize=2 / 255)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     torch.manual_seed(1)
-    losses = [ALP.train_step(model, model, attack, optimizer, x, y, 0.5)[0].item() for _ in range(12)]
+    losses = [training.train_step(model, model, attack, optimizer, x, y, 0.5)[0].item() for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -87,9 +88,9 @@ def test_bf16_autocast_loss_is_close_to_float32_and_still_learns():
     model.eval()  # BatchNorm with running statistics: the two passes see the same normalisation
     x_adv = (x + 0.02 * torch.randn_like(x)).clamp(0, 1)
     with torch.no_grad():
-        loss_fp32 = ALP.alp_loss(model, x, x_adv, y, 0.5)[0]
+        loss_fp32 = training.alp_loss(model, x, x_adv, y, 0.5)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss_bf16 = ALP.alp_loss(model, x, x_adv, y, 0.5)[0]
+            loss_bf16 = training.alp_loss(model, x, x_adv, y, 0.5)[0]
     assert loss_bf16.dtype == torch.float32  # logits are cast before the losses
     assert loss_bf16.item() == pytest.approx(loss_fp32.item(), rel=0.02)
 
@@ -97,7 +98,7 @@ def test_bf16_autocast_loss_is_close_to_float32_and_still_learns():
     attack = ATTACKS["pgd-linf"](4 / 255, steps=2, stepsize=2 / 255)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    losses = [ALP.train_step(model, model, attack, optimizer, x, y, 0.5, autocast)[0].item() for _ in range(12)]
+    losses = [training.train_step(model, model, attack, optimizer, x, y, 0.5, autocast)[0].item() for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -169,14 +170,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(synthetic_mnist_root,
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(synthetic_mnist_root, tmp_path,
                                                                                  monkeypatch, capsys):
     calls = {"n": 0}
-    alp_loss = ALP.alp_loss
+    alp_loss = training.alp_loss
 
     def loss_turning_nan_in_epoch_2(*args, **kwargs):
         calls["n"] += 1
         loss, logits = alp_loss(*args, **kwargs)
         return (loss * float("nan") if calls["n"] == 4 + 3 else loss), logits  # 4 batches/epoch: epoch 2, batch 3
 
-    monkeypatch.setattr(ALP, "alp_loss", loss_turning_nan_in_epoch_2)
+    monkeypatch.setattr(training, "alp_loss", loss_turning_nan_in_epoch_2)
     with pytest.raises(SystemExit) as stop:
         ALP.main(["mnist", "mnist", *QUICK, "--epochs=3", "--subset=200", "--data-root", str(synthetic_mnist_root),
                   "--out", str(tmp_path)])

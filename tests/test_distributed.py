@@ -6,7 +6,7 @@ import sys
 import torch
 
 from conftest import ROOT
-from utils import load_checkpoint
+from checkpoints import load_checkpoint
 
 
 def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_mnist_root, tmp_path):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import eval as evaluation
 from attacks import ATTACKS
 from formats import synthetic_digits, write_mnist
-from utils import build_model, save_checkpoint
+from checkpoints import build_model, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # test images per evaluation

@@ -1,12 +1,12 @@
 """Learning-rate policies (stepped once at the end of every epoch), optimisers, and scheduler state across a
 checkpoint round trip."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from utils import LEARNING_POLICIES, OPTIMIZERS, load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
+from utils import LEARNING_POLICIES, OPTIMIZERS
 
 LR = 0.1
 EPOCHS = 200
@@ -137,13 +137,13 @@ def test_checkpoint_is_written_atomically_and_leaves_no_temporary_file(tmp_path)
 # --- optimisers ------------------------------------------------------------------------------------------
 
 def test_optimizers_take_their_settings_from_the_command_line():
-    args = SimpleNamespace(lr=0.05, momentum=0.8, weight_decay=2e-4, beta1=0.85, beta2=0.995)
+    args = dict(lr=0.05, momentum=0.8, weight_decay=2e-4, betas=(0.85, 0.995))
     params = [torch.nn.Parameter(torch.zeros(2))]
-    sgd = OPTIMIZERS["sgd"](params, args)
+    sgd = OPTIMIZERS["sgd"](params, **args)
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.8, 2e-4)
-    adam = OPTIMIZERS["adam"](params, args)
+    adam = OPTIMIZERS["adam"](params, **args)
     assert isinstance(adam, torch.optim.Adam)
     group = adam.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (0.05, (0.85, 0.995), 2e-4)
@@ -151,9 +151,9 @@ def test_optimizers_take_their_settings_from_the_command_line():
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_every_policy_works_with_every_optimizer(name):
-    args = SimpleNamespace(lr=0.1, momentum=0.9, weight_decay=5e-4, beta1=0.9, beta2=0.999)
+    args = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, betas=(0.9, 0.999))
     for policy in LEARNING_POLICIES:
-        optimizer = OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(2))], args)
+        optimizer = OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(2))], **args)
         scheduler = LEARNING_POLICIES[policy](optimizer, 10)
         lrs = lrs_per_epoch(optimizer, scheduler, 10)
         assert lrs[0] == pytest.approx(0.1)
