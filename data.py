@@ -21,7 +21,7 @@ class DataError(Exception):
 class DatasetSpec:
     load: callable          # (root, train, download) -> torchvision data set
     num_classes: int
-    mean: tuple             # per-channel statistics of the training split, used inside the model
+    mean: tuple             # the reference's input normalisation, applied inside the model
     std: tuple
     family: str             # "cifar" (32x32 colour) or "mnist" (28x28 grey): picks default attacks
     crop: bool              # random 32-crop from 4-pixel zero padding
@@ -33,17 +33,19 @@ def _split(cls):
     return lambda root, train, download: cls(root, train=train, download=download)
 
 
+# mean/std are the ALP reference's normalisation constants, so that our models (which normalise inside)
+# give the reference's logits for the reference's weights; MNIST-type data is not normalised there.
 DATASETS = {
-    "cifar10": DatasetSpec(_split(tvd.CIFAR10), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    "cifar10": DatasetSpec(_split(tvd.CIFAR10), 10, (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2617),
                            "cifar", True, True, "cifar-10-batches-py"),
-    "cifar100": DatasetSpec(_split(tvd.CIFAR100), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    "cifar100": DatasetSpec(_split(tvd.CIFAR100), 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
                             "cifar", True, True, "cifar-100-python"),
     # Digits are not mirror-symmetric, so SVHN gets crops but no flips.
     "svhn": DatasetSpec(lambda root, train, download: tvd.SVHN(root, "train" if train else "test",
                                                                   download=download),
-                        10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "cifar", True, False, "."),
-    "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.1307,), (0.3081,), "mnist", False, False, "MNIST"),
-    "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.2860,), (0.3530,), "mnist", False, False,
+                        10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar", True, False, "."),
+    "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.0,), (1.0,), "mnist", False, False, "MNIST"),
+    "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.0,), (1.0,), "mnist", False, False,
                                 "FashionMNIST"),
 }
 

@@ -1,8 +1,10 @@
 """Model registry: CLI name -> constructor(num_classes, mean, std).
 
-Every model takes images in [0, 1] and normalises them itself (first layer), so attacks, epsilons and
-users never see normalised pixels. A model knows nothing of data sets or attacks: the caller passes the
-data set's channel mean/std.
+Every network is the ALP reference's network, parameter for parameter: its state_dict, less the two
+`normalize` buffers, has the reference's key names and shapes, so a reference `paras.pt` loads into it.
+Every model takes images in [0, 1] and normalises them itself (first layer), so attacks, epsilons and users
+never see normalised pixels; the reference normalises outside its networks, with the same constants (see
+data.DATASETS). A model knows nothing of data sets or attacks: the caller passes the channel mean/std.
 """
 from functools import partial
 
@@ -16,7 +18,7 @@ MODELS = {
     "resnet44": partial(CifarResNet, blocks_per_stage=7),
     "resnet56": partial(CifarResNet, blocks_per_stage=9),
     "resnet110": partial(CifarResNet, blocks_per_stage=18),
-    # The ImageNet ResNets with a 3x3 stem and no max-pool, the usual choice for 32x32 robustness work.
+    # torchvision's ResNets with a 3x3 stem and no max-pool, the reference's choice for 32x32 inputs.
     "resnet18": partial(ResNet, blocks_per_stage=(2, 2, 2, 2)),
     "resnet34": partial(ResNet, blocks_per_stage=(3, 4, 6, 3)),
     "mnist": MnistNet,

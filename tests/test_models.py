@@ -1,15 +1,18 @@
-"""The model registry: architectures (output shapes, parameter counts that follow from the layer layout),
-the zero-initialised MNIST head, and normalisation inside the model."""
+"""The model registry: each network is the reference's network (key names, shapes, parameter counts and
+init, checked against tables written from the reference's facts in reference_layout.py), maps images to one
+logit per class, and normalises its input itself. CPU."""
 import pytest
 import torch
 from torch import nn
+import torchvision
 
 from models import MODELS
 from models.mnist import MnistNet
 from models.resnet import CifarResNet, ResNet
+from reference_layout import (CIFAR_RESNET_BLOCKS as CIFAR_RESNETS, TORCHVISION_RESNET_BLOCKS as IMAGENET_RESNETS,
+                              parameter_count, reference_layout)
 
-CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
-IMAGENET_RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+DEVICE = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,42 +25,58 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def expected_resnet_params(widths, blocks_per_stage, num_classes, in_channels=3):
-    """Parameter count of a ResNet of basic blocks, from its layout alone: a bias-free 3x3 stem conv + BN,
-    per block two bias-free 3x3 convs + two BNs, a bias-free 1x1 conv + BN projection shortcut wherever the
-    block changes the width or the resolution (first block of every stage but the first), and a linear
-    classifier on the globally pooled last stage. A BatchNorm has 2 parameters (weight, bias) per channel."""
-    def conv(cin, cout, k):
-        return cin * cout * k * k
-
-    def bn(c):
-        return 2 * c
-
-    total = conv(in_channels, widths[0], 3) + bn(widths[0])
-    cin = widths[0]
-    for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
-        for block in range(blocks):
-            total += conv(cin, width, 3) + bn(width) + conv(width, width, 3) + bn(width)
-            if cin != width or (stage > 0 and block == 0):
-                total += conv(cin, width, 1) + bn(width)
-            cin = width
-    return total + widths[-1] * num_classes + num_classes
-
-
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
 def build(name, num_classes=10):
     channels = 1 if name == "mnist" else 3
-    return MODELS[name](num_classes=num_classes, mean=(0.5,) * channels, std=(0.25,) * channels)
+    return MODELS[name](num_classes=num_classes, mean=(0.5,) * channels, std=(0.25,) * channels).to(DEVICE)
+
+
+def network_layout(model):
+    """{key: shape} of a model's state_dict without our normalisation buffers."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("normalize.")}
 
 
 def test_registry_holds_exactly_the_documented_models():
     assert set(MODELS) == set(CIFAR_RESNETS) | set(IMAGENET_RESNETS) | {"mnist"}
 
 
-# --- CIFAR ResNets (He et al. 2016, Sec. 4.2) ------------------------------------------------------------
+# --- the reference's key names, shapes and parameter counts ----------------------------------------------
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_state_dict_has_the_reference_keys_and_shapes_plus_only_our_normalisation(name, num_classes):
+    model = build(name, num_classes)
+    assert network_layout(model) == reference_layout(name, num_classes)
+    extra = [k for k in model.state_dict() if k.startswith("normalize.")]
+    assert extra == ["normalize.mean", "normalize.std"]
+    assert n_params(model) == parameter_count(reference_layout(name, num_classes))
+
+
+@pytest.mark.parametrize("name, count", [("resnet32", 466_714), ("resnet18", 11_173_962), ("mnist", 312_202)])
+def test_parameter_count_is_the_references(name, count):
+    assert n_params(build(name)) == count
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", torchvision.models.resnet18),
+                                          ("resnet34", torchvision.models.resnet34)])
+def test_imagenet_resnet_is_torchvisions_with_a_3x3_stride_1_stem(name, blocks):
+    reference = blocks(num_classes=10)
+    reference.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    assert network_layout(build(name)) == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+def test_cifar_resnet_shortcut_is_a_bare_strided_1x1_convolution_only_where_the_shape_changes():
+    model = build("resnet32")
+    shortcuts = {name: m for name, m in model.named_modules() if name.endswith("shortway")}
+    assert list(shortcuts) == ["layer2.0.shortway", "layer3.0.shortway"]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.bias) for m in shortcuts.values()] == [
+        (16, 32, (1, 1), (2, 2), None), (32, 64, (1, 1), (2, 2), None)]
+    x = torch.rand(2, 16, 8, 8, device=DEVICE)
+    assert torch.equal(model.layer1[1].shortcut(x), x)  # identity elsewhere
+
 
 @pytest.mark.parametrize("name,n", CIFAR_RESNETS.items())
 def test_cifar_resnet_has_6n_plus_2_weighted_layers_in_three_stages_of_16_32_64_channels(name, n):
@@ -66,49 +85,58 @@ def test_cifar_resnet_has_6n_plus_2_weighted_layers_in_three_stages_of_16_32_64_
     convs3 = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert len(convs3) + len(linears) == 6 * n + 2 == int(name[len("resnet"):])
-    # stem 16, then 2n convs at each of 16, 32, 64 channels
     assert [c.out_channels for c in convs3] == [16] + [16] * 2 * n + [32] * 2 * n + [64] * 2 * n
-    # the only projection shortcuts are at the two stage transitions
-    projections = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
-    assert [(p.in_channels, p.out_channels, p.stride) for p in projections] == [(16, 32, (2, 2)), (32, 64, (2, 2))]
-
-
-@pytest.mark.parametrize("name,n", CIFAR_RESNETS.items())
-@pytest.mark.parametrize("num_classes", [10, 100])
-def test_cifar_resnet_parameter_count_follows_from_its_layout(name, n, num_classes):
-    model = build(name, num_classes)
-    assert n_params(model) == expected_resnet_params((16, 32, 64), (n,) * 3, num_classes)
-
-
-def test_resnet32_has_the_documented_0_46_million_parameters():
-    # stem 432+32, stage 1: 5 x (2*16*16*9 + 64) = 23,360, stage 2: 14,528 (first block incl. 1x1
-    # projection 512+64) + 4 x 18,560, stage 3: 57,728 (incl. projection 2,048+128) + 4 x 73,984,
-    # fc 64*10+10 = 650: 466,906 in all.
-    assert n_params(build("resnet32")) == 466_906
-
-
-# --- ImageNet-layout ResNets for 32x32 inputs ------------------------------------------------------------
-
-@pytest.mark.parametrize("name,blocks", IMAGENET_RESNETS.items())
-@pytest.mark.parametrize("num_classes", [10, 100])
-def test_imagenet_resnet_parameter_count_follows_from_its_layout(name, blocks, num_classes):
-    model = build(name, num_classes)
-    assert isinstance(model, ResNet)
-    assert n_params(model) == expected_resnet_params((64, 128, 256, 512), blocks, num_classes)
-
-
-def test_resnet18_has_the_documented_11_2_million_parameters():
-    # The torchvision resnet18 body (11,176,512 with its 7x7 stem and 1000-way fc) with a 3x3 stem
-    # (1,728 instead of 9,408 weights) and a 512*10+10 classifier: 11,173,962.
-    assert n_params(build("resnet18")) == 11_173_962
 
 
 def test_resnet_stem_is_3x3_without_max_pool():
     for name in ("resnet18", "resnet34"):
         model = build(name)
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        assert first.kernel_size == (3, 3) and first.stride == (1, 1)
+        assert isinstance(model, ResNet)
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
         assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+
+
+# --- the reference's init --------------------------------------------------------------------------------
+
+def assert_kaiming_normal(weight, fan):
+    """Normal with std sqrt(2 / fan), as kaiming_normal_ for ReLU draws it: the spread within 7% (the weights
+    tested have >= 512 entries), and tails that a uniform draw of the same std (bounded at 1.73 std) lacks."""
+    expected = (2 / fan) ** 0.5
+    assert weight.std().item() == pytest.approx(expected, rel=0.07)
+    assert abs(weight.mean().item()) < 0.1 * expected
+    assert weight.abs().max().item() > 2.5 * expected
+
+
+def assert_pytorch_default_linear(linear):
+    bound = linear.in_features ** -0.5  # kaiming_uniform_(a=sqrt(5)) and the bias both give 1/sqrt(fan_in)
+    assert linear.weight.abs().max() <= bound and linear.weight.std() > 0.8 * bound / 3 ** 0.5
+    assert linear.bias.abs().max() <= bound and linear.bias.abs().max() > 0
+
+
+@pytest.mark.parametrize("name, conv, projection", [
+    ("resnet32", "layer2.0.conv1", "layer2.0.shortway"),
+    ("resnet18", "layer2.0.conv1", "layer2.0.downsample.0"),
+])
+def test_resnet_init_is_kaiming_normal_over_fan_out_identity_batchnorm_and_default_linear(name, conv, projection):
+    torch.manual_seed(0)
+    model = build(name)
+    modules = dict(model.named_modules())
+    for key in (conv, projection):  # both double the width, so fan-out and fan-in differ by 2
+        weight = modules[key].weight
+        assert_kaiming_normal(weight, fan=weight.shape[0] * weight.shape[2] * weight.shape[3])
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in batchnorms)
+    assert_pytorch_default_linear(model.fc)
+
+
+def test_mnist_init_is_kaiming_normal_over_fan_in_zero_conv_biases_default_dense_and_zero_head():
+    torch.manual_seed(0)
+    model = build("mnist")
+    assert_kaiming_normal(model.conv[5].weight, fan=32 * 3 * 3)  # 32 -> 64: fan-in is half the fan-out
+    assert all(torch.all(model.conv[i].bias == 0) for i in (0, 2, 5, 7))
+    assert_pytorch_default_linear(model.dense[0])
+    assert_pytorch_default_linear(model.dense[3])
+    assert torch.count_nonzero(model.fc.weight) == 0 and torch.count_nonzero(model.fc.bias) == 0
 
 
 # --- output shapes ---------------------------------------------------------------------------------------
@@ -118,7 +146,7 @@ def test_resnet_stem_is_3x3_without_max_pool():
 def test_resnet_maps_32x32_colour_images_to_one_logit_per_class(name, num_classes):
     model = build(name, num_classes).eval()
     with torch.no_grad():
-        out = model(torch.rand(2, 3, 32, 32))
+        out = model(torch.rand(2, 3, 32, 32, device=DEVICE))
     assert out.shape == (2, num_classes)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
@@ -126,7 +154,7 @@ def test_resnet_maps_32x32_colour_images_to_one_logit_per_class(name, num_classe
 def test_mnist_net_maps_28x28_grey_images_to_ten_logits():
     model = build("mnist").eval()
     with torch.no_grad():
-        out = model(torch.rand(3, 1, 28, 28))
+        out = model(torch.rand(3, 1, 28, 28, device=DEVICE))
     assert out.shape == (3, 10)
 
 
@@ -145,36 +173,26 @@ def test_mnist_net_is_conv32_conv32_pool_conv64_conv64_pool_fc200_dropout_fc200_
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert [d.p for d in dropouts] == [0.5]
     # the dropout sits between the first and the second fully connected layer
-    order = [m for m in model.classifier if isinstance(m, (nn.Linear, nn.Dropout))]
-    assert [type(m) for m in order] == [nn.Linear, nn.Dropout, nn.Linear, nn.Linear]
-
-
-def test_mnist_net_parameter_count_follows_from_its_layout():
-    convs = (1 * 32 * 9 + 32) + (32 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 64 * 9 + 64)
-    fcs = (1024 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)
-    assert convs + fcs == 312_202
-    assert n_params(build("mnist")) == 312_202
+    assert [type(m) for m in model.dense] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
 
 
 def test_mnist_net_last_layer_starts_at_zero_so_initial_outputs_are_all_zero():
     model = build("mnist")
-    assert torch.count_nonzero(model.classifier[-1].weight) == 0
-    assert torch.count_nonzero(model.classifier[-1].bias) == 0
     for mode in (model.eval, model.train):  # with or without dropout
         mode()
-        out = model(torch.rand(4, 1, 28, 28))
-        assert torch.equal(out, torch.zeros(4, 10))
+        out = model(torch.rand(4, 1, 28, 28, device=DEVICE))
+        assert torch.equal(out, torch.zeros(4, 10, device=DEVICE))
     # ...but the layers before it are not degenerate: the head gets gradient
-    out = model(torch.rand(4, 1, 28, 28))
-    nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
-    assert model.classifier[-1].weight.grad.abs().sum() > 0
+    out = model(torch.rand(4, 1, 28, 28, device=DEVICE))
+    nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 3], device=DEVICE)).backward()
+    assert model.fc.weight.grad.abs().sum() > 0
 
 
 def test_mnist_net_dropout_is_active_only_in_training_mode():
     torch.manual_seed(0)
     model = build("mnist")
-    nn.init.normal_(model.classifier[-1].weight)
-    x = torch.rand(2, 1, 28, 28)
+    nn.init.normal_(model.fc.weight)
+    x = torch.rand(2, 1, 28, 28, device=DEVICE)
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
@@ -192,22 +210,22 @@ def test_model_with_mean_and_std_equals_same_weights_on_normalised_input(name):
     size = 28 if name == "mnist" else 32
     mean = (0.49, 0.48, 0.45)[:channels]
     std = (0.25, 0.24, 0.26)[:channels]
-    normalising = MODELS[name](num_classes=10, mean=mean, std=std)
+    normalising = MODELS[name](num_classes=10, mean=mean, std=std).to(DEVICE)
     for m in normalising.modules():  # make the weights non-trivial (MNIST head is zero, BN is identity)
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.1)
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    plain = MODELS[name](num_classes=10, mean=(0.0,) * channels, std=(1.0,) * channels)
+    plain = MODELS[name](num_classes=10, mean=(0.0,) * channels, std=(1.0,) * channels).to(DEVICE)
     weights = {k: v for k, v in normalising.state_dict().items() if not k.startswith("normalize.")}
     missing, unexpected = plain.load_state_dict(weights, strict=False)
     assert sorted(missing) == ["normalize.mean", "normalize.std"] and not unexpected
     normalising.eval(), plain.eval()
 
-    x = torch.rand(4, channels, size, size)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+    x = torch.rand(4, channels, size, size, device=DEVICE)
+    m = torch.tensor(mean, device=DEVICE).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=DEVICE).view(1, -1, 1, 1)
     with torch.no_grad():
         a, b = normalising(x), plain((x - m) / s)
     assert a.abs().max() > 0
@@ -218,12 +236,12 @@ def test_model_with_mean_and_std_equals_same_weights_on_normalised_input(name):
 
 
 def test_normalisation_statistics_live_in_the_state_dict_and_follow_the_model():
-    model = MODELS["resnet20"](num_classes=10, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    model = MODELS["resnet20"](num_classes=10, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)).to(DEVICE)
     state = model.state_dict()
-    assert torch.allclose(state["normalize.mean"].flatten(), torch.tensor([0.1, 0.2, 0.3]))
-    assert torch.allclose(state["normalize.std"].flatten(), torch.tensor([0.4, 0.5, 0.6]))
+    assert torch.allclose(state["normalize.mean"].flatten(), torch.tensor([0.1, 0.2, 0.3], device=DEVICE))
+    assert torch.allclose(state["normalize.std"].flatten(), torch.tensor([0.4, 0.5, 0.6], device=DEVICE))
     assert not any(k.startswith("normalize.") for k, _ in model.named_parameters())  # buffers, not trained
-    other = MODELS["resnet20"](num_classes=10)
+    other = MODELS["resnet20"](num_classes=10).to(DEVICE)
     other.load_state_dict(state)
     assert torch.equal(other.normalize.mean, model.normalize.mean)
     assert model.to(torch.float64).normalize.std.dtype == torch.float64
