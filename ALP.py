@@ -343,6 +343,14 @@ def most_predicted_class(model, loader, num_classes, autocast):
     return top, counts[top].item() / len(loader.labels)
 
 
+def one_class_warning(top, share, epoch):
+    """The log's warning when a model gives one class to most validation images, or None."""
+    if share <= ONE_CLASS_SHARE:
+        return None
+    return (f"warning: after epoch {epoch} the model predicts class {top} for {100 * share:.0f}% of the validation "
+            f"images: its accuracy says little yet (more epochs or images needed?)")
+
+
 def epoch_line(row, epochs):
     accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
                   if row["clean_accuracy"] is not None else "")
@@ -423,10 +431,10 @@ def main(argv=None):
             loader = ValidationProgress(val_loader, epoch + 1) if args.progress else val_loader
             row["clean_accuracy"], row["robust_accuracy"] = validate(attack_model, loader, validation_attack,
                                                                      autocast)
-            top, share = most_predicted_class(attack_model, val_loader, spec.num_classes, autocast)
-            if share > ONE_CLASS_SHARE:
-                log(f"warning: after epoch {epoch + 1} the model predicts class {top} for {100 * share:.0f}% of "
-                    f"the validation images: its accuracy says little yet (more epochs or images needed?)")
+            warning = one_class_warning(*most_predicted_class(attack_model, val_loader, spec.num_classes, autocast),
+                                        epoch + 1)
+            if warning:
+                log(warning)
         row["seconds"] = round(time.time() - started, 2)
         rng_states = gather_from_all_ranks(get_rng_state())
         if is_main:
