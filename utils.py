@@ -14,7 +14,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows each flag's default and keeps the description's own line breaks."""
+    """--help shows each flag's default and keeps the description's own line breaks. On/off switches show
+    none: "--no-amp (default: True)" would read as the opposite of what it means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
 
 
 class CLIParser(argparse.ArgumentParser):
