@@ -164,9 +164,10 @@ def check_run_folder(args, last_path, check_lock=True):
         fail(f"{last_path} cannot be resumed: it holds no {', '.join(missing)} (a best_*.pt or epoch_*.pt "
              f"copied over it?); {other_checkpoints(last_path)}")
     recorded = first_run_args(run_dir)
-    changed = sorted(k for k in recorded if k not in MAY_CHANGE_ON_RESUME and recorded[k] != vars(args).get(k))
+    now = vars(args)
+    changed = sorted(k for k in recorded if k in now and k not in MAY_CHANGE_ON_RESUME and recorded[k] != now[k])
     if changed:
-        fail(f"--resume: {', '.join(f'--{k} {vars(args).get(k)} (the run has {recorded[k]})' for k in changed)};"
+        fail(f"--resume: {', '.join(f'--{k} {now[k]} (the run has {recorded[k]})' for k in changed)};"
              f" resume with the run's own arguments (see {os.path.join(run_dir, 'args.json')})")
     return state
 
