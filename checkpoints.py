@@ -2,8 +2,12 @@
 
 A checkpoint of this project is a dict with at least "model" (the network's state_dict) and "meta" (what
 rebuilds the network without the command line); `last.pt` adds the optimiser, scheduler, metrics and
-random-number states that --resume needs.
+random-number states that --resume needs. save_checkpoint adds "digest", a SHA-256 of the content that
+load_checkpoint recomputes: a damaged file is refused, never used.
 """
+import glob
+import hashlib
+import io
 import os
 import pickle
 import zipfile
@@ -12,39 +16,119 @@ import torch
 
 from data import DATASETS
 from models import MODELS
+from utils import short_reason, write_atomically
 
 
 class CheckpointError(Exception):
     """A checkpoint cannot be used: the message names the file and says why."""
 
 
+# --- integrity ---------------------------------------------------------------------------------------------
+
+def content_digest(state):
+    """SHA-256 over a checkpoint's content as this project wrote it: every tensor's dtype, shape and bytes,
+    every other entry's repr, dict keys in a fixed order. Stored under "digest" by save_checkpoint and
+    recomputed by load_checkpoint, it catches damage to what torch.load returns, wherever it comes from."""
+    sha = hashlib.sha256()
+
+    def feed(value):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            sha.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            sha.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            sha.update(f"{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            sha.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed(state)
+    return sha.hexdigest()
+
+
+def other_checkpoints(path):
+    """What to use instead of a damaged checkpoint: the other .pt files of its folder, as one phrase."""
+    folder = os.path.dirname(os.path.abspath(path))
+    others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.pt"))
+                    if os.path.abspath(p) != os.path.abspath(path))
+    return (f"other checkpoints in {folder}: {', '.join(others)}" if others
+            else f"no other checkpoint in {folder}")
+
+
+def _damaged(path, reason):
+    return CheckpointError(f"{path} is damaged ({reason}); use another one ({other_checkpoints(path)})")
+
+
+# --- writing and reading -------------------------------------------------------------------------------------
+
 def save_checkpoint(state, path):
-    """Write to a temporary file, then rename: a kill at any moment leaves the previous file intact."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write `state` with its content digest. Serialised in memory first, then written to a temporary file
+    and renamed: a kill at any moment leaves the previous file intact, and a full disk raises OSError
+    (see utils.write_atomically) with no temporary file left behind."""
+    buffer = io.BytesIO()
+    torch.save({**state, "digest": content_digest(state)}, buffer)
+    write_atomically(path, buffer.getbuffer())
 
 
-def load_checkpoint(path, device="cpu"):
-    """A checkpoint's dict, loaded with weights_only=True: one that would run arbitrary code is refused."""
+def read_checkpoint_file(path, device="cpu"):
+    """Whatever a .pt file holds, loaded with weights_only=True (one that would run arbitrary code is
+    refused), with every way of being unreadable turned into one CheckpointError line: missing, empty, not
+    a PyTorch file, damaged (the zip container's CRC-32 sums are checked before unpickling). No content
+    digest or layout is required: for bare state_dicts from elsewhere. load_checkpoint checks both."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise _damaged(path, "the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise _damaged(path, short_reason(e)) from None
+        if bad is not None:
+            raise _damaged(path, f"the checksum of its part {bad} does not match")
+    elif head[:1] != b"\x80":  # neither torch's zip format nor its older plain-pickle one
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint file (it starts with {head!r})")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds objects that need code to load; refusing it (weights_only=True "
-                              f"loading: {str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+                              f"loading: {str(e).strip().splitlines()[0]})") from None
+    except Exception as e:  # flipped bytes reach the unpickler as any of a dozen exception types
+        raise _damaged(path, short_reason(e)) from None
+
+
+def load_checkpoint(path, device="cpu", require_meta=True):
+    """A checkpoint's dict (see read_checkpoint_file), its content digest checked. A file without a digest
+    (written before digests existed) is accepted: its zip checksums were still checked. require_meta:
+    it must be a checkpoint of this project, with "model" and "meta" entries."""
+    state = read_checkpoint_file(path, device)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (it holds a {type(state).__name__}, "
+                              f"not a dict)")
+    if "digest" in state:
+        stored = state.pop("digest")
+        if stored != content_digest(state):
+            raise _damaged(path, "its content does not match the digest stored with it")
+    if require_meta and ("model" not in state or "meta" not in state):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' and 'meta' entries)")
     return state
 
 
-def checkpoint_meta(model_name, dataset, training_args):
-    """What rebuilds the model without the command line: eval.py needs only the checkpoint."""
+def checkpoint_meta(model_name, dataset, training_args, data_digest=None):
+    """What rebuilds the model without the command line: eval.py needs only the checkpoint. data_digest
+    (data.data_digest of the training and validation data) lets --resume check it trains on the same data."""
     return {"model": model_name, "dataset": dataset, "num_classes": DATASETS[dataset].num_classes,
-            "args": dict(training_args)}
+            "args": dict(training_args), "data_digest": data_digest}
 
 
 def build_model(name, dataset):

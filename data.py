@@ -4,13 +4,19 @@ Each split is decoded once through torchvision's own data set class (which also 
 root on first use) and kept as one N x C x H x W uint8 tensor. A batch is a gather from that tensor plus a
 random crop/flip done with index arithmetic on the device: no worker processes, no per-image PIL work.
 """
+import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.datasets as tvd
+import torchvision.datasets.cifar as tv_cifar
+import torchvision.datasets.svhn as tv_svhn
+
+from utils import short_reason
 
 
 class DataError(Exception):
@@ -50,36 +56,122 @@ DATASETS = {
 }
 
 
-def load_split(name, root, train):
-    """(images uint8 N x C x H x W, labels int64 N) of one split, on the CPU."""
+def _checked_files(name, root, train):
+    """[(path, what a sound file looks like)] for every file torchvision's class checks before it reads a
+    split of `name`: ("idx", magic number) for MNIST-type files, ("md5", sum) for CIFAR and SVHN."""
     spec = DATASETS[name]
-    if os.path.isfile(root):
-        raise DataError(f"--data-root {root} is a file, not a folder")
+    folder = os.path.join(root, spec.folder)
+    if spec.family == "mnist":  # torchvision requires both splits' files
+        return [(os.path.join(folder, "raw", f"{prefix}-{kind}-ubyte"), ("idx", magic))
+                for prefix in ("train", "t10k") for kind, magic in (("images-idx3", 2051), ("labels-idx1", 2049))]
+    if name == "svhn":
+        _, filename, md5 = tvd.SVHN.split_list["train" if train else "test"]
+        return [(os.path.join(folder, filename), ("md5", md5))]
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]  # both splits' files, as torchvision
+    return [(os.path.join(folder, filename), ("md5", md5)) for filename, md5 in cls.train_list + cls.test_list]
+
+
+def _damage(path, check):
+    """Why a file that is there cannot be what torchvision expects, or None."""
+    kind, expected = check
+    if kind == "md5":
+        checker = tv_svhn.check_integrity if path.endswith(".mat") else tv_cifar.check_integrity
+        return None if checker(path, expected) else "it fails torchvision's md5 check"
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if size < 8:
+        return f"{size} bytes, shorter than an idx header"
+    magic = int.from_bytes(header[:4], "big")
+    if magic != expected:
+        return f"its magic number is {magic}, not {expected}"
+    dims = [int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(magic % 256)]
+    if size != 4 * (1 + len(dims)) + int(np.prod(dims)):
+        return f"its header promises {' x '.join(map(str, dims))} bytes of data but it holds {size} bytes in all"
+    return None
+
+
+def _download(name, root, train):
+    """torchvision's download; a failed one leaves no folder behind that it created."""
+    spec = DATASETS[name]
+    parent = os.path.dirname(os.path.abspath(root))
+    if not os.path.isdir(parent):
+        raise DataError(f"{name}: the data is not under {root}, and its parent folder {parent} does not exist "
+                        f"(a mistyped --data-root?)")
+    created = [d for d in (root, os.path.join(root, spec.folder)) if not os.path.exists(d)]
     try:
-        ds = spec.load(root, train, download=False)
-    except RuntimeError:  # not there (or fails the md5 check): download it
-        ds = None
-    try:
-        if ds is None:
-            ds = spec.load(root, train, download=True)
+        return spec.load(root, train, download=True)
     except Exception as e:  # URLError, RuntimeError, OSError...: whatever a failed download raises
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
         where = os.path.join(root, spec.folder)
         raise DataError(
             f"{name} ({'train' if train else 'test'} split) is not under {where} and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); run once with network "
-            f"access, or copy torchvision's {name} files into {root}") from None
+            f"({short_reason(e)}); run once with network access, or copy torchvision's {name} files into "
+            f"{root}") from None
+
+
+def load_split(name, root, train):
+    """(images uint8 N x C x H x W, labels int64 N) of one split, on the CPU. Downloads the data set into
+    root when none of its files are there; files that are there but damaged are named, never replaced."""
+    spec = DATASETS[name]
+    split = "train" if train else "test"
+    if os.path.isfile(root):
+        raise DataError(f"--data-root {root} is a file, not a folder")
+    files = _checked_files(name, root, train)
+    present = [path for path, _ in files if os.path.isfile(path)]
+    if not present:
+        ds = _download(name, root, train)
+    else:
+        missing = [path for path, _ in files if path not in present]
+        if missing:
+            raise DataError(f"{name} under {root} is incomplete: {', '.join(missing)} missing; copy it there, "
+                            f"or delete {os.path.join(root, spec.folder)} to download the data set again")
+        for path, check in files:
+            reason = _damage(path, check)
+            if reason:
+                raise DataError(f"{path} is damaged ({reason}); replace it, or delete it to download it again")
+        try:
+            ds = spec.load(root, train, download=False)
+        except Exception as e:  # the files passed the checks above, but torchvision could not read them
+            raise DataError(f"{name} ({split} split) under {root} is damaged: torchvision cannot read it "
+                            f"({short_reason(e)})") from None
     images = torch.as_tensor(np.asarray(ds.data))
     labels = torch.as_tensor(np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels))  # SVHN: .labels
     if images.dim() == 3:                      # MNIST-type: N x H x W
         images = images.unsqueeze(1)
     elif images.shape[-1] == 3:                # CIFAR: N x H x W x C; SVHN is already N x C x H x W
         images = images.permute(0, 3, 1, 2)
+    where = os.path.join(root, spec.folder)
+    if len(images) != len(labels):
+        raise DataError(f"{name} ({split} split) under {where} is damaged: {len(images)} images but "
+                        f"{len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{name} ({split} split) under {where} is damaged: it holds no images")
+    if labels.min() < 0 or labels.max() >= spec.num_classes:
+        raise DataError(f"{name} ({split} split) under {where} is damaged: labels outside 0..{spec.num_classes - 1}")
     return images.contiguous(), labels.long()
+
+
+def balanced_subset(labels, n, generator):
+    """Indices (ascending) of a random subset of n samples, drawn from `generator`, with every class as
+    equally represented as its number of samples allows: classes take turns, each in a random order."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[order]
+    turn = torch.empty(len(labels), dtype=torch.long)  # a sample's place among its class in `order`
+    for label in shuffled.unique():
+        members = shuffled == label
+        turn[members] = torch.arange(int(members.sum()))
+    picked = torch.argsort(turn * len(labels) + torch.arange(len(labels)))[:n]
+    return order[picked].sort().values
 
 
 def train_val_splits(name, root, ratio=0.0, subset=None, seed=0):
     """Training and validation (images, labels). ratio 0 validates on the test split; otherwise that share
-    of the training split, chosen by a fixed permutation, is held out. subset keeps the first N of each."""
+    of the training split, chosen by a fixed permutation, is held out. subset keeps a seeded, class-balanced
+    random choice of N images of each split (the first N of a class-ordered file would be one class)."""
     train = load_split(name, root, train=True)
     if ratio > 0:
         order = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(seed))
@@ -88,9 +180,22 @@ def train_val_splits(name, root, ratio=0.0, subset=None, seed=0):
         train = tuple(t[order[n_val:]] for t in train)
     else:
         val = load_split(name, root, train=False)
-    if subset:
-        train, val = (tuple(t[:subset] for t in split) for split in (train, val))
+    if subset:  # one random stream per split
+        train, val = ((images[index], labels[index]) for (images, labels), index in (
+            (split, balanced_subset(split[1], subset, torch.Generator().manual_seed(seed + k)))
+            for k, split in ((1, train), (2, val))))
     return train, val
+
+
+def data_digest(*tensors):
+    """SHA-256 of tensors' shapes and bytes: the identity of the data a run trains and validates on, whatever
+    folder it was read from."""
+    sha = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        sha.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
 
 
 def random_crop_flip(images, pad=4, flip=True):

@@ -1,16 +1,32 @@
-"""Shared plumbing for the scripts: CLI parsing, optimisers and learning-rate policies, metrics files and
-plots. Checkpoints are in checkpoints.py."""
+"""Shared plumbing for the scripts: CLI parsing, optimisers and learning-rate policies, files written so that
+a kill or a full disk leaves no half-written one, the run-folder lock, metrics files and plots. Checkpoints
+are in checkpoints.py."""
 import argparse
 import csv
+import errno
+import io
 import os
 import sys
+import textwrap
 
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default and keeps the description's own line breaks. On/off switches show
+    none: "--no-amp (default: True)" would read as the opposite of what it means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 class CLIParser(argparse.ArgumentParser):
     """argparse that reports bad input as one line (no usage dump) with exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -20,6 +36,16 @@ def fail(message, status=2):
     """Stop a script with one line on stderr: for bad input and data or checkpoints that cannot be used."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+def short_reason(error):
+    """An exception as one short clause: its type and the first non-empty line of its message (torchvision's
+    download errors start with a line that ends in a colon and put the reason on the next)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " / ".join(lines[:3])
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # name -> (parameters, lr, momentum, weight_decay, betas) -> optimizer. SGD ignores betas, Adam momentum.
@@ -52,32 +78,119 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# --- files -------------------------------------------------------------------------------------------------
+
+def write_atomically(path, data):
+    """Write bytes or text to `path` through `path.tmp` and a rename: a kill leaves the previous file intact.
+    On any OSError (a full disk above all) the temporary file is removed before the error goes on, with
+    the path it was meant for as its filename."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        e.filename = path
+        raise
+
+
+def describe_os_error(error):
+    """One line for an OSError met while writing: a full disk is named as such."""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {error.filename} (the temporary file was removed)"
+    return f"cannot write {error.filename} ({error.strerror or short_reason(error)})"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a run is alive: an flock on `run.lock`, which also
+    holds the owner's PID. The kernel drops the lock when its process dies, however it dies, so a lock left
+    by a killed run is stale by construction and the next run takes it over."""
+
+    NAME = "run.lock"
+
+    def __init__(self, folder):
+        import fcntl  # POSIX: the training scripts target Linux
+        self.path = os.path.join(folder, self.NAME)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunLockHeld(holder) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self):
+        self.file.close()  # closing drops the flock
+
+
+class RunLockHeld(Exception):
+    """Another live process holds the run folder's lock; args[0] is its PID as written in the lock file."""
+
+
+def lock_holder(folder):
+    """The PID (as text) of a live process holding `folder`'s run lock, or None."""
+    if not os.path.isfile(os.path.join(folder, RunLock.NAME)):
+        return None
+    try:
+        RunLock(folder).release()
+    except RunLockHeld as held:
+        return held.args[0]
+    return None
+
+
 # --- metrics and plots -----------------------------------------------------------------------------------
 
 def write_csv(rows, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
-def plot_curves(rows, path, title=""):
-    """Clean and robust validation accuracy per epoch."""
+def curves_figure(rows, title=""):
+    """The figure of plot_curves: clean and robust validation accuracy per validated epoch, with markers
+    where there are few points to see, the whole title wrapped, and a note instead of an empty frame."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = [r for r in rows if r.get("clean_accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("clean_accuracy", "clean"), ("robust_accuracy", "robust")):
-        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], label=label)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    marker = "o" if len(rows) <= 40 else None
+    for key, label in (("clean_accuracy", "clean"), ("robust_accuracy", "robust (PGD)")):
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], label=label, marker=marker)
+    if rows:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no validated epoch yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("\n".join(textwrap.wrap(title, 70) or [""]), fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_curves(rows, path, title=""):
+    """curves.png of a run: see curves_figure."""
+    import matplotlib.pyplot as plt
+    fig = curves_figure(rows, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    write_atomically(path, buffer.getvalue())

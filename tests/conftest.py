@@ -5,12 +5,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 OFFLINE_DATA = SHARED / "tools" / "offline_data.py"
 
 sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """On a busy 2-core machine two intra-op threads spin-wait on each other (~50x slower than one).
+    Subprocesses that tests start get OMP_NUM_THREADS=1 from their helpers for the same reason."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
 """ALP training: the loss, the training step, and ALP.py end to end (run folder, resume, bad input)."""
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from models import MODELS
 from checkpoints import load_checkpoint
 
 QUICK = ["-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3", "--steps=3",
-         "--stepsize=0.1", "--leverage=0.5"]
+         "--stepsize=0.1", "--leverage=0.5", "--device=cpu"]
 
 
 def run_folder(out):
@@ -28,8 +29,9 @@ def run_folder(out):
 
 
 def alp_cli(*args, **kwargs):
+    """ALP.py in a subprocess, on one CPU thread (see conftest.one_thread)."""
     return subprocess.run([sys.executable, str(ROOT / "ALP.py"), *map(str, args)], capture_output=True,
-                          text=True, **kwargs)
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
 
 
 def tiny_batch(seed=0, n=32):
@@ -102,10 +104,11 @@ def test_bf16_autocast_loss_is_close_to_float32_and_still_learns():
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_one_epoch_end_to_end_writes_the_run_folder(synthetic_mnist_root, tmp_path):
-    result = alp_cli("mnist", "mnist", *QUICK, "--epochs=1", "--subset=200", "--data-root", synthetic_mnist_root,
-                     "--out", tmp_path)
+def test_one_epoch_end_to_end_writes_the_run_folder_and_shows_progress(synthetic_mnist_root, tmp_path):
+    result = alp_cli("mnist", "mnist", *QUICK, "--epochs=1", "--subset=200", "--progress", "--data-root",
+                     synthetic_mnist_root, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "epoch 1" in result.stderr and "validating epoch 1" in result.stderr  # both progress bars
     run = run_folder(tmp_path)
     assert os.path.basename(run).startswith("mnist-mnist-ALP-lev0.5-pgd-linf-eps0.3-steps3")
     for name in ("args.json", "log.txt", "metrics.csv", "curves.png", "last.pt", "best_clean.pt", "best_robust.pt"):
@@ -142,29 +145,93 @@ def test_training_on_the_real_mnist_split_learns(mnist_stand_in_root, tmp_path):
     assert state["metrics"][-1]["clean_accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(synthetic_mnist_root, tmp_path):
-    args = ["mnist", "mnist", *QUICK, "--epochs=5", "--subset=400", "--eval-freq=2",
-            "--data-root", synthetic_mnist_root]
-    uninterrupted = alp_cli(*args, "--out", tmp_path / "a")
+# The run kills itself with SIGKILL right after epoch 2's last.pt is renamed into place, before metrics.csv and
+# log.txt get epoch 2: the worst moment, chosen without a race.
+KILLED_AFTER_EPOCH_2_CHECKPOINT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import ALP
+save = ALP.save_checkpoint
+def save_then_die(state, path):
+    save(state, path)
+    if path.endswith("last.pt") and state["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+ALP.save_checkpoint = save_then_die
+ALP.main({argv!r})
+"""
+
+KILL_TEST_ARGS = ["mnist", "mnist", *QUICK, "--epochs=3", "--subset=100", "--eval-freq=2"]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(synthetic_mnist_root, tmp_path_factory):
+    """Run folders of the same run: "a" uninterrupted, "b" killed after epoch 2's checkpoint and resumed,
+    "killed" a copy of b as the kill left it."""
+    base = tmp_path_factory.mktemp("kill")
+    args = [*KILL_TEST_ARGS, "--data-root", str(synthetic_mnist_root)]
+    uninterrupted = alp_cli(*args, "--out", base / "a")
     assert uninterrupted.returncode == 0, uninterrupted.stderr
-
-    killed = subprocess.Popen([sys.executable, str(ROOT / "ALP.py"), *map(str, args), "--out", str(tmp_path / "b")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((tmp_path / "b").glob("*/metrics.csv")) and time.time() < deadline:
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
-    stopped_at = load_checkpoint(str(next((tmp_path / "b").glob("*/last.pt"))))["epoch"]
-    assert stopped_at < 5
-
-    resumed = alp_cli(*args, "--out", tmp_path / "b", "--resume")
+    code = KILLED_AFTER_EPOCH_2_CHECKPOINT.format(root=str(ROOT), argv=[*args, "--out", str(base / "b")])
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    shutil.copytree(base / "b", base / "killed")
+    resumed = alp_cli(*args, "--out", base / "b", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout and f"at epoch {stopped_at + 1}/5" in resumed.stdout
-    a = load_checkpoint(os.path.join(run_folder(tmp_path / "a"), "last.pt"))
-    b = load_checkpoint(os.path.join(run_folder(tmp_path / "b"), "last.pt"))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["metrics"] == [dict(r, seconds=r2["seconds"]) for r, r2 in zip(b["metrics"], a["metrics"])]
+    return {name: run_folder(base / name) for name in ("a", "b", "killed")} | {"resumed": resumed}
+
+
+def read_csv_rows(run):
+    with open(os.path.join(run, "metrics.csv")) as f:
+        return [dict(row, seconds=None) for row in csv.DictReader(f)]
+
+
+def epoch_lines(run):
+    """The log's epoch lines without their durations."""
+    with open(os.path.join(run, "log.txt")) as f:
+        return [line.rsplit(" | ", 1)[0] for line in f.read().splitlines() if line.startswith("epoch ")]
+
+
+def test_the_kill_left_metrics_and_log_an_epoch_behind_the_checkpoint(killed_and_resumed):
+    killed = killed_and_resumed["killed"]
+    assert load_checkpoint(os.path.join(killed, "last.pt"))["epoch"] == 2
+    assert len(read_csv_rows(killed)) == 1 and len(epoch_lines(killed)) == 1
+
+
+def test_a_run_killed_after_its_checkpoint_resumes_to_the_same_weights_metrics_and_log(killed_and_resumed):
+    a, b = killed_and_resumed["a"], killed_and_resumed["b"]
+    assert "resuming" in killed_and_resumed["resumed"].stdout and "at epoch 3/3" in killed_and_resumed["resumed"].stdout
+    state_a, state_b = (load_checkpoint(os.path.join(run, "last.pt")) for run in (a, b))
+    assert all(torch.equal(state_a["model"][k], state_b["model"][k]) for k in state_a["model"])
+    assert [dict(r, seconds=None) for r in state_a["metrics"]] == [dict(r, seconds=None) for r in state_b["metrics"]]
+    assert read_csv_rows(b) == read_csv_rows(a) and len(read_csv_rows(a)) == 3
+    assert epoch_lines(b) == epoch_lines(a) and len(epoch_lines(a)) == 3
+    assert "restored from last.pt" in killed_and_resumed["resumed"].stdout
+    assert not [name for name in os.listdir(b) if name.endswith(".tmp")]
+
+
+def test_resume_appends_to_args_json_what_was_in_force(killed_and_resumed):
+    with open(os.path.join(killed_and_resumed["b"], "args.json")) as f:
+        runs = json.load(f)["runs"]
+    assert [run["args"]["resume"] for run in runs] == [False, True]
+    for run in runs:
+        in_force = run["in_force"]
+        assert in_force["device"] == "cpu" and in_force["world_size"] == 1 and in_force["torch"] == torch.__version__
+        assert not in_force["amp"] and not in_force["channels_last"] and not in_force["cudnn_benchmark"]
+        assert run["args"]["amp"]  # asked for (the default), not in force on the CPU
+    assert runs[0]["in_force"]["data_digest"] == runs[1]["in_force"]["data_digest"]
+
+
+def test_resume_on_other_data_is_refused_whatever_the_data_root(killed_and_resumed, tmp_path, capsys):
+    from formats import synthetic_digits, write_mnist
+    images, labels = synthetic_digits(800, seed=5)
+    write_mnist(tmp_path / "other", images[:600], labels[:600], images[600:], labels[600:])
+    out = tmp_path / "runs"
+    shutil.copytree(killed_and_resumed["killed"], out / os.path.basename(killed_and_resumed["killed"]))
+    with pytest.raises(SystemExit) as stop:
+        ALP.main([*KILL_TEST_ARGS, "--data-root", str(tmp_path / "other"), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "differs from the data" in err and len(err.strip().splitlines()) == 1
 
 
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(synthetic_mnist_root, tmp_path,
@@ -179,8 +246,8 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(
 
     monkeypatch.setattr(training, "alp_loss", loss_turning_nan_in_epoch_2)
     with pytest.raises(SystemExit) as stop:
-        ALP.main(["mnist", "mnist", *QUICK, "--epochs=3", "--subset=200", "--data-root", str(synthetic_mnist_root),
-                  "--out", str(tmp_path)])
+        ALP.main(["mnist", "mnist", *QUICK, "--epochs=3", "--eval-freq=5", "--subset=200", "--data-root",
+                  str(synthetic_mnist_root), "--out", str(tmp_path)])
     assert stop.value.code == 1
     assert "epoch 2, batch 3" in capsys.readouterr().err
     state = load_checkpoint(os.path.join(run_folder(tmp_path), "last.pt"))
@@ -244,11 +311,11 @@ def test_missing_data_without_network_is_one_clear_line(tmp_path):
     assert "mnist" in last and str(tmp_path / "empty" / "MNIST") in last and "download" in last
 
 
-def test_checkpoint_needing_code_is_refused_on_resume(synthetic_mnist_root, tmp_path):
-    args = ["mnist", "mnist", *QUICK, "--epochs=1", "--subset=100", "--data-root", synthetic_mnist_root,
+def test_checkpoint_needing_code_is_refused_on_resume(tmp_path):
+    args = ["mnist", "mnist", *QUICK, "--epochs=1", "--subset=100", "--data-root", tmp_path / "no-data",
             "--out", tmp_path]
-    assert alp_cli(*args).returncode == 0
-    last = os.path.join(run_folder(tmp_path), "last.pt")
+    run_dir, last = ALP.run_paths(ALP.parse_args(list(map(str, args))))
+    os.makedirs(run_dir)
     torch.save({"model": {}, "meta": {}, "payload": np.random.default_rng(0)}, last)  # needs numpy code to load
     result = alp_cli(*args, "--resume")
     assert result.returncode == 2 and "need code to load" in result.stderr

@@ -11,18 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SHARED
-from data import DATASETS, DataError, DeviceLoader, load_split, random_crop_flip, train_val_splits
+from data import (DATASETS, DataError, DeviceLoader, balanced_subset, data_digest, load_split, random_crop_flip,
+                  train_val_splits)
 from formats import patch_md5, write_cifar10, write_cifar100, write_mnist, write_svhn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy 2-core machine two intra-op threads spin-wait on each other (~50x slower than one);
-    restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -162,10 +153,85 @@ def test_data_error_when_only_one_split_is_there(tmp_path, monkeypatch):
         load_split("svhn", str(tmp_path), train=False)
 
 
-def test_files_that_fail_the_md5_check_are_a_data_error_not_a_crash(tmp_path):
+def test_cifar_files_that_fail_the_md5_check_are_reported_as_such_and_named(tmp_path):
     write_dataset("cifar10", tmp_path)  # without patch_md5: torchvision rejects these files
-    with pytest.raises(DataError, match="cifar-10-batches-py"):
+    with pytest.raises(DataError) as info:
         load_split("cifar10", str(tmp_path), train=True)
+    message = str(info.value)
+    assert "md5" in message and os.path.join(str(tmp_path), "cifar-10-batches-py", "data_batch_1") in message
+    assert "not under" not in message and "\n" not in message
+
+
+MNIST_RAW = os.path.join("MNIST", "raw")
+
+
+def damage_truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 3)
+
+
+def damage_magic(path):
+    with open(path, "r+b") as f:
+        f.write(b"\x00\x00\x09\x99")
+
+
+def damage_empty(path):
+    open(path, "wb").close()
+
+
+@pytest.mark.parametrize("damage", [damage_truncate, damage_magic, damage_empty])
+@pytest.mark.parametrize("filename", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_damaged_mnist_file_is_named_as_damaged_not_missing(damage, filename, tmp_path):
+    write_dataset("mnist", tmp_path)
+    path = os.path.join(str(tmp_path), MNIST_RAW, filename)
+    damage(path)
+    with pytest.raises(DataError) as info:
+        load_split("mnist", str(tmp_path), train=True)
+    message = str(info.value)
+    assert "damaged" in message and path in message and "download" not in message.split(";")[0]
+    assert "\n" not in message
+
+
+def test_fewer_labels_than_images_is_damage(tmp_path):
+    rng = np.random.default_rng(0)
+    write_mnist(str(tmp_path), _grey(12, rng), rng.integers(0, 10, 7), _grey(5, rng), rng.integers(0, 10, 5))
+    with pytest.raises(DataError, match="damaged: 12 images but 7 labels"):
+        load_split("mnist", str(tmp_path), train=True)
+
+
+def test_labels_beyond_the_classes_are_damage(tmp_path):
+    rng = np.random.default_rng(0)
+    write_mnist(str(tmp_path), _grey(6, rng), [0, 1, 2, 3, 4, 12], _grey(5, rng), rng.integers(0, 10, 5))
+    with pytest.raises(DataError, match="labels outside 0..9"):
+        load_split("mnist", str(tmp_path), train=True)
+
+
+def test_mistyped_data_root_creates_no_folders(tmp_path):
+    typo = tmp_path / "dtaa" / "mnist"
+    with pytest.raises(DataError, match="does not exist"):
+        load_split("mnist", str(typo), train=True)
+    assert not (tmp_path / "dtaa").exists()
+    # a root whose parent exists may be created by a download, but not left behind by a failed one
+    with pytest.raises(DataError, match="could not be downloaded"):
+        load_split("mnist", str(tmp_path / "new"), train=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_says_why_after_the_colon(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_split("mnist", str(tmp_path), train=True)
+    message = str(info.value)
+    assert "network disabled in tests" in message  # torchvision puts the reason on the line after the colon
+    assert ":)" not in message and ": )" not in message
+
+
+def test_data_digest_tells_data_apart():
+    a = (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4))
+    b = (a[0].clone(), a[1].clone())
+    assert data_digest(*a) == data_digest(*b)
+    b[0][3, 0, 1, 1] = 1
+    assert data_digest(*a) != data_digest(*b)
+    assert data_digest(*a) != data_digest(a[0], a[1].flip(0))
 
 
 # --- validation hold-out and subsets ---------------------------------------------------------------------
@@ -214,16 +280,36 @@ def test_held_out_images_depend_on_the_seed_only(indexed_cifar10):
     assert set(ids(a)) != set(range(10))  # a random choice, not the first ones
 
 
-def test_subset_keeps_the_first_n_of_each_split(indexed_cifar10):
-    train, val = train_val_splits("cifar10", indexed_cifar10, ratio=0, subset=6)
-    assert ids(train) == list(range(6)) and ids(val) == list(range(100, 106))
-    assert train[1].tolist() == list(range(6)) and len(val[1]) == 6
+def test_subset_is_a_seeded_class_balanced_random_choice_from_each_split(indexed_cifar10):
+    train, val = train_val_splits("cifar10", indexed_cifar10, ratio=0, subset=20, seed=0)
+    assert len(ids(train)) == len(set(ids(train))) == 20 and set(ids(train)) <= set(range(40))
+    assert ids(train) != list(range(20))  # not the first 20
+    assert torch.bincount(train[1], minlength=10).tolist() == [2] * 10  # 4 of each class to choose from
+    assert train[1].tolist() == [i % 10 for i in ids(train)]  # labels stay with their images
+    assert ids(train_val_splits("cifar10", indexed_cifar10, subset=20, seed=0)[0]) == ids(train)
+    assert ids(train_val_splits("cifar10", indexed_cifar10, subset=20, seed=1)[0]) != ids(train)
+    assert sorted(ids(val)) == list(range(100, 110))  # 20 > 10 test images: all of them
+
+
+def test_subset_of_a_class_ordered_split_holds_every_class():
+    labels = torch.arange(10).repeat_interleave(50)  # class-ordered: the first 50 are all class 0
+    generator = torch.Generator().manual_seed(0)
+    chosen = balanced_subset(labels, 25, generator)
+    counts = torch.bincount(labels[chosen], minlength=10)
+    assert len(chosen) == len(set(chosen.tolist())) == 25 and counts.min() == 2 and counts.max() == 3
+
+
+def test_subset_balances_as_far_as_rare_classes_allow():
+    labels = torch.tensor([0] * 30 + [1] * 2 + [2] * 8)
+    chosen = balanced_subset(labels, 12, torch.Generator().manual_seed(3))
+    assert torch.bincount(labels[chosen], minlength=3).tolist() == [5, 2, 5]
 
 
 def test_subset_applies_after_the_hold_out(indexed_cifar10):
     full_train, full_val = train_val_splits("cifar10", indexed_cifar10, ratio=0.25, seed=2)
     train, val = train_val_splits("cifar10", indexed_cifar10, ratio=0.25, seed=2, subset=5)
-    assert ids(train) == ids(full_train)[:5] and ids(val) == ids(full_val)[:5]
+    assert set(ids(train)) <= set(ids(full_train)) and set(ids(val)) <= set(ids(full_val))
+    assert len(ids(train)) == len(ids(val)) == 5
     assert set(ids(train)).isdisjoint(ids(val))
 
 

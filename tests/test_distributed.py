@@ -1,4 +1,5 @@
 """torchrun with DistributedDataParallel on CPU (gloo): two processes train one model."""
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_
          "mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=25", "--epsilon=0.3",
          "--steps=2", "--stepsize=0.1", "--epochs=3", "--eval-freq=3", "--subset=300", "--device=cpu",
          "--data-root", str(synthetic_mnist_root), "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
 
     rank0, rank1 = (torch.load(weights / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -26,7 +27,9 @@ def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_
 
     (run,) = os.listdir(out)  # rank 0 alone writes
     assert sorted(os.listdir(out / run)) == ["args.json", "best_clean.pt", "best_robust.pt", "curves.png",
-                                             "last.pt", "log.txt", "metrics.csv"]
+                                             "last.pt", "log.txt", "metrics.csv", "run.lock"]
+    with open(out / run / "args.json") as f:
+        assert json.load(f)["runs"][0]["in_force"]["world_size"] == 2
     assert result.stdout.count("epoch   3/3") == 1
 
     state = load_checkpoint(str(out / run / "last.pt"))

@@ -149,11 +149,17 @@ def test_optimizers_take_their_settings_from_the_command_line():
     assert (group["lr"], group["betas"], group["weight_decay"]) == (0.05, (0.85, 0.995), 2e-4)
 
 
+def expected_lr(policy, epoch, epochs):
+    if policy == "cosine":
+        return LR * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return expected_step_lr(epoch, *STEP_POLICIES[policy])
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_every_policy_works_with_every_optimizer(name):
-    args = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, betas=(0.9, 0.999))
+def test_every_policy_gives_its_whole_schedule_with_every_optimizer(name):
+    args = dict(lr=LR, momentum=0.9, weight_decay=5e-4, betas=(0.9, 0.999))
     for policy in LEARNING_POLICIES:
         optimizer = OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(2))], **args)
-        scheduler = LEARNING_POLICIES[policy](optimizer, 10)
-        lrs = lrs_per_epoch(optimizer, scheduler, 10)
-        assert lrs[0] == pytest.approx(0.1)
+        scheduler = LEARNING_POLICIES[policy](optimizer, EPOCHS)
+        lrs = lrs_per_epoch(optimizer, scheduler, EPOCHS)
+        assert lrs == pytest.approx([expected_lr(policy, e, EPOCHS) for e in range(EPOCHS)], abs=1e-12), policy

@@ -1,0 +1,103 @@
+"""The first hour of a new user, training side (issue 12): --help, quick trials that flag a one-class model,
+curves.png for runs of any length. CPU only."""
+import argparse
+
+import matplotlib
+import pytest
+import torch
+
+import ALP
+from data import DATASETS
+from models import MODELS
+from utils import curves_figure, plot_curves
+
+matplotlib.use("Agg")
+DEVICE = "cpu"
+
+
+def test_help_shows_every_flag_with_a_help_line_and_its_default(capsys):
+    parser = ALP.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings or action.dest
+    with pytest.raises(SystemExit) as stop:
+        ALP.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    usage = out.split("\n\n")[0]
+    assert usage.split()[-2:] == ["MODEL", "DATASET"]  # metavars, not bare {...} lists
+    assert "(default: True)" not in out and "(default: False)" not in out  # on/off switches show no default
+    assert all(name in out for name in MODELS) and all(name in out for name in DATASETS)
+    for default in ("(default: 0.1)", "(default: 200)", "(default: ./data)", "(default: ./runs)", "(default: sgd)"):
+        assert default in out, default
+    assert "One process:  python ALP.py" in out  # the description keeps its own line breaks
+
+
+def test_unknown_model_still_lists_the_choices_with_a_metavar(capsys):
+    with pytest.raises(SystemExit):
+        ALP.parse_args(["nonet", "mnist"])
+    err = capsys.readouterr().err
+    assert all(name in err for name in MODELS)
+
+
+class ConstantModel(torch.nn.Module):
+    def __init__(self, label, num_classes=10):
+        super().__init__()
+        self.label, self.num_classes = label, num_classes
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), self.label, device=x.device), self.num_classes).float()
+
+
+def test_a_model_predicting_one_class_is_found_and_warned_about():
+    from data import DeviceLoader
+    images = torch.zeros(30, 1, 4, 4, dtype=torch.uint8, device=DEVICE)
+    loader = DeviceLoader(images, torch.arange(30, device=DEVICE) % 10, batch_size=7, device=DEVICE)
+    top, share = ALP.most_predicted_class(ConstantModel(3), loader, 10, lambda: torch.no_grad())
+    assert (top, share) == (3, 1.0)
+    assert "predicts class 3 for 100%" in ALP.one_class_warning(top, share, epoch=1)
+    assert ALP.one_class_warning(3, 0.5, epoch=1) is None
+
+
+def test_validation_progress_wraps_the_loader_without_changing_batches():
+    from data import DeviceLoader
+    images = torch.randint(0, 255, (11, 1, 4, 4), dtype=torch.uint8, device=DEVICE)
+    loader = DeviceLoader(images, torch.arange(11, device=DEVICE), batch_size=4, device=DEVICE)
+    wrapped = ALP.ValidationProgress(loader, epoch=2)
+    assert wrapped.labels is loader.labels
+    for (x, y), (xw, yw) in zip(loader.epoch(), wrapped.epoch()):
+        assert torch.equal(x, xw) and torch.equal(y, yw)
+    assert len(list(wrapped.epoch())) == 3
+
+
+def rows(n, validated_every=1):
+    return [{"epoch": e, "clean_accuracy": 0.5 + e / 1000 if e % validated_every == 0 else None,
+             "robust_accuracy": 0.2 if e % validated_every == 0 else None} for e in range(1, n + 1)]
+
+
+LONG_TITLE = ("mnist-mnist-ALP-lev0.5-pgd-linf-eps0.3-steps40-step0.01-adam-lr0.0001-wd0-null-ep84-b50-seed1"
+              "-ratio0.1-subset500")
+
+
+@pytest.mark.parametrize("n, validated_every", [(1, 1), (2, 5), (3, 1), (200, 1)])
+def test_curves_are_readable_for_any_length_of_run(n, validated_every, tmp_path):
+    fig = curves_figure(rows(n, validated_every), LONG_TITLE)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "epoch" and "accuracy" in ax.get_ylabel()
+    assert ax.get_title().replace("\n", "") == LONG_TITLE  # all of it, wrapped
+    fig.canvas.draw()
+    title_box, figure_box = ax.title.get_window_extent(), fig.bbox
+    assert title_box.x0 >= 0 and title_box.x1 <= figure_box.x1 and title_box.y1 <= figure_box.y1
+    points = sum(1 for r in rows(n, validated_every) if r["clean_accuracy"] is not None)
+    if points == 0:
+        assert any("no validated epoch" in t.get_text() for t in ax.texts)
+    else:
+        assert all(len(line.get_xdata()) == points for line in ax.lines)
+        assert all((line.get_marker() not in (None, "None", "")) == (points <= 40) for line in ax.lines)
+    plot_curves(rows(n, validated_every), str(tmp_path / "curves.png"), LONG_TITLE)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_formatter_shows_defaults_and_keeps_line_breaks():
+    from utils import HelpFormatter
+    assert issubclass(HelpFormatter, argparse.ArgumentDefaultsHelpFormatter)
+    assert issubclass(HelpFormatter, argparse.RawDescriptionHelpFormatter)

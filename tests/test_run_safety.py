@@ -1,0 +1,356 @@
+"""Nothing lost, nothing silent (issue 11): damaged checkpoints, a full disk, one run per folder, resume
+repairing what a kill left behind, non-finite weights. Everything runs on the CPU; the ALP runs here fail
+before their data loads unless a test says otherwise."""
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import ALP
+import utils
+from checkpoints import CheckpointError, content_digest, load_checkpoint, read_checkpoint_file, save_checkpoint
+from conftest import ROOT
+from models import MODELS
+
+DEVICE = "cpu"
+QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3",
+         "--steps=3", "--stepsize=0.1", "--leverage=0.5", "--device=cpu"]
+
+
+def small_state(epoch=1):
+    torch.manual_seed(0)
+    model = MODELS["mnist"](num_classes=10, mean=(0.5,), std=(0.25,)).to(DEVICE)
+    return {"model": model.state_dict(), "meta": {"model": "mnist", "dataset": "mnist"}, "epoch": epoch}
+
+
+def part_offset(path, part):
+    """Where the bytes of a zip member start in the file (stored uncompressed, as torch.save writes)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(part))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = (int.from_bytes(f.read(2), "little") for _ in range(2))
+    return info.header_offset + 30 + name_length + extra_length, info.file_size
+
+
+def flip_bytes(path, offset, n=64):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(n)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A run folder with last.pt and best_robust.pt."""
+    save_checkpoint(small_state(), str(tmp_path / "best_robust.pt"))
+    save_checkpoint(small_state(), str(tmp_path / "last.pt"))
+    return tmp_path
+
+
+# --- checkpoint integrity --------------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_keeps_the_content_and_checks_its_digest(saved):
+    state = load_checkpoint(str(saved / "last.pt"))
+    assert "digest" not in state  # checked and removed
+    expected = small_state()
+    assert all(torch.equal(state["model"][k], v) for k, v in expected["model"].items())
+    assert content_digest(state) == content_digest(expected)
+
+
+def test_flipped_bytes_in_tensor_data_are_refused_naming_the_file_and_the_other_checkpoints(saved):
+    path = str(saved / "last.pt")
+    offset, size = part_offset(path, "data/0")
+    flip_bytes(path, offset + size // 2)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert path in message and "damaged" in message and "best_robust.pt" in message and "\n" not in message
+
+
+def test_flipped_bytes_in_the_pickle_part_are_damage_not_code(saved):
+    path = str(saved / "best_robust.pt")
+    offset, size = part_offset(path, "data.pkl")
+    flip_bytes(path, offset + size // 2, n=16)
+    with pytest.raises(CheckpointError, match="is damaged") as info:
+        load_checkpoint(path)
+    assert "need code" not in str(info.value) and "last.pt" in str(info.value)
+
+
+def test_content_that_no_longer_matches_its_digest_is_refused(saved):
+    # a file whose zip checksums are right but whose content changed: only the digest can tell
+    path = str(saved / "last.pt")
+    state = torch.load(path, weights_only=True)
+    state["model"]["fc2.weight" if "fc2.weight" in state["model"] else next(iter(state["model"]))] += 1e-3
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="does not match the digest stored with it"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_a_digest_is_still_accepted(tmp_path):
+    path = str(tmp_path / "old.pt")
+    torch.save(small_state(), path)  # as this project wrote checkpoints before digests
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+@pytest.mark.parametrize("content, says", [(b"", "the file is empty"),
+                                           (b"model weights, honest\n", "is not a PyTorch checkpoint file"),
+                                           (b"PK\x03\x04 not really a zip", "is damaged")])
+def test_unreadable_files_are_one_line_errors(content, says, tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=says) as info:
+        load_checkpoint(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bare_state_dict_reads_with_read_checkpoint_file_but_is_no_project_checkpoint(tmp_path):
+    path = str(tmp_path / "paras.pt")
+    torch.save(small_state()["model"], path)
+    assert set(read_checkpoint_file(path)) == set(small_state()["model"])
+    assert set(load_checkpoint(path, require_meta=False)) == set(small_state()["model"])
+    with pytest.raises(CheckpointError, match="no 'model' and 'meta' entries"):
+        load_checkpoint(path)
+
+
+# --- a full disk -----------------------------------------------------------------------------------------------
+
+def full_disk(monkeypatch, after=1000):
+    """Writes through utils (checkpoints, metrics.csv, curves.png, args.json) hit ENOSPC after `after` bytes."""
+    real_open = open
+
+    class FullFile(io.FileIO):
+        def write(self, data):
+            super().write(bytes(data)[:after])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils, "open", lambda path, mode="r", *a, **k: (
+        FullFile(path, "w") if "w" in mode else real_open(path, mode, *a, **k)), raising=False)
+
+
+def test_disk_full_while_saving_raises_enospc_keeps_the_old_file_and_removes_the_temporary(saved, monkeypatch):
+    path = str(saved / "last.pt")
+    before = (saved / "last.pt").read_bytes()
+    full_disk(monkeypatch)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(small_state(epoch=2), path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == path
+    assert (saved / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in saved.iterdir()) == ["best_robust.pt", "last.pt"]
+
+
+def test_disk_full_during_an_epochs_writes_is_one_line_exit_2(saved, monkeypatch, capsys):
+    model = MODELS["mnist"](num_classes=10, mean=(0.5,), std=(0.25,)).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = utils.LEARNING_POLICIES["null"](optimizer, 2)
+    row = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_adv_accuracy": 0.5, "clean_accuracy": 0.9,
+           "robust_accuracy": 0.5, "seconds": 1.0}
+    best = {"clean_accuracy": 0.1, "robust_accuracy": 0.1}
+    full_disk(monkeypatch)
+    with pytest.raises(SystemExit) as stop, ALP.one_line_on_write_errors():
+        ALP.save_epoch(str(saved), str(saved / "last.pt"), model, optimizer, scheduler, {}, row, [row], best,
+                       [{}])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "no space left on the device" in err and "best_clean.pt" in err
+    assert not [p for p in saved.iterdir() if p.name.endswith(".tmp")]
+    assert load_checkpoint(str(saved / "last.pt"))["epoch"] == 1  # the previous one, intact
+
+
+# --- resume refusals: one line, exit 2, before any data is loaded ---------------------------------------------
+
+def run_folder_for(argv):
+    return ALP.run_paths(ALP.parse_args(argv))
+
+
+def resume_fails(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ALP.main([*argv, "--resume"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def resumable_state(epoch=1, epochs=2):
+    model = MODELS["mnist"](num_classes=10, mean=(0.1307,), std=(0.3081,)).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = utils.LEARNING_POLICIES["null"](optimizer, epochs)
+    return {**small_state(epoch), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "metrics": [], "best": {}, "rng": [{}]}
+
+
+@pytest.fixture
+def run_argv(tmp_path):
+    argv = [*QUICK, "--epochs=2", "--subset=100", "--data-root", str(tmp_path / "no-data"), "--out",
+            str(tmp_path / "runs")]
+    run_dir, last = run_folder_for(argv)
+    os.makedirs(run_dir)
+    return argv, run_dir, last
+
+
+def test_resume_of_an_empty_last_pt_is_refused_naming_the_other_checkpoints(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    save_checkpoint(small_state(), os.path.join(run_dir, "best_clean.pt"))
+    open(last, "wb").close()
+    err = resume_fails(argv, capsys)
+    assert last in err and "empty" in err and "best_clean.pt" in err
+
+
+def test_resume_of_a_best_checkpoint_copied_over_last_pt_is_refused(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    save_checkpoint(small_state(), os.path.join(run_dir, "best_robust.pt"))
+    shutil.copy(os.path.join(run_dir, "best_robust.pt"), last)
+    err = resume_fails(argv, capsys)
+    assert "cannot be resumed" in err and "optimizer" in err
+
+
+def test_resume_of_a_damaged_last_pt_is_refused(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    save_checkpoint(resumable_state(), last)
+    offset, size = part_offset(last, "data/0")
+    flip_bytes(last, offset + size // 2)
+    assert "damaged" in resume_fails(argv, capsys)
+
+
+def test_resume_of_a_text_file_named_last_pt_is_refused(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    with open(last, "w") as f:
+        f.write("not a checkpoint\n")
+    assert "not a PyTorch checkpoint file" in resume_fails(argv, capsys)
+
+
+def test_resume_before_the_first_checkpoint_says_to_start_without_resume(run_argv, capsys):
+    argv, _, _ = run_argv
+    assert "without --resume" in resume_fails(argv, capsys)
+
+
+def test_resume_with_an_argument_that_changes_the_result_is_refused(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    save_checkpoint(resumable_state(), last)
+    ALP.write_args(run_dir, ALP.parse_args(argv), {})
+    err = resume_fails([*argv, "--eval-freq=2", "-beta1=0.5"], capsys)
+    assert "--eval_freq 2 (the run has 1)" in err and "--beta1 0.5 (the run has 0.9)" in err
+
+
+def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    save_checkpoint(resumable_state(epoch=2, epochs=2), last)
+    assert ALP.main([*argv, "--resume"]) is None
+    out = capsys.readouterr().out
+    assert out.strip() == f"{run_dir} is finished: all 2 epochs are done, nothing to resume"
+
+
+# --- one run per folder ----------------------------------------------------------------------------------------
+
+HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from utils import RunLock; lock = RunLock({folder!r}); "
+             "print('locked', flush=True); {then}")
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused_with_the_first_ones_pid(run_argv, capsys):
+    argv, run_dir, _ = run_argv
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=str(ROOT), folder=run_dir,
+                                                                    then="sys.stdin.read()")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--resume"]):
+            with pytest.raises(SystemExit) as stop:
+                ALP.main([*argv, *extra])
+            err = capsys.readouterr().err
+            assert stop.value.code == 2 and f"in use by a running process (PID {holder.pid})" in err
+    finally:
+        holder.communicate("")
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    killed = subprocess.run([sys.executable, "-c", HOLD_LOCK.format(
+        root=str(ROOT), folder=str(tmp_path), then="import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
+        capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    lock_file = tmp_path / utils.RunLock.NAME
+    assert lock_file.read_text().strip() != str(os.getpid())  # the dead run's PID is still written there
+    assert utils.lock_holder(str(tmp_path)) is None
+    lock = utils.RunLock(str(tmp_path))
+    assert lock_file.read_text().strip() == str(os.getpid())
+    lock.release()
+
+
+def test_runs_differing_in_ratio_get_different_folders():
+    names = {ALP.run_name(ALP.parse_args([*QUICK, f"--ratio={r}"])) for r in (0, 0.1, 0.2)}
+    assert len(names) == 3
+
+
+# --- non-finite weights ----------------------------------------------------------------------------------------
+
+def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(synthetic_mnist_root, tmp_path,
+                                                                          monkeypatch, capsys):
+    steps = {"n": 0}
+
+    class AdamBreakingOnStep4(torch.optim.Adam):
+        def step(self, closure=None):
+            result = super().step(closure)
+            steps["n"] += 1
+            if steps["n"] == 4:  # 2 batches per epoch: epoch 2's last step, whose loss was finite
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].fill_(float("inf"))
+            return result
+
+    monkeypatch.setitem(utils.OPTIMIZERS, "adam", lambda params, lr, momentum, weight_decay, betas:
+                        AdamBreakingOnStep4(params, lr=lr, betas=betas, weight_decay=weight_decay))
+    with pytest.raises(SystemExit) as stop:
+        ALP.main([*QUICK, "--epochs=3", "--eval-freq=5", "--subset=100", "--data-root", str(synthetic_mnist_root),
+                  "--out", str(tmp_path)])
+    assert stop.value.code == 1
+    assert "weights became NaN or infinite in epoch 2" in capsys.readouterr().err
+    (run,) = os.listdir(tmp_path)
+    state = load_checkpoint(str(tmp_path / run / "last.pt"))
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# --- bad input before any run folder exists --------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--epsilon=inf", "--epsilon=nan", "--stepsize=inf", "-lr=nan", "--leverage=inf"])
+def test_non_finite_numbers_are_refused_before_a_run_folder_exists(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ALP.main([*QUICK, flag, "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "must be a finite number" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        ALP.parse_args([*QUICK, "--out", str(tmp_path / "file")])
+    assert stop.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_a_gpu_is_refused_in_one_line(device, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ALP.parse_args(["mnist", "mnist", f"--device={device}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_run_start_from_the_command_line_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "ALP.py"), *QUICK, "--epsilon=inf"], capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_args_json_from_before_run_records_is_read_as_the_first_run(tmp_path):
+    with open(tmp_path / "args.json", "w") as f:
+        json.dump({"epochs": 3, "lr": 0.1}, f)
+    assert ALP.first_run_args(str(tmp_path)) == {"epochs": 3, "lr": 0.1}
