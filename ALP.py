@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from attacks import ATTACKS
 from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_state, load_checkpoint,
-                         other_checkpoints, save_checkpoint, set_rng_state)
+                         load_weights, other_checkpoints, save_checkpoint, set_rng_state)
 from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_splits
 from models import MODELS
 from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, VALIDATION_BATCH, all_ranks, barrier,
@@ -232,7 +232,10 @@ def restore(state, last_path, rank, world_size, data_id, model, optimizer, sched
     if len(state["rng"]) != world_size:
         fail(f"--resume: {last_path} was written by {len(state['rng'])} processes; resume it with as many")
     try:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], last_path)  # names the keys that do not fit, if any
+    except CheckpointError as e:
+        fail(f"--resume: {e}")
+    try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:

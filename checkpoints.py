@@ -136,24 +136,18 @@ def build_model(name, dataset):
     return MODELS[name](num_classes=spec.num_classes, mean=spec.mean, std=spec.std)
 
 
-def model_from_checkpoint(state):
-    meta = state["meta"]
-    model = build_model(meta["model"], meta["dataset"])
-    model.load_state_dict(state["model"])
-    return model
-
-
 def load_model(path, model_name=None, dataset=None):
     """(model on the CPU in eval mode, meta) from a file, for evaluation. The file is either a checkpoint of
     this project or a bare state_dict in the reference's format (its `paras.pt`), which does not say what it
     holds: model_name and dataset say it then, and are required. For this project's checkpoints they must
     agree with its meta where given. Raises CheckpointError."""
-    contents = _read_weights_only(path)
-    if is_bare_state_dict(contents):
-        model = _model_from_reference(path, contents, model_name, dataset)
+    state = load_checkpoint(path, require_meta=False)
+    if is_bare_state_dict(state):
+        model = _model_from_reference(path, state, model_name, dataset)
         return model, {**checkpoint_meta(model_name, dataset, {}), "epoch": None}
-    # Read again through load_checkpoint, so that this project's checkpoints get all of its checks.
-    state = load_checkpoint(path)
+    if "model" not in state or "meta" not in state:
+        raise CheckpointError(f"{path} is neither a checkpoint of this project (no 'model' and 'meta' entries) "
+                              f"nor a bare state_dict")
     meta = state["meta"]
     if not isinstance(meta, dict) or meta.get("dataset") not in DATASETS or meta.get("model") not in MODELS:
         raise CheckpointError(f"{path}: its meta names no known model ({', '.join(MODELS)}) and data set "
@@ -218,19 +212,6 @@ def _key_mismatches(expected, given, shown=3):
 NORMALIZE_PREFIX = "normalize."  # our input normalisation, which the reference keeps outside its networks
 # Top-level module names of this project's networks before they took the reference's layout.
 OLD_LAYOUT_PREFIXES = ("stem.", "stages.", "features.", "classifier.")
-
-
-def _read_weights_only(path):
-    """Whatever the file holds, loaded on the CPU with weights_only=True (one that needs code is refused)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds objects that need code to load; refusing it (weights_only=True "
-                              f"loading: {str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0]})") from None
 
 
 def _model_from_reference(path, weights, model_name, dataset):

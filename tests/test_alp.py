@@ -61,7 +61,7 @@ def test_alp_loss_runs_two_forward_passes_so_batchnorm_sees_each_half_alone():
     model, x, y = tiny_batch()
     x_adv = (x + 0.1).clamp(0, 1)
     seen = []
-    model.stem[1].register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+    model.bn0.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
     model.train()
     training.alp_loss(model, x, x_adv, y, 0.5)
     assert seen == [len(x), len(x)]
@@ -70,7 +70,7 @@ def test_alp_loss_runs_two_forward_passes_so_batchnorm_sees_each_half_alone():
 def test_train_step_attacks_in_eval_mode_and_trains_in_train_mode():
     model, x, y = tiny_batch()
     modes = []
-    model.stem[1].register_forward_hook(lambda m, inp, out: modes.append(m.training))
+    model.bn0.register_forward_hook(lambda m, inp, out: modes.append(m.training))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     training.train_step(model, model, ATTACKS["pgd-linf"](8 / 255, steps=2, stepsize=2 / 255), optimizer, x, y, 0.5)
     assert modes == [False, False, True, True]  # 2 attack steps, then the clean and adversarial passes

@@ -95,7 +95,7 @@ def test_dataset_specs_match_their_data():
         assert spec.num_classes == (100 if name == "cifar100" else 10)
         channels = 1 if spec.family == "mnist" else 3
         assert len(spec.mean) == len(spec.std) == channels
-        assert all(0 < m < 1 for m in spec.mean) and all(0 < s < 1 for s in spec.std)
+        assert all(0 <= m < 1 for m in spec.mean) and all(0 < s <= 1 for s in spec.std)
     assert DATASETS["cifar10"].crop and DATASETS["cifar10"].flip
     assert DATASETS["cifar100"].crop and DATASETS["cifar100"].flip
     assert DATASETS["svhn"].crop and not DATASETS["svhn"].flip  # digits are not mirror-symmetric
