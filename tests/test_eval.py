@@ -66,21 +66,28 @@ def write_checkpoint(path, model, extra=None):
     return path
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A model trained (clean, ~3 s) until the synthetic digits are easy but small steps still fool it."""
-    torch.manual_seed(0)
+def train_on_digits(model, seed=0, epochs=3):
+    """Clean training on synthetic digits (CPU, one thread, a few seconds): easy for the model afterwards,
+    but small steps still fool it."""
+    torch.manual_seed(seed)
     images, labels = synthetic_digits(400, seed=1)
     x, y = torch.as_tensor(images).unsqueeze(1).float() / 255, torch.as_tensor(labels)
-    model = build_model("mnist", "mnist")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with one_thread():  # a session fixture is set up before the module's single_thread
-        for _ in range(3):
+        for _ in range(epochs):
             for begin in range(0, len(y), 50):
                 loss = F.cross_entropy(model(x[begin:begin + 50]), y[begin:begin + 50])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+    return model
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """The MNIST net, trained on the synthetic digits (~3 s)."""
+    torch.manual_seed(0)
+    model = train_on_digits(build_model("mnist", "mnist"))
     return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)
 
 
@@ -249,6 +256,8 @@ def test_unusable_checkpoint_is_refused_in_one_line(case, capsys, data_root, tmp
     (["--epsilon", "0"], "must be a positive number"),
     (["--epsilon", "-0.1"], "must be a positive number"),
     (["--epsilon", "1/0"], "must be a positive number"),
+    (["--epsilon", "inf"], "must be a positive number"),
+    (["--epsilon", "nan"], "must be a positive number"),
     (["--n", "0"], "must be a positive integer"),
     (["--n", "-5"], "must be a positive integer"),
     (["-b", "0"], "must be a positive integer"),
