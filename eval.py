@@ -59,7 +59,7 @@ def positive_int(text):
     return value
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = CLIParser(description=__doc__, formatter_class=HelpFormatter,
                        epilog="The suite, per data-set family (--attacks names):\n" + suite_summary())
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by ALP.py, or a bare "
@@ -105,7 +105,11 @@ def parse_args(argv=None):
                                 "labels.npy)")
     modes.add_argument("--source-model", choices=MODELS,
                        help="the network of a bare state_dict given to --transfer-from")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 # --- checkpoints, data, output file ------------------------------------------------------------------------

@@ -214,3 +214,17 @@ def test_the_two_families_suites_share_their_attack_definitions():
         assert all(a in mnist[norm]["attacks"] for a in shared)
     assert cifar["linf"]["epsilons"] == ["8/255", "16/255"] and mnist["linf"]["epsilons"] == ["0.3"]
 
+
+
+@pytest.mark.parametrize("text, expected", [("0:0.5:3", [("0", 0.0), ("0.25", 0.25), ("0.5", 0.5)]),
+                                            ("0:16/255:3", [("0/255", 0.0), ("8/255", 8 / 255), ("16/255", 16 / 255)]),
+                                            ("0.1, 0.2", [("0.1", 0.1), ("0.2", 0.2)])])
+def test_sweep_epsilons_are_a_range_or_a_list(text, expected):
+    parsed = evaluation.parse_sweep(text)
+    assert [label for label, _ in parsed] == [label for label, _ in expected]
+    assert [value for _, value in parsed] == pytest.approx([value for _, value in expected])
+
+
+def test_a_sweep_below_zero_is_refused():
+    with pytest.raises(ValueError, match="at least 0"):
+        evaluation.parse_sweep("-0.1,0.1")
