@@ -228,6 +228,11 @@ def main(argv=None):
         fail(str(e))
     if args.source_model and not args.transfer_from:
         fail("--source-model needs --transfer-from")
+    if args.sweep and (args.norms or args.epsilon or args.worst_case_only):
+        fail("--sweep takes its norm and epsilons itself and reports every attack: drop --norms, --epsilon "
+             "and --worst-case-only")
+    if args.corruptions and (args.norms or args.attacks or args.epsilon or args.worst_case_only):
+        fail("--corruptions runs no attacks: drop --norms, --attacks, --epsilon and --worst-case-only")
     if args.transfer_from:
         source, source_meta = load(args.transfer_from, args.source_model,
                                    dataset if args.source_model else None, device)

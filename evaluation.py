@@ -570,7 +570,7 @@ def sweep_checks(sweep, n):
             "message": ("accuracy rises from " + ", ".join(f"{a} to {b}" for a, b in rises)) if rises
                        else "accuracy never rises with epsilon"})
         excess = [a - b for a, b in zip(accuracy, bound)]
-        worst = max(range(len(excess)), key=excess.__getitem__)
+        worst = max(range(len(excess)), key=lambda i: (excess[i], i))  # ties: the largest epsilon
         checks.append({
             "check": "sweep-above-grey-bound", "norm": sweep["norm"], "epsilon": epsilons[worst],
             "where": f"{curve['label']} sweep, {symbol} {labels[worst]}", "value": excess[worst],

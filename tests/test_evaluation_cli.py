@@ -98,8 +98,10 @@ def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoin
     (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
+    (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
+    (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks"),
 ])
-def test_bad_transfer_requests_exit_2_in_one_line(argv, says, capsys, checkpoint, data_root, tmp_path):  # noqa: F811
+def test_bad_combinations_exit_2_in_one_line(argv, says, capsys, checkpoint, data_root, tmp_path):  # noqa: F811
     argv = [a.format(tmp=tmp_path, checkpoint=checkpoint) for a in argv]
     code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, *argv)
     assert_one_line_error(code, err, says)
