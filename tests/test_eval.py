@@ -71,7 +71,9 @@ def train_on_digits(model, seed=0, epochs=3):
     but small steps still fool it."""
     torch.manual_seed(seed)
     images, labels = synthetic_digits(400, seed=1)
-    x, y = torch.as_tensor(images).unsqueeze(1).float() / 255, torch.as_tensor(labels)
+    device = next(model.parameters()).device
+    x = torch.as_tensor(images, device=device).unsqueeze(1).float() / 255
+    y = torch.as_tensor(labels, device=device).long()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with one_thread():  # a session fixture is set up before the module's single_thread
         for _ in range(epochs):
@@ -87,19 +89,20 @@ def train_on_digits(model, seed=0, epochs=3):
 def checkpoint(tmp_path_factory):
     """The MNIST net, trained on the synthetic digits (~3 s)."""
     torch.manual_seed(0)
-    model = train_on_digits(build_model("mnist", "mnist"))
+    model = train_on_digits(build_model("mnist", "mnist").to("cpu"))
     return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)
 
 
 def run_eval(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, argv)], cwd=ROOT,
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), "--device", "cpu", *map(str, argv)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
 
 
 def evaluate(capsys, checkpoint, data_root, tmp_path, *argv, name="out.json"):
     """eval.main in-process: (stdout, the JSON report)."""
     out = tmp_path / name
-    eval_script.main([str(checkpoint), "--data-root", str(data_root), "--n", str(N), "--json", str(out), *argv])
+    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", str(N), "--json",
+                      str(out), *argv])
     return capsys.readouterr().out, json.loads(out.read_text())
 
 
@@ -162,7 +165,8 @@ def test_prints_a_table_per_threat_model_and_writes_every_figure_to_json(checkpo
 
 
 def test_json_goes_beside_the_checkpoint_by_default(capsys, checkpoint, data_root):
-    eval_script.main([str(checkpoint), "--data-root", str(data_root), "--n", "10", "--attacks", "fgsm"])
+    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "10", "--attacks",
+                      "fgsm"])
     path = checkpoint.with_name("last.eval.n10_fgsm.json")
     assert json.loads(path.read_text())["complete"]
     assert str(path) in capsys.readouterr().out
@@ -242,7 +246,7 @@ def bad_checkpoints(tmp_path):
 def test_unusable_checkpoint_is_refused_in_one_line(case, capsys, data_root, tmp_path):
     path = bad_checkpoints(tmp_path)[case]
     with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(path), "--data-root", str(data_root), "--attacks", "fgsm"])
+        eval_script.main([str(path), "--device", "cpu", "--data-root", str(data_root), "--attacks", "fgsm"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(path) in err
@@ -264,7 +268,7 @@ def test_unusable_checkpoint_is_refused_in_one_line(case, capsys, data_root, tmp
 ])
 def test_bad_option_exits_2_in_one_line(argv, says, capsys, checkpoint, data_root):
     with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(checkpoint), "--data-root", str(data_root), *argv])
+        eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and says in err
@@ -274,7 +278,8 @@ def test_data_that_cannot_be_loaded_exits_2_in_one_line(capsys, checkpoint, tmp_
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(checkpoint), "--data-root", str(not_a_folder), "--attacks", "fgsm"])
+        eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(not_a_folder), "--attacks",
+                          "fgsm"])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 

@@ -62,7 +62,8 @@ def test_evaluate_takes_a_plain_torch_model_and_returns_the_json_report(plain_mo
 
 def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, digits, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "cli.json"
-    eval_script.main([str(checkpoint), "--data-root", str(data_root), "--n", str(N), "-b", "8", "--json", str(out),
+    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", str(N), "-b", "8",
+                      "--json", str(out),
                       "--norms", "linf", "--attacks", "fgsm", "pgd-50", "--epsilon", "0.1"])
     cli = json.loads(out.read_text())
     model, _ = load_model(str(checkpoint))
@@ -70,7 +71,8 @@ def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, d
     def figures(report):
         return ([(a["label"], a["attacked"], a["broken"], a["mean_perturbation"]) for t in report["threat_models"]
                  for a in t["attacks"]], [t["worst_case"] for t in report["threat_models"]],
-                report["clean"], report["sanity"]["broken"], [(c["check"], c["value"]) for c in report["masking_checks"]])
+                report["clean"], report["sanity"]["broken"],
+                [(c["check"], c["value"]) for c in report["masking_checks"]])
     assert figures(api) == figures(cli)
     assert 0 < cli["threat_models"][0]["worst_case"]["robust"] < cli["clean"]["correct"]  # not a trivial match
 
@@ -85,6 +87,7 @@ def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, d
     (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), "imagenet", "dataset must be one of"),
 ])
 def test_evaluate_refuses_inputs_that_are_not_the_data_sets_images(images, labels, dataset, says, plain_model):
+    images, labels = images.to(CPU), labels.to(CPU)
     with pytest.raises(ValueError, match=says.replace("[", r"\[").replace("]", r"\]")):
         evaluation.evaluate(plain_model, images, labels, dataset=dataset, norms=["linf"], attacks=["fgsm"])
 
@@ -149,7 +152,7 @@ class Constant(nn.Module):
 
 
 def test_a_constant_predictor_is_flagged_and_a_trained_model_is_not(plain_model, digits):
-    constant = evaluation.evaluate(Constant(), *digits, dataset="mnist", norms=["linf"], attacks=["fgsm"])
+    constant = evaluation.evaluate(Constant().to(CPU), *digits, dataset="mnist", norms=["linf"], attacks=["fgsm"])
     check = next(c for c in constant["masking_checks"] if c["check"] == "constant-predictor")
     assert check["flagged"] and check["value"] == 1.0 and "class 3" in check["message"]
     assert "[FLAG] constant-predictor" in evaluation.format_checks(constant["masking_checks"])

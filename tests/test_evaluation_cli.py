@@ -23,9 +23,9 @@ def single_thread():
 
 
 def run(capsys, *argv):
-    """eval.main in-process: (exit status, stdout, stderr)."""
+    """eval.main in-process on the CPU: (exit status, stdout, stderr)."""
     try:
-        eval_script.main([str(a) for a in argv])
+        eval_script.main(["--device", "cpu", *map(str, argv)])
         code = 0
     except SystemExit as e:
         code = e.code
@@ -38,7 +38,7 @@ def assert_one_line_error(code, err, says):
 
 
 def write(path, model_name, dataset, state_dict=None, training_args=None):
-    state_dict = state_dict or build_model(model_name, dataset).state_dict()
+    state_dict = state_dict or build_model(model_name, dataset).to(CPU).state_dict()
     save_checkpoint({"model": state_dict, "epoch": 1,
                      "meta": checkpoint_meta(model_name, dataset, training_args or {})}, path)
     return path
@@ -65,7 +65,8 @@ def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(caps
     code, out, err = run(capsys, checkpoint, "--transfer-from", source, "--data-root", data_root, *FAST,
                          "--json", tmp_path / "transfer.json")
     assert code == 0, err
-    assert f"| ℓ∞ | source: mnist ({source}) | target: mnist ({checkpoint}) | Nat(%) | FGSM | PGD-50 | Worst |" in out
+    header = f"| ℓ∞ | source: mnist ({source}) | target: mnist ({checkpoint}) | Nat(%) | FGSM | PGD-50 | Worst |"
+    assert header in out
     report = json.loads((tmp_path / "transfer.json").read_text())
     transfer = report["transfer"]
     assert report["complete"] and transfer["source"]["checkpoint"] == str(source)
@@ -129,8 +130,8 @@ def test_sweep_writes_each_epsilons_accuracy_to_json_and_draws_it(capsys, own_ch
     assert "| ℓ∞ ε | 0 | 0.25 | 0.5 |" in out and "grey-image bound" in out
 
 
-def test_sweep_of_fractions_keeps_their_denominator_and_defaults_to_the_pgds(capsys, own_checkpoint, data_root,  # noqa: F811
-                                                                           tmp_path):
+def test_sweep_of_fractions_keeps_their_denominator_and_defaults_to_the_pgds(capsys, own_checkpoint,
+                                                                           data_root, tmp_path):  # noqa: F811
     code, out, err = run(capsys, own_checkpoint, "--sweep", "linf", "0:16/255:3", "--n", 8, "-b", 8,
                          "--data-root", data_root, "--json", tmp_path / "sweep.json")
     assert code == 0, err
