@@ -863,13 +863,14 @@ def format_table(table, report):
 
 
 def format_transfer_table(table, report):
-    """Made on the source, measured on the target: both named in the header, the target's figures below."""
+    """Made on the source, measured on the target: both named, with their clean accuracies; the attacks'
+    figures are the target's."""
     source, target = report["transfer"]["source"], report["transfer"]["target"]
     def name(side):
         return f"{side['model']} ({side['checkpoint']})" if side.get("checkpoint") else str(side["model"])
-    header = [NORM_SYMBOLS[table["norm"]], f"source: {name(source)}", f"target: {name(target)}", "Nat(%)",
+    header = [NORM_SYMBOLS[table["norm"]], "Source", "Target", "Source Nat(%)", "Nat(%)",
               *map(_column, table["attacks"]), "Worst"]
-    row = [table["epsilon_label"], f"made here, Nat {100 * source['clean_accuracy']:.2f}", "measured here",
+    row = [table["epsilon_label"], name(source), name(target), f"{100 * source['clean_accuracy']:.2f}",
            *_accuracy_cells(table, target["clean_accuracy"])]
     return _markdown(header, row)
 
