@@ -211,21 +211,9 @@ def warn(message):
 
 # --- main --------------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = resolve_device(args.device)
-    model, meta = load(args.checkpoint, args.model, args.dataset, device)
-    dataset = meta["dataset"]
-    family = DATASETS[dataset].family
-    try:  # the whole selection is checked before any data is read
-        if args.sweep:
-            sweep_epsilons = parse_sweep(args.sweep[1])
-            plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
-        elif not args.corruptions:
-            plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
-                               white_box_only=bool(args.transfer_from))
-    except ValueError as e:
-        fail(str(e))
+def check_selection(args, family):
+    """Every flag checked against the others and the suite before any data is read. Returns the sweep's
+    [(label, epsilon)] (None without --sweep)."""
     if args.source_model and not args.transfer_from:
         fail("--source-model needs --transfer-from")
     if args.sweep and (args.norms or args.epsilon or args.worst_case_only):
@@ -233,69 +221,102 @@ def main(argv=None):
              "and --worst-case-only")
     if args.corruptions and (args.norms or args.attacks or args.epsilon or args.worst_case_only):
         fail("--corruptions runs no attacks: drop --norms, --attacks, --epsilon and --worst-case-only")
-    if args.transfer_from:
-        source, source_meta = load(args.transfer_from, args.source_model,
-                                   dataset if args.source_model else None, device)
-        if source_meta["dataset"] != dataset:
-            fail(f"--transfer-from {args.transfer_from} is for {source_meta['dataset']} but {args.checkpoint} is "
-                 f"for {dataset}: a transfer attack needs both models for the same data set")
-    requested = requested_evaluation(args)
-    json_path = args.json or default_json_path(args.checkpoint, requested)
-    check_output(json_path, requested, args.force)
-    model_info = {"checkpoint": args.checkpoint, "model": meta.get("model"), "epoch": meta.get("epoch"),
-                  "args": meta.get("args")}
+    try:
+        if args.sweep:
+            plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
+            return parse_sweep(args.sweep[1])
+        if not args.corruptions:
+            plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
+                               white_box_only=bool(args.transfer_from))
+    except ValueError as e:
+        fail(str(e))
+    return None
 
-    if args.corruptions:
-        try:
-            report = evaluate_corruptions(model, args.corruptions, dataset, args.n, batch_size=args.batch_size,
-                                          progress=args.progress, model_info=model_info)
-        except ValueError as e:
-            fail(str(e))
-        report["evaluation"]["requested"] = requested
-        save(report, json_path)
-        print(f"{args.checkpoint}: {meta.get('model')} on {dataset}, {report['corruptions']['images_per_severity']} "
-              f"images per severity from {args.corruptions}\n", format_corruptions(report["corruptions"]),
-              f"\nAll figures: {json_path}", sep="\n")
-        return
 
+def load_source(args, dataset, device):
+    source, meta = load(args.transfer_from, args.source_model, dataset if args.source_model else None, device)
+    if meta["dataset"] != dataset:
+        fail(f"--transfer-from {args.transfer_from} is for {meta['dataset']} but {args.checkpoint} is for "
+             f"{dataset}: a transfer attack needs both models for the same data set")
+    return source, {"checkpoint": args.transfer_from, "model": meta.get("model"), "epoch": meta.get("epoch")}
+
+
+def run_corruptions(args, model, model_info, dataset, requested, json_path):
+    try:
+        report = evaluate_corruptions(model, args.corruptions, dataset, args.n, batch_size=args.batch_size,
+                                      progress=args.progress, model_info=model_info)
+    except ValueError as e:
+        fail(str(e))
+    report["evaluation"]["requested"] = requested
+    save(report, json_path)
+    print(f"{args.checkpoint}: {model_info['model']} on {dataset}, "
+          f"{report['corruptions']['images_per_severity']} images per severity from {args.corruptions}\n",
+          format_corruptions(report["corruptions"]), f"\nAll figures: {json_path}", sep="\n")
+
+
+def load_test_images(args, meta):
+    """(images, labels, data root, warnings): the first --n test images of the checkpoint's data set."""
     data_root = choose_data_root(args.data_root, meta.get("args"))
     try:
-        images, labels = load_split(dataset, data_root, train=False)
+        images, labels = load_split(meta["dataset"], data_root, train=False)
     except DataError as e:
         fail(str(e))
-    notes = []
+    warnings = []
     if args.n and args.n > len(labels):
-        notes.append(f"--n {args.n} exceeds the {len(labels)} test images of {dataset}; evaluating all "
-                     f"{len(labels)}")
-    images, labels = images[:args.n], labels[:args.n]
-    batch_size = args.batch_size or default_batch_size(device)
+        warnings.append(f"--n {args.n} exceeds the {len(labels)} test images of {meta['dataset']}; evaluating "
+                        f"all {len(labels)}")
+    return images[:args.n], labels[:args.n], data_root, warnings
 
+
+def reporter(args, device, json_path, evaluation_record, warnings):
+    """on_progress for the engine: prints what runs and each table as it finishes, and rewrites the JSON
+    after every step (at once, so that a stale report of an earlier run never survives a crash)."""
     def on_progress(report, finished):
-        if finished is None:  # clean accuracy known: say what runs, and keep a record from now on
-            report["evaluation"].update(data_root=data_root, requested=requested)
-            report["warnings"] = notes + report["warnings"]
+        if finished is None:  # the clean accuracy is known
+            report["evaluation"].update(evaluation_record)
+            report["warnings"] = warnings + report["warnings"]
             for line in report["warnings"]:
                 warn(line)
-            print(f"{args.checkpoint}: {meta.get('model')} on {dataset}, epoch {meta.get('epoch') or '?'}; "
-                  f"{len(labels)} test images on {device}; clean accuracy "
+            print(f"{args.checkpoint}: {report['model']} on {report['dataset']}, epoch {report['epoch'] or '?'}; "
+                  f"{report['evaluation']['n']} test images on {device}; clean accuracy "
                   f"{100 * report['clean']['accuracy']:.2f}%", flush=True)
             if report["transfer"]:
-                source_side = report["transfer"]["source"]
-                print(f"transfer attacks: made on {args.transfer_from} ({source_side['model']}, clean accuracy "
-                      f"{100 * source_side['clean_accuracy']:.2f}%), measured on {args.checkpoint}", flush=True)
+                source = report["transfer"]["source"]
+                print(f"transfer attacks: made on {args.transfer_from} ({source['model']}, clean accuracy "
+                      f"{100 * source['clean_accuracy']:.2f}%), measured on {args.checkpoint}", flush=True)
             elif report["aa_version"] != "standard":
                 print(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
             print(flush=True)
         elif "worst_case" in finished:  # a table
             table = (format_transfer_table if report["transfer"] else format_table)(finished, report)
             print(table, "", format_details(finished), "", sep="\n", flush=True)
-        save(report, json_path)  # at once, then after each step: a stale report must not survive a crash
+        save(report, json_path)
+    return on_progress
 
-    common = {"seed": args.seed, "batch_size": batch_size, "progress": args.progress, "on_progress": on_progress}
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    model, meta = load(args.checkpoint, args.model, args.dataset, device)
+    dataset = meta["dataset"]
+    sweep_epsilons = check_selection(args, DATASETS[dataset].family)
+    if args.transfer_from:
+        source, source_info = load_source(args, dataset, device)
+    requested = requested_evaluation(args)
+    json_path = args.json or default_json_path(args.checkpoint, requested)
+    check_output(json_path, requested, args.force)
+    model_info = {"checkpoint": args.checkpoint, "model": meta.get("model"), "epoch": meta.get("epoch"),
+                  "args": meta.get("args")}
+    if args.corruptions:
+        return run_corruptions(args, model, model_info, dataset, requested, json_path)
+
+    images, labels, data_root, warnings = load_test_images(args, meta)
+    common = {"seed": args.seed, "batch_size": args.batch_size or default_batch_size(device),
+              "progress": args.progress,
+              "on_progress": reporter(args, device, json_path, {"data_root": data_root, "requested": requested},
+                                      warnings)}
     try:
         if args.transfer_from:
-            source_info = {"checkpoint": args.transfer_from, "model": source_meta.get("model"),
-                           "epoch": source_meta.get("epoch")}
             report = evaluate_transfer(source, model, images, labels, dataset, args.norms, args.attacks,
                                        args.epsilon, worst_case_only=args.worst_case_only,
                                        source_info=source_info, target_info=model_info, **common)
