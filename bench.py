@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from attacks import ATTACKS
 from attacks.common import clip_to_ball
 from data import DATASETS
-from eval import SUITES, cli_name, parse_epsilon
+from evaluation import SUITES, cli_name, parse_epsilon
 from checkpoints import build_model
 from training import train_step
 from utils import CLIParser, default_device

@@ -1,0 +1,233 @@
+"""evaluation.py as a library, all on the CPU: evaluate() on a plain torch model, the same figures as the
+CLI, input validation, per-attack random streams, the constant-predictor, sweep and ε-size checks, the
+default batch size and AutoAttack's version."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import eval as eval_script
+import evaluation
+from attacks import ATTACKS
+from checkpoints import load_model
+from data import load_split
+from test_eval import checkpoint, data_root, one_thread, train_on_digits  # noqa: F401 (fixtures)
+
+CPU = torch.device("cpu")
+N = 24
+SELECTION = {"norms": ["linf"], "attacks": ["fgsm", "pgd-50"], "epsilons": ["0.1"]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    """Not one of ours: a linear classifier on the flattened [0, 1] image, trained on the digits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).to(CPU)
+    return train_on_digits(model, epochs=5).eval()
+
+
+@pytest.fixture(scope="module")
+def digits(data_root):  # noqa: F811
+    images, labels = load_split("mnist", str(data_root), train=False)
+    return images[:N].to(CPU), labels[:N].to(CPU)
+
+
+def test_evaluate_takes_a_plain_torch_model_and_returns_the_json_report(plain_model, digits):
+    images, labels = digits
+    report = evaluation.evaluate(plain_model, images, labels, dataset="mnist", **SELECTION, batch_size=8)
+    assert report["complete"] and report["model"] == "Sequential" and report["dataset"] == "mnist"
+    with torch.no_grad():
+        expected_clean = (plain_model(images.float() / 255).argmax(1) == labels).float().mean().item()
+    assert report["clean"]["accuracy"] == pytest.approx(expected_clean) and 0.3 < expected_clean < 1
+    (table,) = report["threat_models"]
+    assert [a["label"] for a in table["attacks"]] == ["FGSM", "PGD-50"]
+    assert table["worst_case"]["robust_accuracy"] <= min(a["robust_accuracy"] for a in table["attacks"])
+    assert table["attacks"][1]["broken"] > 0  # the attack reaches a linear model
+    assert {c["check"] for c in report["masking_checks"]} == {"constant-predictor", "fgsm-beats-pgd",
+                                                               "large-epsilon-sanity"}
+    json.dumps(report)  # what the CLI writes: plain JSON types only
+
+    # float images in [0, 1] are the same images
+    as_float = evaluation.evaluate(plain_model, images.float() / 255, labels, dataset="mnist", **SELECTION,
+                                   batch_size=8)
+    assert as_float["threat_models"][0]["worst_case"] == table["worst_case"]
+
+
+def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, digits, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "cli.json"
+    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", str(N), "-b", "8",
+                      "--json", str(out),
+                      "--norms", "linf", "--attacks", "fgsm", "pgd-50", "--epsilon", "0.1"])
+    cli = json.loads(out.read_text())
+    model, _ = load_model(str(checkpoint))
+    api = evaluation.evaluate(model, *digits, dataset="mnist", **SELECTION, batch_size=8)
+    def figures(report):
+        return ([(a["label"], a["attacked"], a["broken"], a["mean_perturbation"]) for t in report["threat_models"]
+                 for a in t["attacks"]], [t["worst_case"] for t in report["threat_models"]],
+                report["clean"], report["sanity"]["broken"],
+                [(c["check"], c["value"]) for c in report["masking_checks"]])
+    assert figures(api) == figures(cli)
+    assert 0 < cli["threat_models"][0]["worst_case"]["robust"] < cli["clean"]["correct"]  # not a trivial match
+
+
+@pytest.mark.parametrize("images, labels, dataset, says", [
+    (torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), "mnist", "images must be N x 1 x 28 x 28"),
+    (torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long), "mnist", "images must be N x 1 x 28 x 28"),
+    (torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long), "mnist", "labels must be a vector of 4"),
+    (torch.zeros(4, 1, 28, 28), torch.zeros(4), "mnist", "labels must be integer"),
+    (torch.zeros(4, 1, 28, 28), torch.full((4,), 10), "mnist", "labels must lie in 0..9"),
+    (torch.full((4, 1, 28, 28), 255.0), torch.zeros(4, dtype=torch.long), "mnist", "must lie in [0, 1]"),
+    (torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), "imagenet", "dataset must be one of"),
+])
+def test_evaluate_refuses_inputs_that_are_not_the_data_sets_images(images, labels, dataset, says, plain_model):
+    images, labels = images.to(CPU), labels.to(CPU)
+    with pytest.raises(ValueError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        evaluation.evaluate(plain_model, images, labels, dataset=dataset, norms=["linf"], attacks=["fgsm"])
+
+
+def test_an_attacks_result_does_not_depend_on_the_other_attacks_or_tables_selected(plain_model, digits,
+                                                                                    monkeypatch):
+    """PGD-50 at linf 0.15 breaks the same samples alone and after other tables and attacks have drawn from
+    the random generators. It is cut to one short step from its random start, so that where it starts
+    decides what it breaks (another seed breaks other samples)."""
+    linf = evaluation.SUITES["mnist"]["linf"]
+    short = [("PGD-50", "pgd-linf", {"steps": 1, "rel_stepsize": 1.0}) if label == "PGD-50" else (label, name, o)
+             for label, name, o in linf["attacks"]]
+    monkeypatch.setitem(evaluation.SUITES["mnist"], "linf", {**linf, "attacks": short})
+    masks = {}
+    real = evaluation.evaluate_threat_model
+    def recording(model, norm, label, *args, **kwargs):
+        table, broken_by = real(model, norm, label, *args, **kwargs)
+        masks[run, norm, label] = broken_by
+        return table, broken_by
+    monkeypatch.setattr(evaluation, "evaluate_threat_model", recording)
+    run = "alone"
+    evaluation.evaluate(plain_model, *digits, dataset="mnist", norms=["linf"], attacks=["pgd-50"],
+                        epsilons=["0.15"], batch_size=8)
+    run = "in a larger selection"
+    torch.rand(1000)  # and whatever state the caller's generator is in
+    evaluation.evaluate(plain_model, *digits, dataset="mnist", norms=["linf", "l1"],
+                        attacks=["fgsm", "pgd-100", "pgd-50"], epsilons=["0.05", "0.15"], batch_size=8)
+    alone = masks["alone", "linf", "0.15"]["PGD-50"]
+    assert 0 < alone.sum() < len(alone)  # a mask that could differ
+    assert torch.equal(masks["in a larger selection", "linf", "0.15"]["PGD-50"], alone)
+    assert ("in a larger selection", "l1", "0.05") in masks  # other tables did run first
+    run = "another seed"
+    evaluation.evaluate(plain_model, *digits, dataset="mnist", norms=["linf"], attacks=["pgd-50"],
+                        epsilons=["0.15"], batch_size=8, seed=1)
+    assert not torch.equal(masks["another seed", "linf", "0.15"]["PGD-50"], alone)
+
+
+def test_each_attack_gets_its_own_stream_and_the_callers_generator_is_left_alone():
+    seeds = {evaluation.stream_seed(0, norm, eps, label) for norm in ("linf", "l2") for eps in (0.1, 0.2)
+             for label in ("PGD-50", "PGD-100")}
+    assert len(seeds) == 8
+    assert evaluation.stream_seed(0, "linf", 8 / 255, "PGD-10") == evaluation.stream_seed(0, "linf", 8 / 255, "PGD-10")
+    assert evaluation.stream_seed(1, "linf", 0.1, "PGD-10") != evaluation.stream_seed(0, "linf", 0.1, "PGD-10")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with evaluation.random_stream(123, CPU):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected) and not torch.equal(inside, expected)
+
+
+class Constant(nn.Module):
+    """Gives class 3 to everything, whatever the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.eye(10)[3])
+        self.weight = nn.Parameter(torch.zeros(10, 28 * 28))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t() + self.bias
+
+
+def test_a_constant_predictor_is_flagged_and_a_trained_model_is_not(plain_model, digits):
+    constant = evaluation.evaluate(Constant().to(CPU), *digits, dataset="mnist", norms=["linf"], attacks=["fgsm"])
+    check = next(c for c in constant["masking_checks"] if c["check"] == "constant-predictor")
+    assert check["flagged"] and check["value"] == 1.0 and "class 3" in check["message"]
+    assert "[FLAG] constant-predictor" in evaluation.format_checks(constant["masking_checks"])
+    trained = evaluation.evaluate(plain_model, *digits, dataset="mnist", norms=["linf"], attacks=["fgsm"])
+    assert not next(c for c in trained["masking_checks"] if c["check"] == "constant-predictor")["flagged"]
+
+
+def test_sweep_checks_flag_a_rising_curve_and_one_above_the_grey_image_bound():
+    sweep = {"norm": "linf", "epsilons": [0, 0.25, 0.5], "epsilon_labels": ["0", "0.25", "0.5"],
+             "grey_image_bound": [0.9, 0.8, 0.1],
+             "curves": [{"label": "PGD-50", "robust_accuracy": [0.9, 0.3, 0.0]},     # honest
+                        {"label": "PGD-100", "robust_accuracy": [0.9, 0.3, 0.35]}]}  # rises, and above grey
+    checks = {(c["check"], c["where"].split()[0]): c for c in evaluation.sweep_checks(sweep, 100)}
+    assert not checks["sweep-accuracy-rises", "PGD-50"]["flagged"]
+    assert not checks["sweep-above-grey-bound", "PGD-50"]["flagged"]
+    assert checks["sweep-accuracy-rises", "PGD-100"]["flagged"]
+    above = checks["sweep-above-grey-bound", "PGD-100"]
+    assert above["flagged"] and above["value"] == pytest.approx(0.25) and above["epsilon"] == 0.5
+
+
+def test_the_grey_image_bound_counts_only_samples_out_of_reach_or_of_the_grey_class(plain_model, digits):
+    images, labels = digits
+    correct = evaluation.clean_predictions(plain_model, images, 8) == labels
+    grey = evaluation.grey_image_class(plain_model, images)
+    at_zero, at_half = evaluation.grey_image_bound(plain_model, images, labels, correct, "linf", [0, 0.5], 8)
+    assert at_zero == correct.float().mean().item()  # nothing is within 0 of grey
+    assert at_half == (correct & (labels == grey)).float().mean().item()  # everything is within 0.5
+
+
+@pytest.mark.parametrize("norm, epsilon, warns", [("linf", 0.99, False), ("linf", 1.0, True),
+                                                  ("l2", 27.9, False), ("l2", 28.0, True),
+                                                  ("l1", 783.0, False), ("l1", 784.0, True)])
+def test_epsilons_beyond_the_image_diameter_are_warned_about(norm, epsilon, warns):
+    warnings = evaluation.epsilon_warnings([(norm, str(epsilon), epsilon)], (1, 28, 28))
+    assert len(warnings) == warns
+
+
+@pytest.mark.parametrize("free_gib, expected", [(0.1, 50), (2, 128), (80, 1000)])
+def test_default_batch_size_is_small_on_cpu_and_follows_free_memory_on_cuda(free_gib, expected, monkeypatch):
+    """The CUDA branch with mem_get_info stubbed: runs on a CPU-only machine too."""
+    assert evaluation.default_batch_size(CPU) == evaluation.CPU_BATCH_SIZE <= 16
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2 ** 30), 80 * 2 ** 30))
+    assert evaluation.default_batch_size(torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("version", ["standard", "plus", "rand"])
+def test_the_autoattack_version_reaches_the_adapter_and_the_table_header(version):
+    ((_, _, _, attacks),) = evaluation.plan_threat_models("mnist", ["linf"], ["aa"], aa_version=version)
+    ((label, name, options),) = attacks
+    attack = evaluation.build_attack(name, 0.3, options, seed=7)
+    assert isinstance(attack, type(ATTACKS["aa-linf"](0.3))) and (attack.version, attack.seed) == (version, 7)
+    record = {"label": label, "attack": name, "options": options, "robust_accuracy": 0.5}
+    table = {"norm": "linf", "epsilon_label": "0.3", "attacks": [record], "worst_case": {"robust_accuracy": 0.5}}
+    header = evaluation.format_table(table, {"model": "m", "clean": {"accuracy": 0.9}}).splitlines()[0]
+    assert header.endswith(f"| {'AA' if version == 'standard' else 'AA-' + version} | Worst |")
+
+
+def test_the_two_families_suites_share_their_attack_definitions():
+    cifar, mnist = evaluation.SUITES["cifar"], evaluation.SUITES["mnist"]
+    for norm in ("linf", "l2", "l1"):
+        shared = [a for a in cifar[norm]["attacks"] if not a[1].startswith("pgd-") or norm == "l1"]
+        assert all(a in mnist[norm]["attacks"] for a in shared)
+    assert cifar["linf"]["epsilons"] == ["8/255", "16/255"] and mnist["linf"]["epsilons"] == ["0.3"]
+
+
+
+@pytest.mark.parametrize("text, expected", [("0:0.5:3", [("0", 0.0), ("0.25", 0.25), ("0.5", 0.5)]),
+                                            ("0:16/255:3", [("0/255", 0.0), ("8/255", 8 / 255), ("16/255", 16 / 255)]),
+                                            ("0.1, 0.2", [("0.1", 0.1), ("0.2", 0.2)])])
+def test_sweep_epsilons_are_a_range_or_a_list(text, expected):
+    parsed = evaluation.parse_sweep(text)
+    assert [label for label, _ in parsed] == [label for label, _ in expected]
+    assert [value for _, value in parsed] == pytest.approx([value for _, value in expected])
+
+
+def test_a_sweep_below_zero_is_refused():
+    with pytest.raises(ValueError, match="at least 0"):
+        evaluation.parse_sweep("-0.1,0.1")

@@ -1,0 +1,303 @@
+"""eval.py's entry points end to end on tiny inputs, all on the CPU: transfer attacks, ε sweeps with their
+plot, CIFAR-10-C-style corruptions, AutoAttack's version, the JSON file's name and overwrite guard, the data
+root, warnings, --help, and every bad input as one line with exit status 2."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_script
+from checkpoints import build_model, checkpoint_meta, load_model, save_checkpoint
+from test_eval import checkpoint, data_root, one_thread, train_on_digits  # noqa: F401 (fixtures)
+
+CPU = torch.device("cpu")
+FAST = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "--n", "16", "-b", "8")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    with one_thread():
+        yield
+
+
+def run(capsys, *argv):
+    """eval.main in-process on the CPU: (exit status, stdout, stderr)."""
+    try:
+        eval_script.main(["--device", "cpu", *map(str, argv)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, says):
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+
+
+def write(path, model_name, dataset, state_dict=None, training_args=None):
+    state_dict = state_dict or build_model(model_name, dataset).to(CPU).state_dict()
+    save_checkpoint({"model": state_dict, "epoch": 1,
+                     "meta": checkpoint_meta(model_name, dataset, training_args or {})}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Another MNIST net, trained from another seed: the source of transfer attacks."""
+    torch.manual_seed(1)
+    model = train_on_digits(build_model("mnist", "mnist").to(CPU), seed=1)
+    return write(tmp_path_factory.mktemp("source") / "source.pt", "mnist", "mnist", model.state_dict())
+
+
+@pytest.fixture
+def own_checkpoint(checkpoint, tmp_path):  # noqa: F811
+    """A copy in a fresh folder, so that default JSON names never meet another test's files."""
+    return shutil.copy(checkpoint, tmp_path / "last.pt")
+
+
+# --- transfer attacks ---------------------------------------------------------------------------------------
+
+def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(capsys, checkpoint, source,  # noqa: F811
+                                                                           data_root, tmp_path):  # noqa: F811
+    code, out, err = run(capsys, checkpoint, "--transfer-from", source, "--data-root", data_root, *FAST,
+                         "--json", tmp_path / "transfer.json")
+    assert code == 0, err
+    assert "| ℓ∞ | Source | Target | Source Nat(%) | Nat(%) | FGSM | PGD-50 | Worst |" in out
+    assert f"| 0.3 | mnist ({source}) | mnist ({checkpoint}) |" in out
+    report = json.loads((tmp_path / "transfer.json").read_text())
+    transfer = report["transfer"]
+    assert report["complete"] and transfer["source"]["checkpoint"] == str(source)
+    assert report["threat_models"] == [] and report["sanity"] is None  # no white-box figures in this mode
+    (table,) = transfer["threat_models"]
+    assert all(a["attacked"] == report["clean"]["correct"] for a in table["attacks"])
+    assert transfer["target"]["clean_accuracy"] == report["clean"]["accuracy"]
+
+    # a model attacked through itself is a white-box attack: the same samples break
+    code, _, err = run(capsys, checkpoint, "--transfer-from", checkpoint, "--data-root", data_root, *FAST,
+                       "--json", tmp_path / "self.json")
+    assert code == 0, err
+    code, _, err = run(capsys, checkpoint, "--data-root", data_root, *FAST, "--json", tmp_path / "white.json")
+    assert code == 0, err
+    self_table = json.loads((tmp_path / "self.json").read_text())["transfer"]["threat_models"][0]
+    white_table = json.loads((tmp_path / "white.json").read_text())["threat_models"][0]
+    assert [a["broken"] for a in self_table["attacks"]] == [a["broken"] for a in white_table["attacks"]]
+    assert self_table["worst_case"] == white_table["worst_case"]
+    # transferred examples are weaker than white-box ones on this pair (same training data, another seed)
+    assert table["worst_case"]["robust"] >= white_table["worst_case"]["robust"]
+
+
+def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoint, data_root, tmp_path):  # noqa: F811
+    cifar = write(tmp_path / "cifar.pt", "resnet20", "cifar10")
+    code, _, err = run(capsys, checkpoint, "--transfer-from", cifar, "--data-root", data_root, *FAST)
+    assert_one_line_error(code, err, "a transfer attack needs both models for the same data set")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
+    (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
+    (["--source-model", "mnist"], "--source-model needs --transfer-from"),
+    (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
+    (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks"),
+])
+def test_bad_combinations_exit_2_in_one_line(argv, says, capsys, checkpoint, data_root, tmp_path):  # noqa: F811
+    argv = [a.format(tmp=tmp_path, checkpoint=checkpoint) for a in argv]
+    code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, *argv)
+    assert_one_line_error(code, err, says)
+
+
+# --- ε sweeps -----------------------------------------------------------------------------------------------
+
+def test_sweep_writes_each_epsilons_accuracy_to_json_and_draws_it(capsys, own_checkpoint, data_root):  # noqa: F811
+    code, out, err = run(capsys, own_checkpoint, "--sweep", "linf", "0:0.5:3", "--attacks", "fgsm", "pgd-50",
+                         "--n", 16, "-b", 8, "--data-root", data_root)
+    assert code == 0, err
+    json_path = own_checkpoint.with_name("last.eval.n16_fgsm+pgd-50_sweep-linf-0_0.5_3.json")
+    report = json.loads(json_path.read_text())
+    sweep = report["sweep"]
+    assert sweep["epsilons"] == [0, 0.25, 0.5] and sweep["epsilon_labels"] == ["0", "0.25", "0.5"]
+    clean = report["clean"]["accuracy"]
+    for curve in sweep["curves"]:
+        assert curve["robust_accuracy"][0] == clean  # at ε 0 the ball is the image
+        assert curve["robust_accuracy"][-1] < clean
+    assert sweep["grey_image_bound"][0] == clean and sweep["grey_image_bound"][-1] < 0.3
+    checks = {(c["check"], c["where"].split()[0]) for c in report["masking_checks"]}
+    assert {("sweep-accuracy-rises", "PGD-50"), ("sweep-above-grey-bound", "FGSM")} <= checks
+    plot = own_checkpoint.with_name("last.eval.n16_fgsm+pgd-50_sweep-linf-0_0.5_3.png")
+    assert sweep["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| ℓ∞ ε | 0 | 0.25 | 0.5 |" in out and "grey-image bound" in out
+
+
+def test_sweep_of_fractions_keeps_their_denominator_and_defaults_to_the_pgds(capsys, own_checkpoint,
+                                                                           data_root, tmp_path):  # noqa: F811
+    code, out, err = run(capsys, own_checkpoint, "--sweep", "linf", "0:16/255:3", "--n", 8, "-b", 8,
+                         "--data-root", data_root, "--json", tmp_path / "sweep.json")
+    assert code == 0, err
+    sweep = json.loads((tmp_path / "sweep.json").read_text())["sweep"]
+    assert sweep["epsilon_labels"] == ["0/255", "8/255", "16/255"]
+    assert [c["label"] for c in sweep["curves"]] == ["PGD-50", "PGD-100"]
+    assert (tmp_path / "sweep.png").is_file()
+
+
+@pytest.mark.parametrize("norm, epsilons, says", [
+    ("linf", "0:0.5:1", "COUNT must be at least 2"),
+    ("linf", "0.3,0.1", "strictly increasing"),
+    ("linf", "0.1,0.1", "strictly increasing"),
+    ("linf", ",", "needs at least two epsilons"),
+    ("linf", "0.1", "needs at least two epsilons"),
+    ("linf", "0,inf", "finite"),
+    ("linf", "a:b:c", "not a number"),
+    ("linf", "0:1", "START:STOP:COUNT"),
+    ("l3", "0:1:3", "sweep norm must be one of"),
+])
+def test_bad_sweeps_exit_2_in_one_line(norm, epsilons, says, capsys, checkpoint, data_root):  # noqa: F811
+    code, _, err = run(capsys, checkpoint, "--sweep", norm, epsilons, "--data-root", data_root)
+    assert_one_line_error(code, err, says)
+
+
+# --- corruptions ---------------------------------------------------------------------------------------------
+
+PER_SEVERITY = 4
+
+
+def write_corruptions(folder, names=("fog", "gaussian_noise"), shape=(32, 32, 3), labels=None):
+    """CIFAR-10-C's layout in miniature: <name>.npy of 5 x 4 uint8 HWC images, severity 1 first, and
+    labels.npy of the 20 labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    count = 5 * PER_SEVERITY
+    np.save(folder / "labels.npy", rng.integers(0, 10, count) if labels is None else labels)
+    for name in names:
+        np.save(folder / f"{name}.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
+    return folder
+
+
+@pytest.fixture
+def cifar_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return write(tmp_path / "cifar.pt", "resnet20", "cifar10")
+
+
+def test_corruptions_give_accuracy_per_corruption_and_severity(capsys, cifar_checkpoint, tmp_path):
+    folder = write_corruptions(tmp_path / "CIFAR-10-C")
+    code, out, err = run(capsys, cifar_checkpoint, "--corruptions", folder, "--n", 3, "--json", tmp_path / "c.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "c.json").read_text())
+    corruptions = report["corruptions"]
+    assert corruptions["images_per_severity"] == 3 and corruptions["available_per_severity"] == PER_SEVERITY
+    model, _ = load_model(str(cifar_checkpoint))
+    labels = np.load(folder / "labels.npy")
+    for row in corruptions["per_corruption"]:
+        images = np.load(folder / f"{row['corruption']}.npy")
+        for severity in range(5):
+            rows = slice(severity * PER_SEVERITY, severity * PER_SEVERITY + 3)  # the first 3 of each block
+            x = torch.as_tensor(images[rows]).permute(0, 3, 1, 2).float().to(CPU) / 255
+            with torch.no_grad():
+                predicted = model(x).argmax(1).numpy()
+            assert row["accuracy"][severity] == pytest.approx((predicted == labels[rows]).mean())
+        assert row["mean"] == pytest.approx(sum(row["accuracy"]) / 5)
+    assert [r["corruption"] for r in corruptions["per_corruption"]] == ["fog", "gaussian_noise"]
+    assert corruptions["mean"] == pytest.approx(sum(r["mean"] for r in corruptions["per_corruption"]) / 2)
+    assert "| corruption | severity 1 | severity 2 | severity 3 | severity 4 | severity 5 | mean |" in out
+    assert "| fog |" in out and "| **mean** |" in out
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("no folder", "no such folder"),
+    ("no labels", "has no labels.npy"),
+    ("grey images", "must hold 20 x 32 x 32 x 3 uint8 images"),
+    ("labels not 5 x M", "must hold 5 x M integer labels"),
+    ("labels of another data set", "labels outside 0..9"),
+    ("not npy", "is not a readable .npy file"),
+    ("no corruptions", "holds no <corruption>.npy files"),
+])
+def test_unusable_corruption_folders_exit_2_in_one_line(damage, says, capsys, cifar_checkpoint, tmp_path):
+    folder = tmp_path / "C"
+    if damage == "no labels":
+        write_corruptions(folder).joinpath("labels.npy").unlink()
+    elif damage == "grey images":
+        write_corruptions(folder, shape=(28, 28, 1))
+    elif damage == "labels not 5 x M":
+        write_corruptions(folder, labels=np.zeros(19, dtype=np.int64))
+    elif damage == "labels of another data set":
+        write_corruptions(folder, labels=np.full(20, 57))
+    elif damage == "not npy":
+        write_corruptions(folder).joinpath("fog.npy").write_bytes(b"not an array")
+    elif damage == "no corruptions":
+        write_corruptions(folder, names=())
+    code, _, err = run(capsys, cifar_checkpoint, "--corruptions", folder, "--json", tmp_path / "c.json")
+    assert_one_line_error(code, err, says)
+
+
+# --- AutoAttack version, JSON file, data root, warnings, help ------------------------------------------------
+
+def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root):  # noqa: F811
+    code, out, err = run(capsys, own_checkpoint, *FAST, "--aa-version", "rand", "--data-root", data_root)
+    assert code == 0, err
+    report = json.loads(own_checkpoint.with_name("last.eval.n16_linf_fgsm+pgd-50_aa-rand.json").read_text())
+    assert report["aa_version"] == "rand" and "pyautoattack's rand version" in out
+
+
+def test_a_different_evaluation_never_overwrites_the_json_silently(capsys, own_checkpoint, data_root):  # noqa: F811
+    base = ("--data-root", data_root, "--norms", "linf", "--attacks", "fgsm", "-b", 8)
+    assert run(capsys, own_checkpoint, *base, "--n", 8)[0] == 0
+    assert run(capsys, own_checkpoint, *base, "--n", 12)[0] == 0  # another name: both kept
+    small, larger = (own_checkpoint.with_name(f"last.eval.n{n}_linf_fgsm.json") for n in (8, 12))
+    assert json.loads(small.read_text())["evaluation"]["n"] == 8
+    assert json.loads(larger.read_text())["evaluation"]["n"] == 12
+
+    code, _, err = run(capsys, own_checkpoint, *base, "--n", 12, "--json", small)
+    assert_one_line_error(code, err, "holds a different evaluation; pass --force")
+    assert json.loads(small.read_text())["evaluation"]["n"] == 8
+    assert run(capsys, own_checkpoint, *base, "--n", 8, "--json", small)[0] == 0  # the same one again: fine
+    assert run(capsys, own_checkpoint, *base, "--n", 12, "--json", small, "--force")[0] == 0
+    assert json.loads(small.read_text())["evaluation"]["n"] == 12
+
+
+@pytest.mark.parametrize("where, says", [("parent is a file", "cannot be written"), ("a folder", "is a folder")])
+def test_json_that_cannot_be_written_exits_2_before_any_work(where, says, capsys, checkpoint, data_root,  # noqa: F811
+                                                              tmp_path):
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "out.json" if where == "parent is a file" else tmp_path
+    code, out, err = run(capsys, checkpoint, "--data-root", data_root, *FAST, "--json", target)
+    assert_one_line_error(code, err, says)
+    assert "clean accuracy" not in out
+
+
+def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint, data_root, tmp_path):  # noqa: F811
+    state = torch.load(checkpoint, weights_only=True)
+    for name, stored in (("here.pt", str(data_root)), ("gone.pt", str(tmp_path / "moved"))):
+        write(tmp_path / name, "mnist", "mnist", state["model"], {"data_root": stored})
+    code, _, err = run(capsys, tmp_path / "here.pt", *FAST)
+    assert code == 0, err
+    report = json.loads((tmp_path / "here.eval.n16_linf_fgsm+pgd-50.json").read_text())
+    assert report["evaluation"]["data_root"] == str(data_root)
+    assert eval_script.choose_data_root(None, {"data_root": str(tmp_path / "moved")}) == "./data"
+    assert eval_script.choose_data_root("given", {"data_root": str(data_root)}) == "given"
+
+
+def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_about(capsys, own_checkpoint,
+                                                                                  data_root):  # noqa: F811
+    code, _, err = run(capsys, own_checkpoint, "--data-root", data_root, "--norms", "linf", "--attacks", "fgsm",
+                       "--epsilon", "1e9", "--n", 100000)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2
+    assert "--n 100000 exceeds the 200 test images" in warnings[0]
+    assert "linf epsilon 1e9 is at least the image diameter" in warnings[1]
+    report = json.loads(own_checkpoint.with_name("last.eval.n100000_linf_fgsm_eps1e9.json").read_text())
+    assert report["evaluation"]["n"] == 200 and len(report["warnings"]) == 2
+
+
+def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
+    parser = eval_script.build_parser()
+    assert all(action.help for action in parser._actions)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_script.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: 0)" in text and "(default: standard)" in text and "CHECKPOINT" in text
+    assert "mnist (mnist, fashionmnist):" in text and "linf 0.3: fgsm, pgd-50, pgd-100, deepfool, aa" in text
+    assert "cifar (cifar10, cifar100, svhn):" in text and "l1 12: pgd-50, slide, aa" in text
