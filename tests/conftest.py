@@ -43,3 +43,57 @@ def synthetic_mnist_root(tmp_path_factory):
     images, labels = synthetic_digits(800)
     write_mnist(root, images[:600], labels[:600], images[600:], labels[600:])
     return root
+
+
+# --- a trained MNIST-net checkpoint and its data, shared by the evaluation tests (CPU) ---------------------
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """Synthetic digits; every 8th test label is wrong, so that some samples are misclassified clean."""
+    from formats import synthetic_digits, write_mnist
+    root = tmp_path_factory.mktemp("mnist-root")
+    train_images, train_labels = synthetic_digits(400, seed=1)
+    test_images, test_labels = synthetic_digits(200, seed=2)
+    test_labels[::8] = (test_labels[::8] + 1) % 10
+    write_mnist(root, train_images, train_labels, test_images, test_labels)
+    return root
+
+
+def write_checkpoint(path, model, extra=None):
+    """The format ALP.py writes: the model's weights and the meta that rebuilds it."""
+    from checkpoints import save_checkpoint
+    args = {"model": "mnist", "dataset": "mnist", "leverage": 0.5, "learning_policy": "null", "epsilon": 0.3,
+            "attack": "pgd-linf", "steps": 40, "stepsize": 0.01, "epochs": 3}
+    state = {"model": model.state_dict(), "epoch": 3,
+             "meta": {"model": "mnist", "dataset": "mnist", "num_classes": 10, "args": args}}
+    save_checkpoint({**state, **(extra or {})}, path)
+    return path
+
+
+def train_on_digits(model, seed=0, epochs=3):
+    """Clean training on synthetic digits (CPU, a few seconds): easy for the model afterwards, but small
+    steps still fool it."""
+    import torch.nn.functional as F
+    from formats import synthetic_digits
+    torch.manual_seed(seed)
+    images, labels = synthetic_digits(400, seed=1)
+    device = next(model.parameters()).device
+    x = torch.as_tensor(images, device=device).unsqueeze(1).float() / 255
+    y = torch.as_tensor(labels, device=device).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for begin in range(0, len(y), 50):
+            loss = F.cross_entropy(model(x[begin:begin + 50]), y[begin:begin + 50])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """The MNIST net, trained on the synthetic digits (~3 s, CPU)."""
+    from checkpoints import build_model
+    torch.manual_seed(0)
+    model = train_on_digits(build_model("mnist", "mnist").to("cpu"))
+    return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)

@@ -41,16 +41,6 @@ EPSILONS = {
 CW_SETTINGS = dict(binary_search_steps=3, steps=200, initial_const=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a busy 2-core machine: one intra-op thread is many times faster than two threads
-    spin-waiting on each other; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cnn():
     return nn.Sequential(
         Normalize((0.1307,), (0.3081,)),

@@ -10,87 +10,20 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import eval as eval_script
 import evaluation
 from attacks import ATTACKS
-from formats import synthetic_digits, write_mnist
-from checkpoints import build_model, load_model, save_checkpoint
+from checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # test images per evaluation
 # One thread: on a loaded 2-core machine two OpenMP threads spin against each other (measured 90x slower).
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    """Synthetic digits; every 8th test label is wrong, so that some samples are misclassified clean."""
-    root = tmp_path_factory.mktemp("mnist-root")
-    train_images, train_labels = synthetic_digits(400, seed=1)
-    test_images, test_labels = synthetic_digits(200, seed=2)
-    test_labels[::8] = (test_labels[::8] + 1) % 10
-    write_mnist(root, train_images, train_labels, test_images, test_labels)
-    return root
-
-
-def write_checkpoint(path, model, extra=None):
-    """The format ALP.py writes: the model's weights and the meta that rebuilds it."""
-    args = {"model": "mnist", "dataset": "mnist", "leverage": 0.5, "learning_policy": "null", "epsilon": 0.3,
-            "attack": "pgd-linf", "steps": 40, "stepsize": 0.01, "epochs": 3}
-    state = {"model": model.state_dict(), "epoch": 3,
-             "meta": {"model": "mnist", "dataset": "mnist", "num_classes": 10, "args": args}}
-    save_checkpoint({**state, **(extra or {})}, path)
-    return path
-
-
-def train_on_digits(model, seed=0, epochs=3):
-    """Clean training on synthetic digits (CPU, one thread, a few seconds): easy for the model afterwards,
-    but small steps still fool it."""
-    torch.manual_seed(seed)
-    images, labels = synthetic_digits(400, seed=1)
-    device = next(model.parameters()).device
-    x = torch.as_tensor(images, device=device).unsqueeze(1).float() / 255
-    y = torch.as_tensor(labels, device=device).long()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with one_thread():  # a session fixture is set up before the module's single_thread
-        for _ in range(epochs):
-            for begin in range(0, len(y), 50):
-                loss = F.cross_entropy(model(x[begin:begin + 50]), y[begin:begin + 50])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    return model
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """The MNIST net, trained on the synthetic digits (~3 s)."""
-    torch.manual_seed(0)
-    model = train_on_digits(build_model("mnist", "mnist").to("cpu"))
-    return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)
 
 
 def run_eval(*argv):

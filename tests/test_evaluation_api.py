@@ -12,17 +12,11 @@ import evaluation
 from attacks import ATTACKS
 from checkpoints import load_model
 from data import load_split
-from test_eval import checkpoint, data_root, one_thread, train_on_digits  # noqa: F401 (fixtures)
+from conftest import train_on_digits
 
 CPU = torch.device("cpu")
 N = 24
 SELECTION = {"norms": ["linf"], "attacks": ["fgsm", "pgd-50"], "epsilons": ["0.1"]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

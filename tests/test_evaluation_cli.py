@@ -10,16 +10,10 @@ import torch
 
 import eval as eval_script
 from checkpoints import build_model, checkpoint_meta, load_model, save_checkpoint
-from test_eval import checkpoint, data_root, one_thread, train_on_digits  # noqa: F401 (fixtures)
+from conftest import train_on_digits
 
 CPU = torch.device("cpu")
 FAST = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "--n", "16", "-b", "8")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    with one_thread():
-        yield
 
 
 def run(capsys, *argv):
@@ -301,3 +295,24 @@ def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
     assert "(default: 0)" in text and "(default: standard)" in text and "CHECKPOINT" in text
     assert "mnist (mnist, fashionmnist):" in text and "linf 0.3: fgsm, pgd-50, pgd-100, deepfool, aa" in text
     assert "cifar (cifar10, cifar100, svhn):" in text and "l1 12: pgd-50, slide, aa" in text
+
+
+def test_a_reference_paras_pt_evaluates_to_the_figures_of_the_same_weights_in_our_checkpoint(
+        capsys, checkpoint, data_root, tmp_path):
+    """CPU. The reference's bare state_dict, told what it is by --model/--dataset, is the same network."""
+    from checkpoints import to_reference_state_dict
+    model, _ = load_model(str(checkpoint))
+    paras = tmp_path / "paras.pt"
+    torch.save(to_reference_state_dict(model), paras)
+    reports = []
+    for path, extra in ((checkpoint, ()), (paras, ("--model", "mnist", "--dataset", "mnist"))):
+        out_json = tmp_path / f"{path.stem}.json"
+        code, _, err = run(capsys, path, *extra, *FAST, "--data-root", data_root, "--json", out_json)
+        assert code == 0, err
+        reports.append(json.loads(out_json.read_text()))
+    ours, reference = reports
+    assert reference["clean"] == ours["clean"]
+    assert ([a["broken"] for t in reference["threat_models"] for a in t["attacks"]]
+            == [a["broken"] for t in ours["threat_models"] for a in t["attacks"]])
+    code, _, err = run(capsys, paras, *FAST, "--data-root", data_root, "--json", tmp_path / "x.json")
+    assert_one_line_error(code, err, "--model and --dataset")

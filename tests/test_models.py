@@ -15,16 +15,6 @@ from reference_layout import (CIFAR_RESNET_BLOCKS as CIFAR_RESNETS, TORCHVISION_
 DEVICE = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Forward passes of deep nets on a busy 2-core machine: one intra-op thread is ~100x faster than two
-    threads spin-waiting on each other; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 

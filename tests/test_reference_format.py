@@ -16,14 +16,6 @@ DEVICE = torch.device("cpu")
 CASES = [("mnist", "mnist"), ("resnet20", "cifar10"), ("resnet18", "svhn")]  # one of each family of network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(dataset, n=4, seed=0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
     size = 28 if DATASETS[dataset].family == "mnist" else 32
