@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -22,8 +21,9 @@ from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_
                          save_checkpoint, set_rng_state)
 from data import DATASETS, DataError, DeviceLoader, train_val_splits
 from models import MODELS
-from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, VALIDATION_BATCH, all_ranks, barrier,
-                      gather_from_all_ranks, setup_process, train_epoch, train_step, validate)
+from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, GraphedStep, all_ranks, barrier, cuda_graph_refusal,
+                      gather_from_all_ranks, mixed_precision, setup_process, train_epoch, train_step, validate,
+                      validation_batch_size)
 from utils import LEARNING_POLICIES, OPTIMIZERS, CLIParser, default_device, fail, plot_curves, write_csv
 
 SNAPSHOT_EVERY = 5  # epochs
@@ -68,6 +68,9 @@ def parse_args(argv=None):
     cuda.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     cuda.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false")
     cuda.add_argument("--compile", action="store_true", help="torch.compile the model")
+    cuda.add_argument("--cuda-graph", action="store_true",
+                      help="experimental, not yet run on a GPU: replay each training iteration as one CUDA graph "
+                           "(one process, no --compile; elsewhere the eager step runs, with a note)")
     args = p.parse_args(argv)
 
     checks = [
@@ -130,14 +133,14 @@ def load_data(args, device, rank, world_size, channels_last):
     train_loader = DeviceLoader(train_x, train_y, args.batch_size, device, shuffle=True, crop=spec.crop,
                                 flip=spec.flip, seed=args.seed, rank=rank, world_size=world_size,
                                 channels_last=channels_last)
-    val_loader = DeviceLoader(val_x, val_y, VALIDATION_BATCH, device, channels_last=channels_last)
+    val_loader = DeviceLoader(val_x, val_y, validation_batch_size(device), device, channels_last=channels_last)
     return train_loader, val_loader
 
 
-def build_optimization(args, model):
+def build_optimization(args, model, fused=False):
     """(optimizer, scheduler) as the command line says."""
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, momentum=args.momentum,
-                                           weight_decay=args.weight_decay, betas=(args.beta1, args.beta2))
+                                           weight_decay=args.weight_decay, betas=(args.beta1, args.beta2), fused=fused)
     return optimizer, LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
 
 
@@ -204,14 +207,16 @@ def main(argv=None):
     amp = args.amp and use_cuda
     channels_last = args.channels_last and use_cuda
     torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    autocast = mixed_precision("cuda", amp)
+    graph_refusal = cuda_graph_refusal(device, world_size, args.compile) if args.cuda_graph else None
+    use_graph = args.cuda_graph and graph_refusal is None
     train_loader, val_loader = load_data(args, device, rank, world_size, channels_last)
 
     torch.manual_seed(args.seed + rank)  # distinct PGD starts and crops per process; DDP syncs the weights
     model = build_model(args.model, args.dataset).to(device)  # the network itself: what checkpoints hold
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimization(args, model)
+    optimizer, scheduler = build_optimization(args, model, fused=use_graph)
     attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
     validation_attack = ATTACKS["pgd-linf"](**VALIDATION_ATTACKS[spec.family])
     start_epoch, metrics, best = 0, [], {"clean_accuracy": -1.0, "robust_accuracy": -1.0}
@@ -222,10 +227,15 @@ def main(argv=None):
     train_model = DistributedDataParallel(attack_model) if world_size > 1 else attack_model  # what the loss's
     # backward goes through: under torchrun it averages the gradients over the processes
 
-    def step(x, y):
-        return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
+    if use_graph:
+        step = GraphedStep(train_model, attack_model, attack, optimizer, args.leverage, autocast, args.batch_size)
+    else:
+        def step(x, y):
+            return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
 
     log = open_log(run_dir, args) if is_main else (lambda line: None)
+    if graph_refusal:
+        log(f"--cuda-graph: {graph_refusal}; the eager step runs instead")
     log(f"{'resuming' if args.resume else 'starting'} {run_dir} at epoch {start_epoch + 1}/{args.epochs} on "
         f"{world_size} x {device} (bf16 autocast {'on' if amp else 'off'}); {len(train_loader.labels)} training, "
         f"{len(val_loader.labels)} validation images")

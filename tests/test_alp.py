@@ -125,7 +125,8 @@ def test_cifar_type_training_with_augmentation_end_to_end(tmp_path, monkeypatch)
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 120)
     write_cifar10(tmp_path / "data", images[:100], labels[:100], images[100:], labels[100:])
-    model = ALP.main(["resnet20", "cifar10", "--epochs=2", "-b=25", "--steps=1", "--eval-freq=2",
+    # On the CPU on every machine: the model is compared with the checkpoint, which loads on the CPU.
+    model = ALP.main(["resnet20", "cifar10", "--epochs=2", "-b=25", "--steps=1", "--eval-freq=2", "--device=cpu",
                       "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs")])
     run = run_folder(tmp_path / "runs")
     state = load_checkpoint(os.path.join(run, "last.pt"))
