@@ -4,6 +4,7 @@ ALP.py (the script) and bench.py (the timings) both train through `train_step`, 
 which replays the same iteration as one CUDA graph, so what bench.py times is what ALP.py runs.
 """
 import os
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -135,7 +136,9 @@ class GraphedStep:
 
     def _eager(self, x, y):
         train_model, attack_model = self.models
-        return train_step(train_model, attack_model, self.attack, self.optimizer, x, y, self.leverage, self.autocast)
+        with _stepping_uncaptured_by_design():
+            return train_step(train_model, attack_model, self.attack, self.optimizer, x, y, self.leverage,
+                              self.autocast)
 
     def _copy_in(self, x, y):
         if self.static_x is None:
@@ -163,7 +166,7 @@ class GraphedStep:
 
     def _iterate_on_static_batch(self):
         train_model, attack_model = self.models
-        with self._tensor_learning_rates():
+        with self._tensor_learning_rates(), _stepping_uncaptured_by_design():
             return train_step(train_model, attack_model, self.attack, self.optimizer, self.static_x, self.static_y,
                               self.leverage, self.autocast)
 
@@ -183,6 +186,15 @@ class GraphedStep:
         with torch.cuda.graph(self.graph):
             self.outputs = self._iterate_on_static_batch()
         self.graph.replay()
+
+
+@contextmanager
+def _stepping_uncaptured_by_design():
+    """A capturable optimizer (Adam) warns when it steps outside a capture; GraphedStep's warm-ups and last
+    batches do so by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
+        yield
 
 
 def train_epoch(step, loader, epoch, progress=False):

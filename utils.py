@@ -38,12 +38,13 @@ def _with_own_kernels(optimizer):
 
 # name -> (parameters, lr, momentum, weight_decay, betas, fused) -> optimizer. SGD ignores betas, Adam
 # momentum. fused: one kernel for the whole update, which also reads a learning rate held in a device
-# tensor; that is what a captured CUDA graph needs (training.GraphedStep).
+# tensor; that is what a captured CUDA graph needs (training.GraphedStep). Adam must also be capturable:
+# its step() refuses a capture otherwise.
 OPTIMIZERS = {
     "sgd": lambda params, lr, momentum, weight_decay, betas, fused=False: _with_own_kernels(torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)),
     "adam": lambda params, lr, momentum, weight_decay, betas, fused=False: _with_own_kernels(torch.optim.Adam(
-        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)),
+        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None, capturable=fused)),
 }
 
 
