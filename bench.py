@@ -134,7 +134,9 @@ def time_training(config, device, repeats, iterations, variant):
 
 def bench_training(args, device):
     cuda = device.type == "cuda"
-    variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else []) if cuda else CPU_VARIANTS
+    variants = CPU_VARIANTS
+    if cuda:
+        variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else [])
     rows = []
     for config in args.configs:
         model_name, dataset, batch_size, *_ = TRAINING_CONFIGS[config]
