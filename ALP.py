@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -24,8 +24,9 @@ from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_
                          load_weights, other_checkpoints, save_checkpoint, set_rng_state)
 from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_splits
 from models import MODELS
-from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, VALIDATION_BATCH, all_ranks, barrier,
-                      gather_from_all_ranks, setup_process, train_epoch, train_step, validate)
+from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, GraphedStep, all_ranks, barrier,
+                      cuda_graph_refusal, gather_from_all_ranks, mixed_precision, setup_process, train_epoch,
+                      train_step, validate, validation_batch_size)
 from utils import (LEARNING_POLICIES, OPTIMIZERS, CLIParser, RunLock, RunLockHeld, default_device,
                    describe_os_error, fail, lock_holder, plot_curves, write_atomically, write_csv)
 
@@ -81,6 +82,9 @@ def build_parser():
     cuda.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                       help="do not let cuDNN time its algorithms for each shape")
     cuda.add_argument("--compile", action="store_true", help="torch.compile the model")
+    cuda.add_argument("--cuda-graph", action="store_true",
+                      help="experimental, not yet run on a GPU: replay each training iteration as one CUDA graph "
+                           "(one process, no --compile; elsewhere the eager step runs, with a note)")
     return p
 
 
@@ -199,7 +203,7 @@ def load_data(args, device, rank, world_size, channels_last):
     train_loader = DeviceLoader(train_x, train_y, args.batch_size, device, shuffle=True, crop=spec.crop,
                                 flip=spec.flip, seed=args.seed, rank=rank, world_size=world_size,
                                 channels_last=channels_last)
-    val_loader = DeviceLoader(val_x, val_y, VALIDATION_BATCH, device, channels_last=channels_last)
+    val_loader = DeviceLoader(val_x, val_y, validation_batch_size(device), device, channels_last=channels_last)
     return train_loader, val_loader, digest
 
 
@@ -216,10 +220,11 @@ def take_run_folder(run_dir, args, last_path):
     return lock, check_run_folder(args, last_path, check_lock=False)
 
 
-def build_optimization(args, model):
+def build_optimization(args, model, fused=False):
     """(optimizer, scheduler) as the command line says."""
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, momentum=args.momentum,
-                                           weight_decay=args.weight_decay, betas=(args.beta1, args.beta2))
+                                           weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
+                                           fused=fused)
     return optimizer, LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
 
 
@@ -379,7 +384,9 @@ def main(argv=None):
     amp = args.amp and use_cuda
     channels_last = args.channels_last and use_cuda
     torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    autocast = mixed_precision("cuda", amp)
+    graph_refusal = cuda_graph_refusal(device, world_size, args.compile) if args.cuda_graph else None
+    use_graph = args.cuda_graph and graph_refusal is None
     train_loader, val_loader, data_id = load_data(args, device, rank, world_size, channels_last)
     if is_main:  # one run per folder, from here to the process's end
         lock, resumed = take_run_folder(run_dir, args, last_path)
@@ -388,7 +395,7 @@ def main(argv=None):
     model = build_model(args.model, args.dataset).to(device)  # the network itself: what checkpoints hold
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimization(args, model)
+    optimizer, scheduler = build_optimization(args, model, fused=use_graph)
     attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
     validation_attack = ATTACKS["pgd-linf"](**VALIDATION_ATTACKS[spec.family])
     start_epoch, metrics, best = 0, [], {"clean_accuracy": -1.0, "robust_accuracy": -1.0}
@@ -400,8 +407,11 @@ def main(argv=None):
     train_model = DistributedDataParallel(attack_model) if world_size > 1 else attack_model  # what the loss's
     # backward goes through: under torchrun it averages the gradients over the processes
 
-    def step(x, y):
-        return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
+    if use_graph:
+        step = GraphedStep(train_model, attack_model, attack, optimizer, args.leverage, autocast, args.batch_size)
+    else:
+        def step(x, y):
+            return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
 
     log = lambda line: None  # noqa: E731 - only rank 0 writes
     if is_main:
@@ -410,6 +420,8 @@ def main(argv=None):
             log = open_log(run_dir)
             if args.resume:
                 repair_after_kill(run_dir, metrics, args.epochs, log)
+    if graph_refusal:
+        log(f"--cuda-graph: {graph_refusal}; the eager step runs instead")
     log(f"{'resuming' if args.resume else 'starting'} {run_dir} at epoch {start_epoch + 1}/{args.epochs} on "
         f"{world_size} x {device} (bf16 autocast {'on' if amp else 'off'}); {len(train_loader.labels)} training, "
         f"{len(val_loader.labels)} validation images")

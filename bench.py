@@ -12,14 +12,15 @@ Training: images/s and projected seconds per epoch (50,000 CIFAR / 60,000 MNIST 
 iteration (PGD pair + two forward passes + one backward). On CPU it is also timed with a PGD that calls
 loss.backward() at every attack step, as the reference implementation does, to show what input-only
 gradients save. On CUDA it is timed with and without the speed options (bf16 autocast, channels_last,
-cudnn.benchmark), and with --compile also under torch.compile.
+cudnn.benchmark), each as one CUDA graph replay per iteration (training.GraphedStep, ALP.py --cuda-graph)
+and as the eager step, and with --compile also under torch.compile. The output names the GPU.
 """
 import argparse
 import json
 import platform
 import statistics
 import time
-from contextlib import nullcontext
+from collections import namedtuple
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,8 @@ from attacks.common import clip_to_ball
 from data import DATASETS
 from evaluation import SUITES, cli_name, parse_epsilon
 from checkpoints import build_model
-from training import train_step
-from utils import CLIParser, default_device
+from training import GraphedStep, mixed_precision, train_step
+from utils import OPTIMIZERS, CLIParser, default_device
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
 TRAINING_CONFIGS = {
@@ -89,48 +90,63 @@ def synthetic_batch(family, n, num_classes, device, channels_last=False):
     return x, torch.randint(0, num_classes, (n,), device=device)
 
 
-def time_training(config, device, repeats, iterations, amp, channels_last, compile_model, baseline=False):
+# How one training figure is taken. amp: bf16 autocast; graph: one CUDA graph replay per iteration;
+# baseline: the reference's backward-every-step PGD instead of ours.
+Variant = namedtuple("Variant", "label amp channels_last compile graph baseline")
+CPU_VARIANTS = [Variant("input-grad PGD", False, False, False, False, False),
+                Variant("backward-every-step PGD", False, False, False, False, True)]
+CUDA_VARIANTS = [Variant("bf16+channels_last+cudnn.benchmark, graph", True, True, False, True, False),
+                 Variant("bf16+channels_last+cudnn.benchmark, eager", True, True, False, False, False),
+                 Variant("float32, no options, graph", False, False, False, True, False),
+                 Variant("float32, no options, eager", False, False, False, False, False)]
+COMPILE_VARIANT = Variant("bf16+channels_last+cudnn.benchmark + torch.compile", True, True, True, False, False)
+
+
+def time_training(config, device, repeats, iterations, variant):
     """Seconds per ALP iteration (median over repeats of `iterations` iterations each)."""
     model_name, dataset, batch_size, steps, epsilon, stepsize = TRAINING_CONFIGS[config]
     spec = DATASETS[dataset]
     torch.manual_seed(0)
     model = build_model(model_name, dataset).to(device)
-    if channels_last:
+    if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if baseline
+    net = torch.compile(model) if variant.compile else model
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, betas=None,
+                                  fused=variant.graph)
+    attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if variant.baseline
               else ATTACKS["pgd-linf"](epsilon, steps=steps, stepsize=stepsize))
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
-    x, y = synthetic_batch(spec.family, batch_size, spec.num_classes, device, channels_last)
+    autocast = mixed_precision(device.type, variant.amp)
+    x, y = synthetic_batch(spec.family, batch_size, spec.num_classes, device, variant.channels_last)
+    if variant.graph:
+        step = GraphedStep(net, net, attack, optimizer, 0.5, autocast, batch_size)
+        for _ in range(GraphedStep.WARMUP + 1):  # the eager warm-ups and the capture, untimed
+            step(x, y)
+    else:
+        def step(x, y):
+            return train_step(net, net, attack, optimizer, x, y, 0.5, autocast)
 
     def iterate():
         for _ in range(iterations):
-            train_step(net, net, attack, optimizer, x, y, 0.5, autocast)
+            step(x, y)
 
-    return median_seconds(iterate, device, repeats, warmup=2 if compile_model else 1) / iterations
+    return median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
 
 
 def bench_training(args, device):
     cuda = device.type == "cuda"
-    # (label, amp, channels_last, compile, baseline)
-    variants = [("input-grad PGD", False, False, False, False), ("backward-every-step PGD", False, False, False, True)]
+    variants = CPU_VARIANTS
     if cuda:
-        variants = [("bf16+channels_last+cudnn.benchmark", True, True, False, False),
-                    ("float32, no options", False, False, False, False)]
-        if args.compile:
-            variants.append(("all options + torch.compile", True, True, True, False))
+        variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else [])
     rows = []
     for config in args.configs:
         model_name, dataset, batch_size, *_ = TRAINING_CONFIGS[config]
-        for label, amp, channels_last, compile_model, baseline in variants:
-            torch.backends.cudnn.benchmark = cuda and channels_last
-            seconds = time_training(config, device, args.repeats, args.iterations, amp, channels_last,
-                                    compile_model, baseline)
-            rows.append({"config": config, "variant": label, "seconds_per_iteration": seconds,
+        for variant in variants:
+            torch.backends.cudnn.benchmark = cuda and variant.channels_last
+            seconds = time_training(config, device, args.repeats, args.iterations, variant)
+            rows.append({"config": config, "variant": variant.label, "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
-            print(f"  {config:30s} {label:36s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
+            print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
                   f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch", flush=True)
     return rows
 
@@ -189,10 +205,14 @@ def main(argv=None):
     if not args.skip_training:
         print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
         results["training"] = bench_training(args, device)
-        if device.type == "cpu":
-            for config in args.configs:
-                ours, baseline = (r["seconds_per_iteration"] for r in results["training"] if r["config"] == config)
+        seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
+        for config in args.configs:
+            if device.type == "cpu":
+                ours, baseline = (seconds[config, v.label] for v in CPU_VARIANTS)
                 print(f"  {config}: input-grad PGD is {baseline / ours:.2f}x faster than backward-every-step")
+            else:
+                graph, eager = (seconds[config, v.label] for v in CUDA_VARIANTS[:2])
+                print(f"  {config}: the CUDA graph is {eager / graph:.2f}x faster than the eager step (bf16 options)")
     if not args.skip_attacks:
         print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
               f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")

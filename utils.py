@@ -48,12 +48,29 @@ def short_reason(error):
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-# name -> (parameters, lr, momentum, weight_decay, betas) -> optimizer. SGD ignores betas, Adam momentum.
+def _keep_own_kernels(optimizer, state_dict):
+    """Load-state pre-hook: which kernel runs the update (fused or not) is a choice of this run, not state
+    to restore, so a run may be resumed with or without --cuda-graph (a checkpoint's flag would otherwise
+    override it, and a graph cannot capture the unfused update with a tensor learning rate)."""
+    groups = [{**saved, **{key: own[key] for key in ("fused", "foreach", "capturable") if key in own}}
+              for saved, own in zip(state_dict["param_groups"], optimizer.param_groups)]
+    return {**state_dict, "param_groups": groups}
+
+
+def _with_own_kernels(optimizer):
+    optimizer.register_load_state_dict_pre_hook(_keep_own_kernels)
+    return optimizer
+
+
+# name -> (parameters, lr, momentum, weight_decay, betas, fused) -> optimizer. SGD ignores betas, Adam
+# momentum. fused: one kernel for the whole update, which also reads a learning rate held in a device
+# tensor; that is what a captured CUDA graph needs (training.GraphedStep). Adam must also be capturable:
+# its step() refuses a capture otherwise.
 OPTIMIZERS = {
-    "sgd": lambda params, lr, momentum, weight_decay, betas: torch.optim.SGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay),
-    "adam": lambda params, lr, momentum, weight_decay, betas: torch.optim.Adam(
-        params, lr=lr, betas=betas, weight_decay=weight_decay),
+    "sgd": lambda params, lr, momentum, weight_decay, betas, fused=False: _with_own_kernels(torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)),
+    "adam": lambda params, lr, momentum, weight_decay, betas, fused=False: _with_own_kernels(torch.optim.Adam(
+        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None, capturable=fused)),
 }
 
 

@@ -5,8 +5,6 @@ Definitions follow foolbox 3.3.4, which produced the reference numbers: the step
 gradient (sign for linf) times the step size; after each step the perturbation is clipped into the ball
 (rescaled for l2/l1) and the image into [0, 1]; the last iterate is returned.
 """
-import torch
-
 from .common import attacking, clip_to_ball, cross_entropy_gradient, normalize, random_in_ball, NORMS
 
 

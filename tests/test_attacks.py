@@ -5,6 +5,9 @@ exactness of SLIDE's l1 projection.
 
 The model learns the real MNIST stand-in (../shared) when it exists, else the synthetic digits, each with its
 own epsilons, chosen so that robust accuracies are intermediate: a comparison at ~0% or ~100% proves nothing.
+
+Everything runs on the CPU (DEVICE), on a GPU machine too: foolbox and pyautoattack are given that device
+explicitly, since foolbox's PyTorchModel otherwise moves the shared model to CUDA in place.
 """
 import copy
 
@@ -28,6 +31,7 @@ from data import load_split
 from formats import synthetic_digits, write_mnist
 from models.normalize import Normalize
 
+DEVICE = torch.device("cpu")
 N_COMPARED = 300  # inputs of every foolbox comparison: one sample is 1/3 of a percentage point
 POINT = 0.01
 
@@ -58,13 +62,13 @@ def setting(request, tmp_path_factory):
         root, source = tmp_path_factory.mktemp("synthetic-mnist"), "synthetic"
         images, labels = synthetic_digits(2500)
         write_mnist(root, images[:2000], labels[:2000], images[2000:], labels[2000:])
-    train_images, train_labels = load_split("mnist", str(root), train=True)
-    test_images, test_labels = load_split("mnist", str(root), train=False)
+    train_images, train_labels = (t.to(DEVICE) for t in load_split("mnist", str(root), train=True))
+    test_images, test_labels = (t.to(DEVICE) for t in load_split("mnist", str(root), train=False))
     torch.manual_seed(0)
-    model = small_cnn()
+    model = small_cnn().to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(2):
-        for index in torch.randperm(len(train_labels)).split(128):
+        for index in torch.randperm(len(train_labels), device=DEVICE).split(128):
             loss = F.cross_entropy(model(train_images[index].float() / 255), train_labels[index])
             optimizer.zero_grad()
             loss.backward()
@@ -86,9 +90,13 @@ def misclassified(model, x, y):
         return model(x).argmax(dim=1) != y
 
 
+def foolbox_model(model):
+    return fb.PyTorchModel(model, bounds=(0, 1), device=DEVICE)
+
+
 def foolbox_run(attack, model, x, y, epsilon):
     """foolbox's (raw, robust accuracy of its clipped examples)."""
-    raw, _, success = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=epsilon)
+    raw, _, success = attack(foolbox_model(model), x, y, epsilons=epsilon)
     return raw, 1 - success.float().mean().item()
 
 
@@ -151,7 +159,7 @@ def test_slide_differs_from_foolbox_only_by_the_projection(setting):
     model, x, y, eps = setting
     ours = SLIDE(eps["l1"], steps=20, rel_stepsize=0.1)(model, x, y)
     attack = FoolboxSLIDEWithExactProjection(steps=20, rel_stepsize=0.1)
-    _, theirs, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps["l1"])
+    _, theirs, _ = attack(foolbox_model(model), x, y, epsilons=eps["l1"])
     assert (ours - theirs).abs().max() < 1e-5
 
 
@@ -181,7 +189,7 @@ def test_autoattack_adapter_matches_pyautoattack(setting):
     model, x, y, eps = setting
     x, y = x[:24], y[:24]
     ours = AutoAttack(eps["aa-linf"], "linf", seed=0)(model, x, y)
-    direct = PackageAutoAttack(copy.deepcopy(model), device="cpu", eps=eps["aa-linf"], norm=PACKAGE_NORMS["linf"],
+    direct = PackageAutoAttack(copy.deepcopy(model), device=DEVICE, eps=eps["aa-linf"], norm=PACKAGE_NORMS["linf"],
                                seed=0, version="standard")
     theirs, _ = direct.run_standard_evaluation(x, y, batch_size=500)
     assert_intermediate(accuracy(model, theirs, y))
@@ -247,23 +255,23 @@ def projection_by_bisection(v, epsilon):
 
 def test_l1_projection_is_exact():
     generator = torch.Generator().manual_seed(0)
-    v = torch.randn(40, 1, 7, 9, generator=generator, dtype=torch.float64)
-    v *= torch.rand(40, 1, 1, 1, generator=generator, dtype=torch.float64) * 2  # some rows inside the ball
+    v = torch.randn(40, 1, 7, 9, generator=generator, dtype=torch.float64, device=DEVICE)
+    v *= torch.rand(40, 1, 1, 1, generator=generator, dtype=torch.float64, device=DEVICE) * 2  # some inside the ball
     v[0] = 0
-    v[1, 0, 0, :3] = torch.tensor([5.0, 5.0, -5.0])  # ties
+    v[1, 0, 0, :3] = torch.tensor([5.0, 5.0, -5.0], device=DEVICE)  # ties
     epsilon = 20.0
     assert 0 < (flat_norm(v, "l1") <= epsilon).sum() < len(v)
     projected = project_l1_ball(v, epsilon)
     assert torch.allclose(projected.flatten(1), projection_by_bisection(v.flatten(1), epsilon), atol=1e-9)
     # A Euclidean projection p of v onto a convex set: <v - p, z - p> <= 0 for every z in the set.
-    z = torch.randn(500, 63, generator=generator, dtype=torch.float64)
-    radii = epsilon * torch.rand(500, 1, generator=generator, dtype=torch.float64)
+    z = torch.randn(500, 63, generator=generator, dtype=torch.float64, device=DEVICE)
+    radii = epsilon * torch.rand(500, 1, generator=generator, dtype=torch.float64, device=DEVICE)
     z = z / flat_norm(z, "l1").unsqueeze(1) * radii
     p, w = projected.flatten(1), v.flatten(1)
     assert (((w - p).unsqueeze(1) * (z.unsqueeze(0) - p.unsqueeze(1))).sum(-1) <= 1e-9).all()
 
 
 def test_sparse_step_threshold_is_numpys_quantile():
-    values = torch.rand(5, 784, generator=torch.Generator().manual_seed(0))
+    values = torch.rand(5, 784, generator=torch.Generator().manual_seed(0), device=DEVICE)
     for q in (0.0, 0.5, 0.99, 1.0):
         assert np.allclose(per_sample_quantile(values, q).numpy(), np.quantile(values.numpy(), q, axis=-1))

@@ -1,4 +1,5 @@
-"""The one PGD that makes ALP's training pairs and the evaluation's PGD columns."""
+"""The one PGD that makes ALP's training pairs and the evaluation's PGD columns. On the CPU (DEVICE), on every
+machine."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,12 +8,14 @@ from attacks import ATTACKS
 from attacks.common import flat_norm
 from models import MODELS
 
+DEVICE = torch.device("cpu")
+
 
 @pytest.fixture(scope="module")
 def model_and_batch():
     torch.manual_seed(0)
-    model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).eval()
-    return model, torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).to(DEVICE).eval()
+    return model, torch.rand(16, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (16,), device=DEVICE)
 
 
 def per_sample_loss(model, x, y):

@@ -1,0 +1,141 @@
+"""CUDA only (every test is skipped without a CUDA device): the graph-replayed ALP iteration against the eager
+one, bf16 training through the graph, and resume on CUDA through ALP.py. Written without a GPU at hand: the
+first machine with one runs them for the first time."""
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import MultiStepLR
+
+import ALP
+from attacks.pgd import PGD
+from checkpoints import load_checkpoint
+from data import DeviceLoader
+from models import MODELS
+from training import GraphedStep, mixed_precision, train_epoch, train_step
+from utils import OPTIMIZERS
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEVICE = torch.device("cuda")
+BATCH = 16
+# Epoch 1 of the graph path: 3 eager warm-ups, the capture (and its replay), one more replay, the smaller
+# last batch eagerly; epoch 2: 5 replays and the eager last batch.
+IMAGES = (GraphedStep.WARMUP + 2) * BATCH + 7
+LR = 2.0 ** -4  # exact in float32, like the tensor learning rate the graph reads
+QUICK = ["-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3", "--steps=3",
+         "--stepsize=0.1", "--leverage=0.5"]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture
+def deterministic_cudnn():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+def cifar_setup(random_start, channels_last=False):
+    """(model, fused SGD, scheduler halving the rate after epoch 1, PGD, loader), all on DEVICE."""
+    torch.manual_seed(0)
+    model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).to(DEVICE)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=LR, momentum=0.9, weight_decay=2.0 ** -12, betas=None,
+                                  fused=True)
+    scheduler = MultiStepLR(optimizer, milestones=[1], gamma=0.5)
+    attack = PGD(8 / 255, "linf", steps=3, stepsize=2 / 255, random_start=random_start)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    images = torch.randint(0, 256, (IMAGES, 3, 32, 32), generator=generator, device=DEVICE, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (IMAGES,), generator=generator, device=DEVICE)
+    loader = DeviceLoader(images, labels, BATCH, DEVICE, shuffle=True, crop=True, flip=True, seed=0,
+                          channels_last=channels_last)
+    return model, optimizer, scheduler, attack, loader
+
+
+def train_two_epochs(graphed, random_start):
+    model, optimizer, scheduler, attack, loader = cifar_setup(random_start)
+    if graphed:
+        step = GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH)
+    else:
+        def step(x, y):
+            return train_step(model, model, attack, optimizer, x, y, 0.5)
+    torch.cuda.manual_seed(1)  # the crops, flips and PGD starts draw from this generator on both paths
+    totals = []
+    for epoch in range(2):
+        totals.append(train_epoch(step, loader, epoch)[0])
+        scheduler.step()
+    return model, step, totals
+
+
+@pytest.mark.parametrize("random_start", [False, True])
+def test_graph_replayed_iterations_compute_what_eager_ones_do(random_start, deterministic_cudnn):
+    eager_model, _, eager_totals = train_two_epochs(False, random_start)
+    model, step, totals = train_two_epochs(True, random_start)
+    assert step.graph is not None
+    ours, theirs = model.state_dict(), eager_model.state_dict()
+    for key in ours:  # weights and BatchNorm statistics; float tolerance: kernels may sum in another order
+        if ours[key].is_floating_point():
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(ours[key], theirs[key]), key  # num_batches_tracked: every batch counted
+    for ours, theirs in zip(totals, eager_totals):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        assert ours[2].item() == IMAGES
+
+
+def test_replayed_outputs_are_copies_the_next_replay_leaves_alone():
+    model, optimizer, _, attack, loader = cifar_setup(random_start=True)
+    step = GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH)
+    x, y = next(loader.epoch())
+    results = [step(x, y) for _ in range(GraphedStep.WARMUP + 3)]
+    assert step.graph is not None
+    losses = torch.stack([loss for loss, _ in results])
+    assert losses.unique().numel() == len(losses)  # the weights move every iteration: no loss repeats
+    assert all(loss.data_ptr() != step.outputs[0].data_ptr() for loss, _ in results)
+
+
+def test_bf16_training_through_the_graph_learns_a_fixed_batch():
+    model, optimizer, _, attack, loader = cifar_setup(random_start=True, channels_last=True)
+    step = GraphedStep(model, model, attack, optimizer, 0.5, mixed_precision("cuda", True), BATCH)
+    x, y = next(loader.epoch())
+    for group in optimizer.param_groups:
+        group["lr"] = 0.05
+    losses = [step(x, y)[0].item() for _ in range(15)]
+    assert step.graph is not None
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("flags", [[], ["--cuda-graph"]], ids=["eager", "graph"])
+def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mnist_root, tmp_path, monkeypatch,
+                                                             capsys):
+    """With bf16 and cudnn.benchmark on, as users run. Exact equality does not hold on CUDA (kernels may sum
+    in another order, bf16 rounds): the weights must agree to 1% of their norm, the losses to 1%."""
+    args = ["mnist", "mnist", *QUICK, "--epochs=3", "--subset=420", "--eval-freq=3", "--device=cuda",
+            "--data-root", str(synthetic_mnist_root), *flags]
+    ALP.main(args + ["--out", str(tmp_path / "a")])
+
+    def dies_in_epoch_2(step, loader, epoch, **kwargs):
+        if epoch == 1:
+            raise Killed
+        return train_epoch(step, loader, epoch, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ALP, "train_epoch", dies_in_epoch_2)
+        with pytest.raises(Killed):
+            ALP.main(args + ["--out", str(tmp_path / "b")])
+    ALP.main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    assert "--cuda-graph:" not in capsys.readouterr().out  # the graph path was not refused
+
+    a, b = (load_checkpoint(str(next((tmp_path / run).glob("*/last.pt")))) for run in "ab")
+    assert a["epoch"] == b["epoch"] == 3
+    floats = [key for key in a["model"] if a["model"][key].is_floating_point()]
+    weights_a, weights_b = (torch.cat([state["model"][key].flatten() for key in floats]) for state in (a, b))
+    assert (weights_a - weights_b).norm() <= 0.01 * weights_a.norm()
+    for row_a, row_b in zip(a["metrics"], b["metrics"]):
+        assert row_b["train_loss"] == pytest.approx(row_a["train_loss"], rel=0.01)

@@ -1,0 +1,150 @@
+"""training.GraphedStep's plumbing without a graph, on the CPU (DEVICE) on every machine: static buffers,
+copy-in, the eager last batch, the tensor learning rate, resume; the optimisers' kernels on resume; and
+--cuda-graph where no graph can run. The captured graph itself is tested in tests/test_cuda.py."""
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import MultiStepLR
+
+import ALP
+from attacks import ATTACKS
+from data import DeviceLoader
+from models import MODELS
+from training import GraphedStep, cuda_graph_refusal, mixed_precision, train_epoch, train_step
+from utils import OPTIMIZERS
+
+DEVICE = torch.device("cpu")
+BATCH = 8
+IMAGES = 4 * BATCH + 5  # the last batch of every epoch is smaller: it takes the eager step
+# Learning rates that float32 holds exactly: the tensor learning rate is float32, the eager one a double, so
+# only such rates let the two paths agree bit for bit.
+LR, WEIGHT_DECAY = 2.0 ** -4, 2.0 ** -12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models on a busy 2-core machine: one intra-op thread is many times faster than two threads
+    spin-waiting on each other (one epoch here: 1 s against 28 s); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_setup(optimizer_name):
+    """(model, fused optimizer, scheduler halving the rate after epoch 1, attack, loader) on DEVICE."""
+    torch.manual_seed(0)
+    model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).to(DEVICE)
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters(), lr=LR, momentum=0.9, weight_decay=WEIGHT_DECAY,
+                                           betas=(0.9, 0.999), fused=True)
+    scheduler = MultiStepLR(optimizer, milestones=[1], gamma=0.5)
+    attack = ATTACKS["pgd-linf"](8 / 255, steps=2, stepsize=4 / 255)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    images = torch.randint(0, 256, (IMAGES, 3, 16, 16), generator=generator, device=DEVICE, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (IMAGES,), generator=generator, device=DEVICE)
+    loader = DeviceLoader(images, labels, BATCH, DEVICE, shuffle=True, crop=True, flip=True, seed=0)
+    return model, optimizer, scheduler, attack, loader
+
+
+def make_step(kind, model, optimizer, attack):
+    if kind == "graph plumbing":
+        return GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=False)
+    return lambda x, y: train_step(model, model, attack, optimizer, x, y, 0.5)
+
+
+def train(kind, optimizer_name, epochs, setup=None, first_epoch=0):
+    """Trains `epochs` epochs; returns the setup and each epoch's (loss sum, correct, count)."""
+    model, optimizer, scheduler, attack, loader = setup or tiny_setup(optimizer_name)
+    step = make_step(kind, model, optimizer, attack)
+    totals = []
+    for epoch in range(first_epoch, first_epoch + epochs):
+        torch.manual_seed(100 + epoch)  # the PGD starts
+        epoch_totals, first_bad_batch = train_epoch(step, loader, epoch)
+        assert first_bad_batch.item() == -1
+        totals.append(epoch_totals)
+        scheduler.step()
+    return (model, optimizer, scheduler, attack, loader), totals
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
+def test_graph_plumbing_without_capture_trains_exactly_like_the_eager_step(optimizer_name):
+    (eager_model, eager_optimizer, *_), eager_totals = train("eager", optimizer_name, epochs=2)
+    (model, optimizer, *_), totals = train("graph plumbing", optimizer_name, epochs=2)
+    # the rate halved after epoch 1 must have reached the tensor the fused kernel reads, else weights differ
+    assert_same_state(model.state_dict(), eager_model.state_dict())  # BatchNorm statistics included
+    for ours, theirs in zip(totals, eager_totals):
+        assert torch.equal(ours, theirs)
+        assert ours[2].item() == IMAGES  # every image, the smaller last batch too
+    assert optimizer.param_groups[0]["lr"] == eager_optimizer.param_groups[0]["lr"] == LR / 2
+    assert isinstance(optimizer.state_dict()["param_groups"][0]["lr"], float)  # what checkpoints and logs get
+
+
+def test_resumed_graph_plumbing_ends_with_the_weights_of_an_uninterrupted_run():
+    (model, *_), _ = train("graph plumbing", "sgd", epochs=2)
+    (first_model, first_optimizer, first_scheduler, *_), _ = train("graph plumbing", "sgd", epochs=1)
+    saved = {"model": first_model.state_dict(), "optimizer": first_optimizer.state_dict(),
+             "scheduler": first_scheduler.state_dict()}
+    setup = tiny_setup("sgd")
+    resumed_model, resumed_optimizer, resumed_scheduler, *_ = setup
+    resumed_model.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_scheduler.load_state_dict(saved["scheduler"])
+    train("graph plumbing", "sgd", epochs=1, setup=setup, first_epoch=1)
+    assert_same_state(resumed_model.state_dict(), model.state_dict())
+
+
+def test_graphed_step_refuses_an_optimizer_that_is_not_fused():
+    model, _, _, attack, _ = tiny_setup("sgd")
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.1, momentum=0.9, weight_decay=0, betas=None)
+    with pytest.raises(ValueError, match="fused"):
+        GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=False)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("saved_fused, loading_fused", [(True, False), (False, True)])
+def test_resume_keeps_the_loading_optimizers_kernel_and_all_its_state(name, saved_fused, loading_fused):
+    def optimizer(fused):
+        params = [torch.nn.Parameter(torch.arange(4.0, device=DEVICE))]
+        return OPTIMIZERS[name](params, lr=0.1, momentum=0.9, weight_decay=1e-3, betas=(0.9, 0.99), fused=fused)
+
+    saved = optimizer(saved_fused)
+    for _ in range(2):
+        saved.param_groups[0]["params"][0].grad = torch.ones(4, device=DEVICE)
+        saved.step()
+    loading = optimizer(loading_fused)
+    loading.load_state_dict(saved.state_dict())
+    assert loading.param_groups[0]["fused"] == (True if loading_fused else None)
+    (saved_state,), (loaded_state,) = saved.state.values(), loading.state.values()
+    assert saved_state.keys() == loaded_state.keys()
+    for key in saved_state:
+        assert torch.equal(saved_state[key].float(), loaded_state[key].float()), key
+    loading.param_groups[0]["params"][0].grad = torch.ones(4, device=DEVICE)
+    loading.step()  # the loaded state suits the loading kernel (Adam's step counter lives on the device if fused)
+
+
+def test_cuda_graph_is_refused_where_it_cannot_run():
+    assert "CUDA device" in cuda_graph_refusal("cpu", 1, False)
+    assert "DistributedDataParallel" in cuda_graph_refusal("cuda", 2, False)
+    assert "--compile" in cuda_graph_refusal("cuda", 1, True)
+    assert cuda_graph_refusal("cuda", 1, False) is None
+
+
+def test_mixed_precision_never_caches_weight_casts():
+    with mixed_precision("cpu", True)():
+        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()
+    assert mixed_precision("cpu", False) is nullcontext
+
+
+def test_cuda_graph_flag_on_the_cpu_says_so_and_trains_eagerly(synthetic_mnist_root, tmp_path, capsys):
+    ALP.main(["mnist", "mnist", "--device=cpu", "--cuda-graph", "-b=5", "--steps=1", "--epochs=1", "--subset=10",
+              "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "--cuda-graph: CUDA graphs need a CUDA device; the eager step runs instead" in out
+    assert "epoch   1/1" in out
