@@ -304,7 +304,7 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(syntheti
                     self.param_groups[0]["params"][0].fill_(float("inf"))
             return result
 
-    monkeypatch.setitem(utils.OPTIMIZERS, "adam", lambda params, lr, momentum, weight_decay, betas:
+    monkeypatch.setitem(utils.OPTIMIZERS, "adam", lambda params, lr, momentum, weight_decay, betas, fused=False:
                         AdamBreakingOnStep4(params, lr=lr, betas=betas, weight_decay=weight_decay))
     with pytest.raises(SystemExit) as stop:
         ALP.main([*QUICK, "--epochs=3", "--eval-freq=5", "--subset=100", "--data-root", str(synthetic_mnist_root),
