@@ -23,6 +23,7 @@ from attacks import ATTACKS
 from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_state, load_checkpoint,
                          load_weights, other_checkpoints, save_checkpoint, set_rng_state)
 from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_splits
+from evaluation import CONSTANT_PREDICTOR_SHARE  # one threshold for training's warning and eval's flag
 from models import MODELS
 from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, GraphedStep, all_ranks, barrier,
                       cuda_graph_refusal, gather_from_all_ranks, mixed_precision, setup_process, train_epoch,
@@ -31,7 +32,6 @@ from utils import (LEARNING_POLICIES, OPTIMIZERS, CLIParser, RunLock, RunLockHel
                    describe_os_error, fail, lock_holder, plot_curves, write_atomically, write_csv)
 
 SNAPSHOT_EVERY = 5  # epochs
-ONE_CLASS_SHARE = 0.9  # a model that gives one class to more than this share of validation images is flagged
 
 # Arguments that may change between a run and its --resume: where things are and how fast they run. Every
 # other argument must be what the run started with (args.json), or the resumed run would be another run.
@@ -354,7 +354,7 @@ def most_predicted_class(model, loader, num_classes, autocast):
 
 def one_class_warning(top, share, epoch):
     """The log's warning when a model gives one class to most validation images, or None."""
-    if share <= ONE_CLASS_SHARE:
+    if share <= CONSTANT_PREDICTOR_SHARE:
         return None
     return (f"warning: after epoch {epoch} the model predicts class {top} for {100 * share:.0f}% of the validation "
             f"images: its accuracy says little yet (more epochs or images needed?)")
