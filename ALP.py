@@ -25,9 +25,9 @@ from checkpoints import (CheckpointError, build_model, checkpoint_meta, get_rng_
 from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_splits
 from evaluation import CONSTANT_PREDICTOR_SHARE  # one threshold for training's warning and eval's flag
 from models import MODELS
-from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, GraphedStep, all_ranks, barrier,
-                      cuda_graph_refusal, gather_from_all_ranks, mixed_precision, setup_process, train_epoch,
-                      train_step, validate, validation_batch_size)
+from cuda_graph import GraphedStep, cuda_graph_refusal
+from training import (TRAINING_ATTACKS, VALIDATION_ATTACKS, all_ranks, barrier, gather_from_all_ranks,
+                      mixed_precision, setup_process, train_epoch, train_step, validate, validation_batch_size)
 from utils import (LEARNING_POLICIES, OPTIMIZERS, CLIParser, RunLock, RunLockHeld, default_device,
                    describe_os_error, fail, lock_holder, plot_curves, write_atomically, write_csv)
 

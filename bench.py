@@ -30,7 +30,8 @@ from attacks.common import clip_to_ball
 from data import DATASETS
 from evaluation import SUITES, cli_name, parse_epsilon
 from checkpoints import build_model
-from training import GraphedStep, mixed_precision, train_step
+from cuda_graph import GraphedStep
+from training import mixed_precision, train_step
 from utils import OPTIMIZERS, CLIParser, default_device
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.

@@ -1,17 +1,15 @@
 """The ALP training step and what runs around it: one epoch, validation, and the distributed plumbing.
 
-ALP.py (the script) and bench.py (the timings) both train through `train_step`, or through `GraphedStep`,
-which replays the same iteration as one CUDA graph, so what bench.py times is what ALP.py runs.
+ALP.py (the script) and bench.py (the timings) both train through `train_step`, or through
+`cuda_graph.GraphedStep`, which replays the same iteration as one CUDA graph, so what bench.py times is what
+ALP.py runs.
 """
 import os
-import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 # Attacks that may make the training pairs (names in attacks.ATTACKS).
@@ -64,137 +62,6 @@ def train_step(train_model, attack_model, attack, optimizer, x, y, leverage, aut
     loss.backward()
     optimizer.step()
     return loss.detach(), logits_adv.detach()
-
-
-def cuda_graph_refusal(device, world_size, compiled):
-    """Why the graph-replayed step cannot run here, or None if it can."""
-    if torch.device(device).type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if world_size > 1:
-        return "DistributedDataParallel inside a CUDA graph is unproven here"
-    if compiled:
-        return "--compile and CUDA graphs are not combined here"
-    return None
-
-
-class GraphedStep:
-    """`train_step` for batches of `batch_size` images, recorded once as a CUDA graph and replayed: one
-    launch per iteration instead of ~40 kernels per pass, 2 x steps + 3 passes, each waiting on Python
-    (issue 8). Called as step(x, y) -> (loss, adversarial logits), like the eager step.
-
-    A graph replays fixed kernels on fixed memory, hence:
-    - each batch is copied into static input buffers; a batch of another size (the epoch's last) runs the
-      eager `train_step`, so every image still counts;
-    - the optimizer must be fused (utils.OPTIMIZERS(..., fused=True)): its one kernel reads the learning
-      rate from a device tensor that the graph holds. The param groups keep plain floats, which the
-      scheduler sets and checkpoints save; a changed float is copied into the tensor before the next replay;
-    - autocast must not cache weight casts (`mixed_precision` does not);
-    - the first WARMUP full batches run eagerly on a side stream (lazy initialisation, cudnn benchmarks,
-      momentum buffers) and the next one is captured. The PGD random start draws from the default CUDA
-      generator, whose offset each replay advances as the eager step would.
-    BatchNorm (momentum set, not None) updates its running statistics inside the graph, as in eager mode.
-
-    capture=False (the default off CUDA) runs the same plumbing without a graph: every full batch is
-    `train_step` on the static buffers with the tensor learning rate. The CPU tests compare that with the
-    plain eager step; the graph itself is tested in tests/test_cuda.py."""
-
-    WARMUP = 3
-
-    def __init__(self, train_model, attack_model, attack, optimizer, leverage, autocast, batch_size, capture=None):
-        if isinstance(train_model, DistributedDataParallel):
-            raise ValueError("GraphedStep does not run under DistributedDataParallel (unproven here)")
-        if not all(group.get("fused") for group in optimizer.param_groups):
-            raise ValueError("GraphedStep needs a fused optimizer: utils.OPTIMIZERS[name](..., fused=True)")
-        if any(isinstance(m, _BatchNorm) and m.momentum is None for m in train_model.modules()):
-            raise ValueError("BatchNorm with momentum=None reads its batch count on the host: not capturable")
-        self.device = next(attack_model.parameters()).device
-        self.capture = self.device.type == "cuda" if capture is None else capture
-        self.models, self.attack, self.optimizer = (train_model, attack_model), attack, optimizer
-        self.leverage, self.autocast, self.batch_size = leverage, autocast, batch_size
-        self.static_x = self.static_y = None  # allocated like the first full batch: same strides and dtype
-        # float32: the fused CUDA kernels read the learning rate through a float pointer
-        self.learning_rates = [float(group["lr"]) for group in optimizer.param_groups]  # the floats copied in
-        self.lr_tensors = [torch.tensor(lr, dtype=torch.float32, device=self.device) for lr in self.learning_rates]
-        self.warmups_done, self.graph, self.outputs = 0, None, None
-        self.side_stream = torch.cuda.Stream(self.device) if self.capture else None
-
-    def __call__(self, x, y):
-        if len(y) != self.batch_size:
-            return self._eager(x, y)
-        self._copy_in(x, y)
-        if self.graph is not None:
-            self.graph.replay()
-        elif not self.capture:
-            return self._iterate_on_static_batch()
-        elif self.warmups_done < self.WARMUP:
-            self.warmups_done += 1
-            return self._on_side_stream(self._iterate_on_static_batch)
-        else:
-            self._record()
-        loss, logits_adv = self.outputs
-        return loss.clone(), logits_adv.clone()  # the static outputs change at the next replay
-
-    def _eager(self, x, y):
-        train_model, attack_model = self.models
-        with _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, x, y, self.leverage,
-                              self.autocast)
-
-    def _copy_in(self, x, y):
-        if self.static_x is None:
-            self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(y)
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
-        for i, group in enumerate(self.optimizer.param_groups):
-            if group["lr"] != self.learning_rates[i]:
-                self.lr_tensors[i].fill_(group["lr"])
-                self.learning_rates[i] = group["lr"]
-
-    @contextmanager
-    def _tensor_learning_rates(self):
-        """The param groups hold the device tensors while an iteration is recorded (or stands in for one),
-        their floats again afterwards."""
-        groups = self.optimizer.param_groups
-        floats = [group["lr"] for group in groups]
-        for group, tensor in zip(groups, self.lr_tensors):
-            group["lr"] = tensor
-        try:
-            yield
-        finally:
-            for group, value in zip(groups, floats):
-                group["lr"] = value
-
-    def _iterate_on_static_batch(self):
-        train_model, attack_model = self.models
-        with self._tensor_learning_rates(), _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, self.static_x, self.static_y,
-                              self.leverage, self.autocast)
-
-    def _on_side_stream(self, fn):
-        """fn() on the side stream, ordered after and before the current stream's work (PyTorch's recipe: the
-        warm-up iterations before a capture run on a side stream)."""
-        current = torch.cuda.current_stream(self.device)
-        self.side_stream.wait_stream(current)
-        with torch.cuda.stream(self.side_stream):
-            result = fn()
-        current.wait_stream(self.side_stream)
-        return result
-
-    def _record(self):
-        """Capture one iteration on the static batch and replay it: capturing runs no kernel."""
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self._iterate_on_static_batch()
-        self.graph.replay()
-
-
-@contextmanager
-def _stepping_uncaptured_by_design():
-    """A capturable optimizer (Adam) warns when it steps outside a capture; GraphedStep's warm-ups and last
-    batches do so by design."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
-        yield
 
 
 def train_epoch(step, loader, epoch, progress=False):

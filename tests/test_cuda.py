@@ -12,7 +12,8 @@ from attacks.pgd import PGD
 from checkpoints import load_checkpoint
 from data import DeviceLoader
 from models import MODELS
-from training import GraphedStep, mixed_precision, train_epoch, train_step
+from cuda_graph import GraphedStep
+from training import mixed_precision, train_epoch, train_step
 from utils import OPTIMIZERS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -11,7 +11,8 @@ import ALP
 from attacks import ATTACKS
 from data import DeviceLoader
 from models import MODELS
-from training import GraphedStep, cuda_graph_refusal, mixed_precision, train_epoch, train_step
+from cuda_graph import GraphedStep, cuda_graph_refusal
+from training import mixed_precision, train_epoch, train_step
 from utils import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
