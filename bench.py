@@ -29,10 +29,11 @@ from attacks import ATTACKS
 from attacks.common import clip_to_ball
 from data import DATASETS
 from evaluation import SUITES, cli_name, parse_epsilon
-from checkpoints import build_model
 from cuda_graph import GraphedStep
 from training import mixed_precision, train_step
-from utils import OPTIMIZERS, CLIParser, default_device
+from optimization import OPTIMIZERS
+from utils import CLIParser, default_device
+from weights import build_model
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
 TRAINING_CONFIGS = {
@@ -112,7 +113,7 @@ def time_training(config, device, repeats, iterations, variant):
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if variant.compile else model
-    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4, betas=None,
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4,
                                   fused=variant.graph)
     attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if variant.baseline
               else ATTACKS["pgd-linf"](epsilon, steps=steps, stepsize=stepsize))

@@ -34,7 +34,7 @@ class GraphedStep:
     A graph replays fixed kernels on fixed memory, hence:
     - each batch is copied into static input buffers; a batch of another size (the epoch's last) runs the
       eager `train_step`, so every image still counts;
-    - the optimizer must be fused (utils.OPTIMIZERS(..., fused=True)): its one kernel reads the learning
+    - the optimizer must be fused (optimization.OPTIMIZERS[name](..., fused=True)): its one kernel reads the learning
       rate from a device tensor that the graph holds. The param groups keep plain floats, which the
       scheduler sets and checkpoints save; a changed float is copied into the tensor before the next replay;
     - autocast must not cache weight casts (`mixed_precision` does not);
@@ -53,7 +53,7 @@ class GraphedStep:
         if isinstance(train_model, DistributedDataParallel):
             raise ValueError("GraphedStep does not run under DistributedDataParallel (unproven here)")
         if not all(group.get("fused") for group in optimizer.param_groups):
-            raise ValueError("GraphedStep needs a fused optimizer: utils.OPTIMIZERS[name](..., fused=True)")
+            raise ValueError("GraphedStep needs a fused optimizer: optimization.OPTIMIZERS[name](..., fused=True)")
         if any(isinstance(m, _BatchNorm) and m.momentum is None for m in train_model.modules()):
             raise ValueError("BatchNorm with momentum=None reads its batch count on the host: not capturable")
         self.device = next(attack_model.parameters()).device

@@ -16,7 +16,7 @@ import torchvision.datasets as tvd
 import torchvision.datasets.cifar as tv_cifar
 import torchvision.datasets.svhn as tv_svhn
 
-from utils import short_reason
+from utils import short_reason, update_digest
 
 
 class DataError(Exception):
@@ -192,9 +192,7 @@ def data_digest(*tensors):
     folder it was read from."""
     sha = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous()
-        sha.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_digest(sha, t)
     return sha.hexdigest()
 
 

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from checkpoints import CheckpointError, load_model
+from checkpoints import CheckpointError
 from data import DATASETS, DataError, load_split
 from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, ThreatModelViolation, attack_names, default_batch_size, evaluate,
@@ -27,6 +27,7 @@ from evaluation import (AA_VERSIONS, ThreatModelViolation, attack_names, default
                         write_json)
 from models import MODELS
 from utils import CLIParser, default_device, fail
+from weights import model_from_file
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def resolve_device(name):
 def load(path, model_name, dataset, device):
     """(model in eval mode on device, meta); bad checkpoints stop the script."""
     try:
-        model, meta = load_model(path, model_name=model_name, dataset=dataset)
+        model, meta = model_from_file(path, model_name=model_name, dataset=dataset)
     except CheckpointError as e:
         fail(str(e))
     return model.to(device), meta

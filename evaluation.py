@@ -541,11 +541,11 @@ def _share_check(check, table, suspects, others, broken_by, n, threshold, what):
                        f"{missed}: {what}"}
 
 
-def constant_predictor_check(predicted, num_classes):
-    """Flag a model that gives one class to most samples: every accuracy it gets is that class's share."""
-    counts = torch.bincount(predicted, minlength=num_classes)
-    top = int(counts.argmax())
-    share = counts[top].item() / len(predicted)
+def constant_predictor_check(class_counts):
+    """Flag a model that gives one class to most samples: every accuracy it gets is that class's share.
+    class_counts: how many samples it gives each class (torch.bincount of its predictions)."""
+    top = int(class_counts.argmax())
+    share = class_counts[top].item() / int(class_counts.sum())
     return {"check": "constant-predictor", "norm": None, "epsilon": None, "where": "clean predictions",
             "value": share, "threshold": CONSTANT_PREDICTOR_SHARE, "flagged": share > CONSTANT_PREDICTOR_SHARE,
             "rule": f"flag when one class gets more than {_percent(CONSTANT_PREDICTOR_SHARE)} of the samples",
@@ -647,7 +647,7 @@ def evaluate(model, images, labels, dataset="cifar10", norms=None, attacks=None,
         _notify(on_progress, report, table)
     report["sanity"] = run_sanity_attack(model, images, labels, correct, seed=seed, batch_size=batch_size,
                                          progress=progress)
-    report["masking_checks"] = [constant_predictor_check(predicted, DATASETS[dataset].num_classes),
+    report["masking_checks"] = [constant_predictor_check(torch.bincount(predicted, minlength=DATASETS[dataset].num_classes)),
                                 *masking_checks(report["threat_models"], broken_by_table, report["sanity"],
                                                 len(labels))]
     report["complete"] = True
@@ -686,7 +686,7 @@ def evaluate_transfer(source, target, images, labels, dataset="cifar10", norms=N
             batch_size=batch_size, worst_case_only=worst_case_only, progress=progress, judge=target)
         report["transfer"]["threat_models"].append(table)
         _notify(on_progress, report, table)
-    report["masking_checks"] = [constant_predictor_check(predicted, DATASETS[dataset].num_classes)]
+    report["masking_checks"] = [constant_predictor_check(torch.bincount(predicted, minlength=DATASETS[dataset].num_classes))]
     report["complete"] = True
     return report
 
@@ -746,7 +746,7 @@ def evaluate_sweep(model, images, labels, dataset="cifar10", norm="linf", epsilo
             curve["robust_accuracy"].append((len(indices) - int(broken.sum())) / n)
             curve["seconds"].append(seconds)
         _notify(on_progress, report, curve)
-    report["masking_checks"] = [constant_predictor_check(predicted, DATASETS[dataset].num_classes),
+    report["masking_checks"] = [constant_predictor_check(torch.bincount(predicted, minlength=DATASETS[dataset].num_classes)),
                                 *sweep_checks(report["sweep"], n)]
     report["complete"] = True
     return report

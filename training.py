@@ -1,4 +1,5 @@
-"""The ALP training step and what runs around it: one epoch, validation, and the distributed plumbing.
+"""The ALP loss and training step, the training hyper-parameters that no flag sets, validation, and the
+plumbing of runs over several processes.
 
 ALP.py (the script) and bench.py (the timings) both train through `train_step`, or through
 `cuda_graph.GraphedStep`, which replays the same iteration as one CUDA graph, so what bench.py times is what
@@ -12,21 +13,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils import fail
+
 # Attacks that may make the training pairs (names in attacks.ATTACKS).
 TRAINING_ATTACKS = ("pgd-linf", "pgd-l2")
 
-# The attack that measures robust accuracy after each epoch, by data-set family: the reference's choices.
-VALIDATION_ATTACKS = {
-    "cifar": dict(epsilon=8 / 255, steps=10, stepsize=2 / 255),   # PGD-10
-    "mnist": dict(epsilon=0.3, steps=100, stepsize=0.01),         # PGD-100
+# What ALP.py fixes without a flag, each with its reason.
+HYP = {
+    # The attack that measures robust accuracy after each epoch, by data-set family: the reference's
+    # (its VALIDER table), so that our validation curves compare with its logs.
+    "validation_attack": {
+        "cifar": dict(epsilon=8 / 255, steps=10, stepsize=2 / 255),   # PGD-10
+        "mnist": dict(epsilon=0.3, steps=100, stepsize=0.01),         # PGD-100
+    },
+    # Images per validation batch: no weight gradients are kept, so it can be wider than training's. On a
+    # GPU, batches of 500 left an H100 mostly idle; 2000 keeps resnet18's PGD within a few GB (not yet
+    # measured on a GPU). On a CPU, wider batches gain nothing and delay the progress bar.
+    "validation_batch": {"cuda": 2000, "cpu": 500},
+    # Epochs between the epoch_NNN.pt copies of the weights: 40 files over a 200-epoch run, enough to
+    # look back at robust overfitting without filling the disk.
+    "snapshot_every": 5,
 }
 
 
 def validation_batch_size(device):
-    """Images per validation batch: no weight gradients, so wider than training. On a GPU, batches of 500
-    left an H100 mostly idle (issue 8); 2000 is a guess not yet measured, chosen to keep resnet18's PGD
-    within a few GB."""
-    return 2000 if torch.device(device).type == "cuda" else 500
+    return HYP["validation_batch"]["cuda" if torch.device(device).type == "cuda" else "cpu"]
 
 
 def mixed_precision(device_type, enabled):
@@ -64,41 +75,59 @@ def train_step(train_model, attack_model, attack, optimizer, x, y, leverage, aut
     return loss.detach(), logits_adv.detach()
 
 
-def train_epoch(step, loader, epoch, progress=False):
-    """Runs step(x, y) -> (loss, adversarial logits) over one epoch of `loader`. Returns device tensors
-    (loss sum, correct on x_adv, count) and the first non-finite batch (-1 if none). Nothing here waits for
-    the GPU: the figures are read once, after the epoch."""
-    device = loader.labels.device
-    totals = torch.zeros(3, device=device)
-    first_bad_batch = torch.tensor(-1, device=device)
-    for batch, (x, y) in enumerate(tqdm(loader.epoch(epoch), total=len(loader), disable=not progress,
-                                        desc=f"epoch {epoch + 1}", leave=False)):
-        loss, logits_adv = step(x, y)
-        totals[0] += loss * len(y)
-        totals[1] += (logits_adv.argmax(1) == y).sum()
-        totals[2] += len(y)
-        first_bad_batch = torch.where((first_bad_batch < 0) & ~torch.isfinite(loss), batch, first_bad_batch)
-    return totals, first_bad_batch
+class EpochTally:
+    """The running figures of a training epoch, kept on the device so that nothing waits for the GPU: the
+    loss sum, the adversarial examples classified right, the image count, and the first batch whose loss
+    was not finite (-1 if none). Read once, after the epoch, summed over the processes."""
+
+    def __init__(self, device):
+        self.totals = torch.zeros(3, device=device)
+        self.first_bad_batch = torch.tensor(-1, device=device)
+        self.batches = 0
+
+    def add(self, loss, logits_adv, y):
+        self.totals[0] += loss * len(y)
+        self.totals[1] += (logits_adv.argmax(1) == y).sum()
+        self.totals[2] += len(y)
+        bad = (self.first_bad_batch < 0) & ~torch.isfinite(loss)
+        self.first_bad_batch = torch.where(bad, self.batches, self.first_bad_batch)
+        self.batches += 1
+
+    def result(self):
+        """(mean loss, adversarial accuracy, first non-finite batch or -1) over every process."""
+        loss_sum, correct, count = reduce_over_processes(self.totals).tolist()
+        first_bad_batch = int(reduce_over_processes(self.first_bad_batch, dist.ReduceOp.MAX))
+        return loss_sum / count, correct / count, first_bad_batch
 
 
-@torch.no_grad()
-def predictions_correct(model, x, y):
-    return model(x).argmax(1) == y
+def stop_unless_finite(first_bad_batch, model, epoch, kept):
+    """Ends the run (exit status 1) after an epoch whose loss, checked before each step, or whose weights,
+    checked after the last, are not finite; `kept` says what the run leaves to continue from."""
+    if first_bad_batch >= 0:
+        fail(f"the loss became NaN or infinite at epoch {epoch + 1}, batch {first_bad_batch + 1}; stopping "
+             f"({kept})", status=1)
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        fail(f"the weights became NaN or infinite in epoch {epoch + 1}'s last step; stopping ({kept})", status=1)
 
 
-def validate(model, loader, attack, autocast=nullcontext):
-    """(clean accuracy, robust accuracy) on a validation loader."""
+def validate(model, loader, attack, num_classes, autocast=nullcontext, progress=False, desc="validating"):
+    """(clean accuracy, robust accuracy, per-class counts of the clean predictions) on a validation loader;
+    the counts tell a model that predicts one class, whose accuracies mean nothing yet."""
     was_training = model.training
     model.eval()
     clean = robust = 0
-    for x, y in loader.epoch():
+    counts = torch.zeros(num_classes, dtype=torch.long, device=loader.labels.device)
+    for x, y in tqdm(loader.epoch(), total=len(loader), disable=not progress, desc=desc, leave=False):
         with autocast():
             x_adv = attack(model, x, y)
-            clean += predictions_correct(model, x, y).sum()
-            robust += predictions_correct(model, x_adv, y).sum()
+            with torch.no_grad():
+                predicted, predicted_adv = model(x).argmax(1), model(x_adv).argmax(1)
+        clean += (predicted == y).sum()
+        robust += (predicted_adv == y).sum()
+        counts += torch.bincount(predicted, minlength=num_classes)
     model.train(was_training)
     n = len(loader.labels)
-    return clean.item() / n, robust.item() / n
+    return clean.item() / n, robust.item() / n, counts
 
 
 # --- distributed plumbing ----------------------------------------------------------------------------------
@@ -116,8 +145,8 @@ def setup_process(device):
     return dist.get_rank(), world_size, device
 
 
-def all_ranks(tensor, op=dist.ReduceOp.SUM):
-    """The tensor reduced over processes (unchanged in a single process)."""
+def reduce_over_processes(tensor, op=dist.ReduceOp.SUM):
+    """The tensor all-reduced over the processes of the run (unchanged in a single process)."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=op)
     return tensor
@@ -128,7 +157,7 @@ def barrier():
         dist.barrier()
 
 
-def gather_from_all_ranks(value):
+def gather_over_processes(value):
     """[value of rank 0, value of rank 1, ...] (a one-element list in a single process)."""
     if not dist.is_initialized():
         return [value]

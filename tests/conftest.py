@@ -59,6 +59,23 @@ def data_root(tmp_path_factory):
     return root
 
 
+def run_folder_of(argv):
+    """The run folder that ALP.py's command line `argv` trains in."""
+    import os
+    import ALP
+    from runs import run_name
+    args = ALP.parse_args([str(a) for a in argv])
+    return os.path.join(args.out, run_name(vars(args)))
+
+
+def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, betas=(0.9, 0.999), fused=False):
+    """An optimizer of optimization.OPTIMIZERS given the settings of both kinds, as ALP.py's command line
+    holds them; each optimizer takes only its own."""
+    from optimization import OPTIMIZERS
+    own = {"sgd": {"momentum": momentum}, "adam": {"betas": betas}}[name]
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, fused=fused, **own)
+
+
 def write_checkpoint(path, model, extra=None):
     """The format ALP.py writes: the model's weights and the meta that rebuilds it."""
     from checkpoints import save_checkpoint
@@ -93,7 +110,7 @@ def train_on_digits(model, seed=0, epochs=3):
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """The MNIST net, trained on the synthetic digits (~3 s, CPU)."""
-    from checkpoints import build_model
+    from weights import build_model
     torch.manual_seed(0)
     model = train_on_digits(build_model("mnist", "mnist").to("cpu"))
     return write_checkpoint(tmp_path_factory.mktemp("run") / "last.pt", model)

@@ -13,8 +13,8 @@ from checkpoints import load_checkpoint
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep
-from training import mixed_precision, train_epoch, train_step
-from utils import OPTIMIZERS
+from training import EpochTally, mixed_precision, train_step
+from optimization import OPTIMIZERS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,7 +46,7 @@ def cifar_setup(random_start, channels_last=False):
     model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).to(DEVICE)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=LR, momentum=0.9, weight_decay=2.0 ** -12, betas=None,
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=LR, weight_decay=2.0 ** -12, momentum=0.9,
                                   fused=True)
     scheduler = MultiStepLR(optimizer, milestones=[1], gamma=0.5)
     attack = PGD(8 / 255, "linf", steps=3, stepsize=2 / 255, random_start=random_start)
@@ -68,7 +68,10 @@ def train_two_epochs(graphed, random_start):
     torch.cuda.manual_seed(1)  # the crops, flips and PGD starts draw from this generator on both paths
     totals = []
     for epoch in range(2):
-        totals.append(train_epoch(step, loader, epoch)[0])
+        tally = EpochTally(DEVICE)
+        for x, y in loader.epoch(epoch):
+            tally.add(*step(x, y), y)
+        totals.append(tally.totals)
         scheduler.step()
     return model, step, totals
 
@@ -121,13 +124,17 @@ def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mn
             "--data-root", str(synthetic_mnist_root), *flags]
     ALP.main(args + ["--out", str(tmp_path / "a")])
 
-    def dies_in_epoch_2(step, loader, epoch, **kwargs):
-        if epoch == 1:
-            raise Killed
-        return train_epoch(step, loader, epoch, **kwargs)
+    class DiesInEpoch2(EpochTally):
+        started = 0
+
+        def __init__(self, device):
+            DiesInEpoch2.started += 1
+            if DiesInEpoch2.started == 2:
+                raise Killed
+            super().__init__(device)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ALP, "train_epoch", dies_in_epoch_2)
+        patch.setattr(ALP, "EpochTally", DiesInEpoch2)
         with pytest.raises(Killed):
             ALP.main(args + ["--out", str(tmp_path / "b")])
     ALP.main(args + ["--out", str(tmp_path / "b"), "--resume"])

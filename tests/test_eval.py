@@ -18,7 +18,7 @@ import torch
 import eval as eval_script
 import evaluation
 from attacks import ATTACKS
-from checkpoints import load_model
+from weights import model_from_file as load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # test images per evaluation

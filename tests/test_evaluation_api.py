@@ -10,7 +10,7 @@ import torch.nn as nn
 import eval as eval_script
 import evaluation
 from attacks import ATTACKS
-from checkpoints import load_model
+from weights import model_from_file as load_model
 from data import load_split
 from conftest import train_on_digits
 

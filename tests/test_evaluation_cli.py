@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import eval as eval_script
-from checkpoints import build_model, checkpoint_meta, load_model, save_checkpoint
+from checkpoints import checkpoint_meta, save_checkpoint
+from weights import build_model, model_from_file
 from conftest import train_on_digits
 
 CPU = torch.device("cpu")
@@ -181,7 +182,7 @@ def test_corruptions_give_accuracy_per_corruption_and_severity(capsys, cifar_che
     report = json.loads((tmp_path / "c.json").read_text())
     corruptions = report["corruptions"]
     assert corruptions["images_per_severity"] == 3 and corruptions["available_per_severity"] == PER_SEVERITY
-    model, _ = load_model(str(cifar_checkpoint))
+    model, _ = model_from_file(str(cifar_checkpoint))
     labels = np.load(folder / "labels.npy")
     for row in corruptions["per_corruption"]:
         images = np.load(folder / f"{row['corruption']}.npy")
@@ -300,8 +301,8 @@ def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
 def test_a_reference_paras_pt_evaluates_to_the_figures_of_the_same_weights_in_our_checkpoint(
         capsys, checkpoint, data_root, tmp_path):
     """CPU. The reference's bare state_dict, told what it is by --model/--dataset, is the same network."""
-    from checkpoints import to_reference_state_dict
-    model, _ = load_model(str(checkpoint))
+    from weights import to_reference_state_dict
+    model, _ = model_from_file(str(checkpoint))
     paras = tmp_path / "paras.pt"
     torch.save(to_reference_state_dict(model), paras)
     reports = []

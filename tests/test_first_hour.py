@@ -1,7 +1,5 @@
-"""The first hour of a new user, training side (issue 12): --help, quick trials that flag a one-class model,
+"""The first hour of a new user, training side: --help, quick trials that flag a one-class model,
 curves.png for runs of any length. CPU only."""
-import argparse
-
 import matplotlib
 import pytest
 import torch
@@ -9,7 +7,7 @@ import torch
 import ALP
 from data import DATASETS
 from models import MODELS
-from utils import curves_figure, plot_curves
+from runs import curves_figure, plot_curves
 
 matplotlib.use("Agg")
 DEVICE = "cpu"
@@ -48,25 +46,19 @@ class ConstantModel(torch.nn.Module):
         return torch.nn.functional.one_hot(torch.full((len(x),), self.label, device=x.device), self.num_classes).float()
 
 
-def test_a_model_predicting_one_class_is_found_and_warned_about():
+def test_validation_counts_the_classes_it_predicts_and_a_one_class_model_is_flagged(capsys):
     from data import DeviceLoader
+    from evaluation import constant_predictor_check
+    from training import validate
     images = torch.zeros(30, 1, 4, 4, dtype=torch.uint8, device=DEVICE)
     loader = DeviceLoader(images, torch.arange(30, device=DEVICE) % 10, batch_size=7, device=DEVICE)
-    top, share = ALP.most_predicted_class(ConstantModel(3), loader, 10, lambda: torch.no_grad())
-    assert (top, share) == (3, 1.0)
-    assert "predicts class 3 for 100%" in ALP.one_class_warning(top, share, epoch=1)
-    assert ALP.one_class_warning(3, 0.5, epoch=1) is None
-
-
-def test_validation_progress_wraps_the_loader_without_changing_batches():
-    from data import DeviceLoader
-    images = torch.randint(0, 255, (11, 1, 4, 4), dtype=torch.uint8, device=DEVICE)
-    loader = DeviceLoader(images, torch.arange(11, device=DEVICE), batch_size=4, device=DEVICE)
-    wrapped = ALP.ValidationProgress(loader, epoch=2)
-    assert wrapped.labels is loader.labels
-    for (x, y), (xw, yw) in zip(loader.epoch(), wrapped.epoch()):
-        assert torch.equal(x, xw) and torch.equal(y, yw)
-    assert len(list(wrapped.epoch())) == 3
+    clean, robust, counts = validate(ConstantModel(3), loader, lambda model, x, y: x, 10, progress=True,
+                                     desc="validating epoch 2")
+    assert (clean, robust) == (0.1, 0.1) and counts.tolist() == [0, 0, 0, 30, 0, 0, 0, 0, 0, 0]
+    assert "validating epoch 2" in capsys.readouterr().err  # the progress bar, 5 batches
+    check = constant_predictor_check(counts)
+    assert check["flagged"] and "predicts class 3 for 100" in check["message"]
+    assert not constant_predictor_check(torch.tensor([5, 5, 4, 6, 5, 5, 5, 5, 5, 5]))["flagged"]
 
 
 def rows(n, validated_every=1):
@@ -97,7 +89,9 @@ def test_curves_are_readable_for_any_length_of_run(n, validated_every, tmp_path)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_help_formatter_shows_defaults_and_keeps_line_breaks():
-    from utils import HelpFormatter
-    assert issubclass(HelpFormatter, argparse.ArgumentDefaultsHelpFormatter)
-    assert issubclass(HelpFormatter, argparse.RawDescriptionHelpFormatter)
+def test_help_shows_no_default_for_flags_whose_default_is_none(capsys):
+    with pytest.raises(SystemExit):
+        ALP.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out and "(default: cuda if present, else cpu)" in " ".join(out.split())
+    assert "(default: 8/255)" in out  # epsilon as papers write it

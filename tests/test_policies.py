@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from checkpoints import load_checkpoint, save_checkpoint
-from utils import LEARNING_POLICIES, OPTIMIZERS
+from conftest import make_optimizer
+from optimization import LEARNING_POLICIES, OPTIMIZERS
 
 LR = 0.1
 EPOCHS = 200
@@ -136,14 +137,17 @@ def test_checkpoint_is_written_atomically_and_leaves_no_temporary_file(tmp_path)
 
 # --- optimisers ------------------------------------------------------------------------------------------
 
-def test_optimizers_take_their_settings_from_the_command_line():
-    args = dict(lr=0.05, momentum=0.8, weight_decay=2e-4, betas=(0.85, 0.995))
+def test_optimizers_take_their_own_settings_and_refuse_the_others():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    sgd = OPTIMIZERS["sgd"](params, **args)
+    sgd = OPTIMIZERS["sgd"](params, lr=0.05, weight_decay=2e-4, momentum=0.8)
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.8, 2e-4)
-    adam = OPTIMIZERS["adam"](params, **args)
+    with pytest.raises(TypeError):
+        OPTIMIZERS["sgd"](params, lr=0.05, weight_decay=2e-4, momentum=0.8, betas=(0.85, 0.995))
+    with pytest.raises(TypeError):
+        OPTIMIZERS["adam"](params, lr=0.05, weight_decay=2e-4, betas=(0.85, 0.995), momentum=0.8)
+    adam = OPTIMIZERS["adam"](params, lr=0.05, weight_decay=2e-4, betas=(0.85, 0.995))
     assert isinstance(adam, torch.optim.Adam)
     group = adam.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (0.05, (0.85, 0.995), 2e-4)
@@ -157,9 +161,8 @@ def expected_lr(policy, epoch, epochs):
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_every_policy_gives_its_whole_schedule_with_every_optimizer(name):
-    args = dict(lr=LR, momentum=0.9, weight_decay=5e-4, betas=(0.9, 0.999))
     for policy in LEARNING_POLICIES:
-        optimizer = OPTIMIZERS[name]([torch.nn.Parameter(torch.zeros(2))], **args)
+        optimizer = make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], lr=LR, weight_decay=5e-4)
         scheduler = LEARNING_POLICIES[policy](optimizer, EPOCHS)
         lrs = lrs_per_epoch(optimizer, scheduler, EPOCHS)
         assert lrs == pytest.approx([expected_lr(policy, e, EPOCHS) for e in range(EPOCHS)], abs=1e-12), policy

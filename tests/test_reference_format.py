@@ -1,5 +1,5 @@
 """The reference's checkpoint format (`paras.pt`, a bare state_dict of the network): loading it through
-checkpoints.load_model with a model name and a data set, exporting ours to it, and the clear refusals
+weights.model_from_file with a model name and a data set, exporting ours to it, and the clear refusals
 (missing model/data set, keys that do not fit, this project's checkpoints from before the reference's
 layout). Files are built from the key tables in reference_layout.py, not from our models. CPU, fast."""
 import re
@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from checkpoints import (CheckpointError, build_model, checkpoint_meta, load_model, save_checkpoint,
-                         to_reference_state_dict)
+from checkpoints import CheckpointError, checkpoint_meta, save_checkpoint
+from weights import build_model, model_from_file, to_reference_state_dict
 from data import DATASETS
 from reference_layout import REFERENCE_NORMALISATION, random_reference_state_dict, reference_layout, reference_logits
 
@@ -49,14 +49,14 @@ def test_reference_paras_pt_gives_the_reference_logits_and_those_of_the_same_wei
         name, dataset, tmp_path):
     paras = tmp_path / "paras.pt"
     state = write_paras(paras, name, dataset)
-    model, meta = load_model(str(paras), model_name=name, dataset=dataset)
+    model, meta = model_from_file(str(paras), model_name=name, dataset=dataset)
     assert not model.training
     assert (meta["model"], meta["dataset"], meta["num_classes"]) == (name, dataset, DATASETS[dataset].num_classes)
 
     ours = build_model(name, dataset)
     ours.load_state_dict({**state, "normalize.mean": ours.normalize.mean, "normalize.std": ours.normalize.std})
     write_our_checkpoint(tmp_path / "best.pt", ours, name, dataset)
-    from_checkpoint, _ = load_model(str(tmp_path / "best.pt"))
+    from_checkpoint, _ = model_from_file(str(tmp_path / "best.pt"))
 
     x = images(dataset)
     expected = reference_logits(name, state, x, dataset)  # normalised outside, as the reference does
@@ -73,14 +73,14 @@ def test_export_to_the_reference_format_round_trips(name, dataset, tmp_path):
         if weight.is_floating_point() and not key.startswith("normalize."):
             weight.add_(0.05 * torch.rand_like(weight))
     write_our_checkpoint(tmp_path / "best.pt", model, name, dataset)
-    loaded, _ = load_model(str(tmp_path / "best.pt"))
+    loaded, _ = model_from_file(str(tmp_path / "best.pt"))
 
     exported = to_reference_state_dict(loaded)
     num_classes = DATASETS[dataset].num_classes
     assert {k: tuple(v.shape) for k, v in exported.items()} == reference_layout(name, num_classes)
     assert exported.keys() == to_reference_state_dict(model.state_dict()).keys()  # a state_dict works too
     torch.save(exported, tmp_path / "paras.pt")
-    back, _ = load_model(str(tmp_path / "paras.pt"), model_name=name, dataset=dataset)
+    back, _ = model_from_file(str(tmp_path / "paras.pt"), model_name=name, dataset=dataset)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in loaded.state_dict().items())
     x = images(dataset)
     assert torch.equal(logits(back, x), logits(loaded, x))
@@ -93,7 +93,7 @@ def test_bare_state_dict_without_model_and_dataset_is_refused_saying_what_to_giv
     write_paras(tmp_path / "paras.pt", "resnet20", "cifar10")
     message = "is a bare state_dict (the reference's paras.pt format), which does not say what network it holds"
     with pytest.raises(CheckpointError, match=re.escape(message)) as error:
-        load_model(str(tmp_path / "paras.pt"), model_name=model_name, dataset=dataset)
+        model_from_file(str(tmp_path / "paras.pt"), model_name=model_name, dataset=dataset)
     assert "--model and --dataset" in str(error.value)
 
 
@@ -108,14 +108,14 @@ def test_bare_state_dict_without_model_and_dataset_is_refused_saying_what_to_giv
 def test_reference_keys_that_do_not_fit_the_model_are_named(written, asked, dataset, says, tmp_path):
     write_paras(tmp_path / "paras.pt", written, "cifar10" if written != "mnist" else "mnist")
     with pytest.raises(CheckpointError, match=f"does not hold the reference's {asked}: .*{re.escape(says)}"):
-        load_model(str(tmp_path / "paras.pt"), model_name=asked, dataset=dataset)
+        model_from_file(str(tmp_path / "paras.pt"), model_name=asked, dataset=dataset)
 
 
 def test_our_normalisation_buffers_are_not_part_of_the_reference_format(tmp_path):
     model = build_model("resnet20", "cifar10")
     torch.save(model.state_dict(), tmp_path / "state.pt")
     with pytest.raises(CheckpointError, match="unexpected normalize.mean, normalize.std"):
-        load_model(str(tmp_path / "state.pt"), model_name="resnet20", dataset="cifar10")
+        model_from_file(str(tmp_path / "state.pt"), model_name="resnet20", dataset="cifar10")
 
 
 @pytest.mark.parametrize("model_name, dataset, says", [
@@ -125,8 +125,8 @@ def test_our_normalisation_buffers_are_not_part_of_the_reference_format(tmp_path
 def test_our_checkpoint_refuses_a_model_or_dataset_that_contradicts_its_meta(model_name, dataset, says, tmp_path):
     write_our_checkpoint(tmp_path / "best.pt", build_model("resnet20", "cifar10"), "resnet20", "cifar10")
     with pytest.raises(CheckpointError, match=says):
-        load_model(str(tmp_path / "best.pt"), model_name=model_name, dataset=dataset)
-    model, meta = load_model(str(tmp_path / "best.pt"), model_name="resnet20", dataset="cifar10")  # agreeing
+        model_from_file(str(tmp_path / "best.pt"), model_name=model_name, dataset=dataset)
+    model, meta = model_from_file(str(tmp_path / "best.pt"), model_name="resnet20", dataset="cifar10")  # agreeing
     assert meta["epoch"] == 7 and meta["args"] == {"leverage": 0.5}
 
 
@@ -134,7 +134,7 @@ def test_our_checkpoint_whose_weights_do_not_fit_names_the_first_keys(tmp_path):
     weights = build_model("resnet20", "cifar10").state_dict()
     write_our_checkpoint(tmp_path / "best.pt", None, "resnet32", "cifar10", weights=weights)
     with pytest.raises(CheckpointError, match=re.escape("missing layer1.3.conv1.weight, layer1.3.bn1.weight")):
-        load_model(str(tmp_path / "best.pt"))
+        model_from_file(str(tmp_path / "best.pt"))
 
 
 # Keys of this project's networks before they took the reference's layout.
@@ -153,10 +153,10 @@ def test_checkpoints_from_before_the_reference_layout_are_refused(name, dataset,
     old = {k: torch.zeros(shape, device=DEVICE) for k, shape in OLD_LAYOUT[name].items()}
     write_our_checkpoint(tmp_path / "best.pt", None, name, dataset, weights=old)
     with pytest.raises(CheckpointError, match=OLD_LAYOUT_SAYS):
-        load_model(str(tmp_path / "best.pt"))
+        model_from_file(str(tmp_path / "best.pt"))
     torch.save(old, tmp_path / "bare.pt")  # the same weights saved bare: refused before asking what it is
     with pytest.raises(CheckpointError, match=OLD_LAYOUT_SAYS):
-        load_model(str(tmp_path / "bare.pt"))
+        model_from_file(str(tmp_path / "bare.pt"))
     with pytest.raises(CheckpointError, match=OLD_LAYOUT_SAYS):
         to_reference_state_dict(old)
 
@@ -168,4 +168,4 @@ class NeedsCode:
 def test_bare_file_that_needs_code_to_load_is_refused(tmp_path):
     torch.save({"conv0.weight": torch.zeros(1, device=DEVICE), "hook": NeedsCode()}, tmp_path / "paras.pt")
     with pytest.raises(CheckpointError, match="holds objects that need code to load"):
-        load_model(str(tmp_path / "paras.pt"), model_name="resnet20", dataset="cifar10")
+        model_from_file(str(tmp_path / "paras.pt"), model_name="resnet20", dataset="cifar10")

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silent (issue 11): damaged checkpoints, a full disk, one run per folder, resume
+"""Nothing lost, nothing silent: damaged checkpoints, a full disk, one run per folder, resume
 repairing what a kill left behind, non-finite weights. Everything runs on the CPU; the ALP runs here fail
 before their data loads unless a test says otherwise."""
 import errno
@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import ALP
+import runs
 import utils
-from checkpoints import CheckpointError, content_digest, load_checkpoint, read_checkpoint_file, save_checkpoint
-from conftest import ROOT
+from checkpoints import CheckpointError, content_digest, load_checkpoint, read_pt_file, save_checkpoint
+from conftest import ROOT, run_folder_of
+from optimization import LEARNING_POLICIES, OPTIMIZERS
 from models import MODELS
 
 DEVICE = "cpu"
@@ -113,10 +115,10 @@ def test_unreadable_files_are_one_line_errors(content, says, tmp_path):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_bare_state_dict_reads_with_read_checkpoint_file_but_is_no_project_checkpoint(tmp_path):
+def test_a_bare_state_dict_reads_with_read_pt_file_but_is_no_project_checkpoint(tmp_path):
     path = str(tmp_path / "paras.pt")
     torch.save(small_state()["model"], path)
-    assert set(read_checkpoint_file(path)) == set(small_state()["model"])
+    assert set(read_pt_file(path)) == set(small_state()["model"])
     assert set(load_checkpoint(path, require_meta=False)) == set(small_state()["model"])
     with pytest.raises(CheckpointError, match="no 'model' and 'meta' entries"):
         load_checkpoint(path)
@@ -151,14 +153,14 @@ def test_disk_full_while_saving_raises_enospc_keeps_the_old_file_and_removes_the
 def test_disk_full_during_an_epochs_writes_is_one_line_exit_2(saved, monkeypatch, capsys):
     model = MODELS["mnist"](num_classes=10, mean=(0.5,), std=(0.25,)).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters())
-    scheduler = utils.LEARNING_POLICIES["null"](optimizer, 2)
+    scheduler = LEARNING_POLICIES["null"](optimizer, 2)
     row = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_adv_accuracy": 0.5, "clean_accuracy": 0.9,
            "robust_accuracy": 0.5, "seconds": 1.0}
-    best = {"clean_accuracy": 0.1, "robust_accuracy": 0.1}
+    run = runs.RunFolder(str(saved), {})
+    run.best = {"clean_accuracy": 0.1, "robust_accuracy": 0.1}
     full_disk(monkeypatch)
-    with pytest.raises(SystemExit) as stop, ALP.one_line_on_write_errors():
-        ALP.save_epoch(str(saved), str(saved / "last.pt"), model, optimizer, scheduler, {}, row, [row], best,
-                       [{}])
+    with pytest.raises(SystemExit) as stop:
+        run.save_epoch(model, optimizer, scheduler, {}, row, [{}], epochs=2, snapshot_every=5)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "no space left on the device" in err and "best_clean.pt" in err
@@ -169,7 +171,8 @@ def test_disk_full_during_an_epochs_writes_is_one_line_exit_2(saved, monkeypatch
 # --- resume refusals: one line, exit 2, before any data is loaded ---------------------------------------------
 
 def run_folder_for(argv):
-    return ALP.run_paths(ALP.parse_args(argv))
+    run_dir = run_folder_of(argv)
+    return run_dir, os.path.join(run_dir, "last.pt")
 
 
 def resume_fails(argv, capsys):
@@ -183,7 +186,7 @@ def resume_fails(argv, capsys):
 def resumable_state(epoch=1, epochs=2):
     model = MODELS["mnist"](num_classes=10, mean=(0.1307,), std=(0.3081,)).to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters())
-    scheduler = utils.LEARNING_POLICIES["null"](optimizer, epochs)
+    scheduler = LEARNING_POLICIES["null"](optimizer, epochs)
     return {**small_state(epoch), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "metrics": [], "best": {}, "rng": [{}]}
 
@@ -236,7 +239,7 @@ def test_resume_before_the_first_checkpoint_says_to_start_without_resume(run_arg
 def test_resume_with_an_argument_that_changes_the_result_is_refused(run_argv, capsys):
     argv, run_dir, last = run_argv
     save_checkpoint(resumable_state(), last)
-    ALP.write_args(run_dir, ALP.parse_args(argv), {})
+    runs.RunFolder(run_dir, vars(ALP.parse_args(argv)))._write_args(False, {})
     err = resume_fails([*argv, "--eval-freq=2", "-beta1=0.5"], capsys)
     assert "--eval_freq 2 (the run has 1)" in err and "--beta1 0.5 (the run has 0.9)" in err
 
@@ -251,7 +254,7 @@ def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, caps
 
 # --- one run per folder ----------------------------------------------------------------------------------------
 
-HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from utils import RunLock; lock = RunLock({folder!r}); "
+HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from runs import RunLock; lock = RunLock({folder!r}); "
              "print('locked', flush=True); {then}")
 
 
@@ -276,16 +279,16 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
         root=str(ROOT), folder=str(tmp_path), then="import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
         capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
-    lock_file = tmp_path / utils.RunLock.NAME
+    lock_file = tmp_path / runs.RunLock.NAME
     assert lock_file.read_text().strip() != str(os.getpid())  # the dead run's PID is still written there
-    assert utils.lock_holder(str(tmp_path)) is None
-    lock = utils.RunLock(str(tmp_path))
+    assert runs.lock_holder(str(tmp_path)) is None
+    lock = runs.RunLock(str(tmp_path))
     assert lock_file.read_text().strip() == str(os.getpid())
     lock.release()
 
 
 def test_runs_differing_in_ratio_get_different_folders():
-    names = {ALP.run_name(ALP.parse_args([*QUICK, f"--ratio={r}"])) for r in (0, 0.1, 0.2)}
+    names = {runs.run_name(vars(ALP.parse_args([*QUICK, f"--ratio={r}"]))) for r in (0, 0.1, 0.2)}
     assert len(names) == 3
 
 
@@ -304,7 +307,7 @@ def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(syntheti
                     self.param_groups[0]["params"][0].fill_(float("inf"))
             return result
 
-    monkeypatch.setitem(utils.OPTIMIZERS, "adam", lambda params, lr, momentum, weight_decay, betas, fused=False:
+    monkeypatch.setitem(OPTIMIZERS, "adam", lambda params, lr, weight_decay, betas, fused=False:
                         AdamBreakingOnStep4(params, lr=lr, betas=betas, weight_decay=weight_decay))
     with pytest.raises(SystemExit) as stop:
         ALP.main([*QUICK, "--epochs=3", "--eval-freq=5", "--subset=100", "--data-root", str(synthetic_mnist_root),
@@ -353,4 +356,4 @@ def test_a_failed_run_start_from_the_command_line_prints_no_traceback(tmp_path):
 def test_args_json_from_before_run_records_is_read_as_the_first_run(tmp_path):
     with open(tmp_path / "args.json", "w") as f:
         json.dump({"epochs": 3, "lr": 0.1}, f)
-    assert ALP.first_run_args(str(tmp_path)) == {"epochs": 3, "lr": 0.1}
+    assert runs.RunFolder(str(tmp_path), {}).first_args() == {"epochs": 3, "lr": 0.1}

@@ -12,8 +12,9 @@ from attacks import ATTACKS
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep, cuda_graph_refusal
-from training import mixed_precision, train_epoch, train_step
-from utils import OPTIMIZERS
+from training import EpochTally, mixed_precision, train_step
+from conftest import make_optimizer
+from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
 BATCH = 8
@@ -37,8 +38,7 @@ def tiny_setup(optimizer_name):
     """(model, fused optimizer, scheduler halving the rate after epoch 1, attack, loader) on DEVICE."""
     torch.manual_seed(0)
     model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).to(DEVICE)
-    optimizer = OPTIMIZERS[optimizer_name](model.parameters(), lr=LR, momentum=0.9, weight_decay=WEIGHT_DECAY,
-                                           betas=(0.9, 0.999), fused=True)
+    optimizer = make_optimizer(optimizer_name, model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
     scheduler = MultiStepLR(optimizer, milestones=[1], gamma=0.5)
     attack = ATTACKS["pgd-linf"](8 / 255, steps=2, stepsize=4 / 255)
     generator = torch.Generator(device=DEVICE).manual_seed(0)
@@ -61,9 +61,11 @@ def train(kind, optimizer_name, epochs, setup=None, first_epoch=0):
     totals = []
     for epoch in range(first_epoch, first_epoch + epochs):
         torch.manual_seed(100 + epoch)  # the PGD starts
-        epoch_totals, first_bad_batch = train_epoch(step, loader, epoch)
-        assert first_bad_batch.item() == -1
-        totals.append(epoch_totals)
+        tally = EpochTally(DEVICE)
+        for x, y in loader.epoch(epoch):
+            tally.add(*step(x, y), y)
+        assert tally.first_bad_batch.item() == -1
+        totals.append(tally.totals)
         scheduler.step()
     return (model, optimizer, scheduler, attack, loader), totals
 
@@ -103,7 +105,7 @@ def test_resumed_graph_plumbing_ends_with_the_weights_of_an_uninterrupted_run():
 
 def test_graphed_step_refuses_an_optimizer_that_is_not_fused():
     model, _, _, attack, _ = tiny_setup("sgd")
-    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.1, momentum=0.9, weight_decay=0, betas=None)
+    optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.1, weight_decay=0, momentum=0.9)
     with pytest.raises(ValueError, match="fused"):
         GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=False)
 
@@ -113,7 +115,7 @@ def test_graphed_step_refuses_an_optimizer_that_is_not_fused():
 def test_resume_keeps_the_loading_optimizers_kernel_and_all_its_state(name, saved_fused, loading_fused):
     def optimizer(fused):
         params = [torch.nn.Parameter(torch.arange(4.0, device=DEVICE))]
-        return OPTIMIZERS[name](params, lr=0.1, momentum=0.9, weight_decay=1e-3, betas=(0.9, 0.99), fused=fused)
+        return make_optimizer(name, params, lr=0.1, weight_decay=1e-3, betas=(0.9, 0.99), fused=fused)
 
     saved = optimizer(saved_fused)
     for _ in range(2):
