@@ -237,6 +237,7 @@ def main(argv=None):
     except Interrupted as stop:
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.kept()}: the same command with --resume "
                 f"continues from there")
+        run.release()
         sys.exit(130)
     run.finish(title=run_name(vars(args)))
     if torch.distributed.is_initialized():

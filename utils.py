@@ -3,6 +3,7 @@ disk leaves no half-written one, and content digests."""
 import argparse
 import errno
 import os
+import secrets
 import signal
 import sys
 from contextlib import contextmanager
@@ -53,10 +54,11 @@ def default_device():
 # --- files -------------------------------------------------------------------------------------------------
 
 def write_atomically(path, data):
-    """Write bytes or text to `path` through a temporary file beside it and a rename: a kill leaves the previous file intact.
-    On any OSError (a full disk above all) the temporary file is removed before the error goes on, with
+    """Write bytes or text to `path` through a temporary file beside it and a rename: a kill leaves the
+    previous file intact, and two writers of one path (two evaluations, say) each rename a whole file of their
+    own. On any OSError (a full disk above all) the temporary file is removed before the error goes on, with
     the path it was meant for as its filename."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # a name of this process's own: two writers never share one
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

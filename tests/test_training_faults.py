@@ -1,0 +1,230 @@
+"""What a careless or unlucky user does to a training run, and the one line (or the right behaviour) each
+gets: crafted checkpoints, a lost args.json or best_*.pt, one-class models, Ctrl-C and SIGTERM, odd flags.
+Everything runs on the CPU; runs use the synthetic digits and a one-step validation attack."""
+import json
+import os
+import signal
+import sys
+
+import pytest
+import torch
+
+import ALP
+import runs
+import training
+from checkpoints import CheckpointError, load_checkpoint
+from conftest import run_folder_of
+from utils import write_atomically
+
+DEVICE = "cpu"
+QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3",
+         "--steps=1", "--stepsize=0.3", "--device=cpu", "--no-progress"]
+
+
+@pytest.fixture
+def cheap_validation(monkeypatch):
+    """Validation by PGD-1 instead of PGD-100: these tests assert on files and lines, not on robustness."""
+    monkeypatch.setitem(training.HYP["validation_attack"], "mnist", dict(epsilon=0.3, steps=1, stepsize=0.3))
+
+
+def quick_run(root, out, *extra):
+    return [*QUICK, "--subset=100", "--data-root", str(root), "--out", str(out), *extra]
+
+
+def stops_in_one_line(argv, capsys, code=2):
+    with pytest.raises(SystemExit) as stop:
+        ALP.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == code and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# --- crafted checkpoints: bounded work ------------------------------------------------------------------------
+
+def test_a_checkpoint_of_shared_references_is_refused_at_once_not_walked_for_ever(tmp_path):
+    nested = [torch.zeros(1)]
+    for _ in range(60):  # 60 levels, each referring twice to the one below: 2^60 paths, a small file
+        nested = [nested, nested]
+    path = tmp_path / "crafted.pt"
+    torch.save({"model": {}, "meta": {}, "payload": nested, "digest": "0" * 64}, path)
+    with pytest.raises(CheckpointError, match="is damaged .*nests deeper than|holds more than"):
+        load_checkpoint(str(path))
+
+
+def test_a_checkpoint_nested_thousands_deep_is_refused_without_a_recursion_error(tmp_path, monkeypatch):
+    nested = []
+    for _ in range(5000):
+        nested = [nested]
+    monkeypatch.setattr(sys, "getrecursionlimit", sys.getrecursionlimit)  # restored whatever happens
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)  # pickling it needs the depth; loading and checking must not
+    try:
+        torch.save({"model": {}, "meta": {}, "payload": nested, "digest": "0" * 64}, tmp_path / "deep.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="nests deeper than"):
+        load_checkpoint(str(tmp_path / "deep.pt"))
+
+
+# --- resume ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def finished_run(synthetic_mnist_root, tmp_path, cheap_validation):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
+    ALP.main(argv)
+    return argv, run_folder_of(argv)
+
+
+def test_resume_without_args_json_checks_the_arguments_against_last_pt(finished_run, capsys):
+    argv, run_dir = finished_run
+    os.remove(os.path.join(run_dir, "args.json"))
+    err = stops_in_one_line([*argv, "--resume", "-beta1=0.5"], capsys)
+    assert "--beta1 0.5 (the run has 0.9)" in err
+
+
+def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_files_there(
+        synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
+    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.5, 0.3, torch.tensor([10] * 10)))
+    stop_at_step(monkeypatch, 3)  # epoch 2, batch 1
+    with pytest.raises(SystemExit):
+        ALP.main(argv)
+    run_dir = run_folder_of(argv)
+    assert load_checkpoint(os.path.join(run_dir, "best_robust.pt"))["robust_accuracy"] == 0.3
+    os.remove(os.path.join(run_dir, "best_robust.pt"))
+    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.45, 0.25, torch.tensor([10] * 10)))
+    capsys.readouterr()
+    ALP.main([*argv, "--resume"])
+    out = capsys.readouterr().out
+    assert "best_robust.pt is gone: the next validated epoch writes it anew (it held 30.00%)" in out
+    assert load_checkpoint(os.path.join(run_dir, "best_robust.pt"))["robust_accuracy"] == 0.25
+    assert "best clean 50.00% (best_clean.pt), best robust 25.00% (best_robust.pt)" in out
+
+
+def stop_at_step(monkeypatch, n, stop="Ctrl-C"):
+    """Training stops by hand (Ctrl-C, or SIGTERM as a cluster sends it) at its n-th step."""
+    real_step, calls = training.train_step, {"n": 0}
+
+    def step_then_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if stop == "Ctrl-C":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(ALP, "train_step", step_then_stop)
+
+
+def test_epochs_of_a_one_class_model_make_no_best_checkpoint(synthetic_mnist_root, tmp_path, cheap_validation,
+                                                             monkeypatch, capsys):
+    one_class = torch.tensor([0] * 9 + [100])
+    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.1, 0.09, one_class))
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    ALP.main(argv)
+    out = capsys.readouterr().out
+    run_dir = run_folder_of(argv)
+    assert not [name for name in os.listdir(run_dir) if name.startswith("best_")]
+    assert "predicts class 9 for 100.00%" in out and "its figures make no best_*.pt" in out
+    assert "done: no validated epoch gave figures worth keeping" in out
+
+
+def test_more_epochs_for_a_finished_run_name_its_folder_and_say_why_not(finished_run, capsys):
+    argv, run_dir = finished_run
+    err = stops_in_one_line([*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"], capsys)
+    assert run_dir in err and "--epochs cannot change on --resume" in err
+
+
+def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monkeypatch, capsys):
+    argv, run_dir = finished_run
+
+    def read_only(self, folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runs.RunLock, "__init__", read_only)
+    err = stops_in_one_line([*argv, "--resume"], capsys)
+    assert f"cannot lock the run folder {run_dir}" in err and "writable" in err
+
+
+# --- stopping by hand ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_and_sigterm_end_training_in_one_line_that_says_how_to_continue(
+        stop, synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
+    stop_at_step(monkeypatch, 3, stop)  # epoch 2, batch 1 (2 batches per epoch)
+    with pytest.raises(SystemExit) as stopped:
+        ALP.main(argv)
+    assert stopped.value.code == 130
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith(f"stopped by {stop} in epoch 2;") and "--resume" in out[-1]
+    with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
+        assert f.read().splitlines()[-1] == out[-1]
+    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    ALP.main([*argv, "--resume"])
+    assert load_checkpoint(os.path.join(run_folder_of(argv), "last.pt"))["epoch"] == 2
+
+
+# --- flags -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device=meta"], "trains on cpu or cuda devices"),
+    (["--subset=5"], "--subset must be at least the number of classes of mnist (10)"),
+])
+def test_flags_refused_before_anything_runs(extra, message, tmp_path, capsys):
+    err = stops_in_one_line([*QUICK, *extra, "--out", str(tmp_path / "runs")], capsys)
+    assert message in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--subset=100000"], "--subset 100000 is more than the 600 training images there are"),
+    (["--ratio=0.99999"], "--ratio 0.99999 leaves 0 training and 600 validation images"),
+])
+def test_flags_that_do_not_fit_the_data_are_refused_before_a_run_folder_exists(extra, message, synthetic_mnist_root,
+                                                                               tmp_path, capsys):
+    err = stops_in_one_line([*QUICK, *extra, "--data-root", str(synthetic_mnist_root), "--out",
+                             str(tmp_path / "runs")], capsys)
+    assert message in err and not (tmp_path / "runs").exists()
+
+
+def test_epsilon_takes_a_fraction_and_warns_in_0_255_units_or_for_huge_step_counts(capsys):
+    assert ALP.parse_args([*QUICK, "--epsilon=8/255"]).epsilon == pytest.approx(8 / 255)
+    assert capsys.readouterr().err == ""
+    ALP.parse_args([*QUICK, "--epsilon=8", "--steps=100000"])
+    err = capsys.readouterr().err
+    assert "--epsilon 8 lets ℓ∞ PGD reach any image" in err and "--steps 100000" in err
+    with pytest.raises(SystemExit):
+        ALP.parse_args([*QUICK, "--epsilon=8/0"])
+    assert "a fraction such as 8/255" in capsys.readouterr().err
+
+
+def test_progress_is_on_only_where_a_person_watches_unless_forced(monkeypatch):
+    assert ALP.parse_args(QUICK[:-1]).progress is False  # pytest captures stderr: no terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert ALP.parse_args(QUICK[:-1]).progress is True
+    assert ALP.parse_args(QUICK).progress is False  # --no-progress
+    assert ALP.parse_args([*QUICK[:-1], "--progress"]).progress is True
+
+
+def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "report.json")
+    real_replace, nested = os.replace, {"done": False}
+
+    def replace_after_another_writer(src, dst):
+        if not nested["done"]:  # a second writer finishes while the first is between write and rename
+            nested["done"] = True
+            write_atomically(path, json.dumps({"writer": 2}))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_another_writer)
+    write_atomically(path, json.dumps({"writer": 1}))
+    with open(path) as f:
+        assert json.load(f) == {"writer": 1}
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_the_curves_of_a_one_epoch_run_have_integer_ticks(tmp_path):
+    fig = runs.curves_figure([{"epoch": 1, "clean_accuracy": 0.5, "robust_accuracy": 0.2}])
+    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
