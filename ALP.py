@@ -408,7 +408,8 @@ def main(argv=None):
     # backward goes through: under torchrun it averages the gradients over the processes
 
     if use_graph:
-        step = GraphedStep(train_model, attack_model, attack, optimizer, args.leverage, autocast, args.batch_size)
+        step = GraphedStep(train_model, attack_model, attack, optimizer, args.leverage, autocast, args.batch_size,
+                           log=lambda line: log(line))  # the run's log, opened below
     else:
         def step(x, y):
             return train_step(train_model, attack_model, attack, optimizer, x, y, args.leverage, autocast)
