@@ -3,6 +3,7 @@
     python bench.py                      # everything; table on stdout, figures in bench.json
     python bench.py --skip-attacks       # training only
     python bench.py --attacks fgsm pgd-10 --attack-batch 256
+    python bench.py --skip-attacks --configs "mnist/mnist b50 PGD-40" --steps 2 --repeats 1   # a quick check
 
 Inputs are synthetic tensors of the real shapes (timings do not depend on pixel values, except for attacks
 that stop early: see the note printed with the attack table). Every figure is the median of --repeats
@@ -103,9 +104,11 @@ CUDA_VARIANTS = [Variant("bf16+channels_last+cudnn.benchmark, graph", True, True
 COMPILE_VARIANT = Variant("bf16+channels_last+cudnn.benchmark + torch.compile", True, True, True, False, False)
 
 
-def time_training(config, device, repeats, iterations, variant):
-    """Seconds per ALP iteration (median over repeats of `iterations` iterations each)."""
-    model_name, dataset, batch_size, steps, epsilon, stepsize = TRAINING_CONFIGS[config]
+def time_training(config, device, repeats, iterations, variant, steps=None):
+    """Seconds per ALP iteration (median over repeats of `iterations` iterations each); `steps` replaces the
+    configuration's PGD steps."""
+    model_name, dataset, batch_size, config_steps, epsilon, stepsize = TRAINING_CONFIGS[config]
+    steps = steps or config_steps
     spec = DATASETS[dataset]
     torch.manual_seed(0)
     model = build_model(model_name, dataset).to(device)
@@ -140,11 +143,12 @@ def bench_training(args, device):
         variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else [])
     rows = []
     for config in args.configs:
-        model_name, dataset, batch_size, *_ = TRAINING_CONFIGS[config]
+        model_name, dataset, batch_size, steps, *_ = TRAINING_CONFIGS[config]
         for variant in variants:
             torch.backends.cudnn.benchmark = cuda and variant.channels_last
-            seconds = time_training(config, device, args.repeats, args.iterations, variant)
-            rows.append({"config": config, "variant": variant.label, "seconds_per_iteration": seconds,
+            seconds = time_training(config, device, args.repeats, args.iterations, variant, args.steps)
+            rows.append({"config": config, "variant": variant.label, "pgd_steps": args.steps or steps,
+                         "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
             print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
@@ -185,6 +189,7 @@ def main(argv=None):
                    metavar="CONFIG", help=f"training configurations: {', '.join(TRAINING_CONFIGS)}")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per training figure")
     p.add_argument("--iterations", type=int, default=2, help="ALP iterations per timed repeat")
+    p.add_argument("--steps", type=int, help="PGD steps instead of each configuration's (quick checks)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
     p.add_argument("--skip-attacks", action="store_true")
     p.add_argument("--families", nargs="+", choices=SUITES, default=list(SUITES))
@@ -195,6 +200,8 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--json", default="bench.json")
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be positive, not {args.steps}")
     device = torch.device(args.device or default_device())
     if args.attack_batch is None:
         args.attack_batch = 1000 if device.type == "cuda" else 32
