@@ -4,11 +4,13 @@
     python acceptance.py --prepare-device [.device]     # on a networked machine: what a bare GPU box lacks
 
 On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, ~8 minutes in all):
+  0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already;
   1. bench.py: one ALP iteration of resnet32/cifar10 b128 PGD-10, resnet18/cifar10 b128 PGD-10 and
      mnist b50 PGD-40, eager and as a CUDA graph replay, with bf16 + channels_last and in float32;
   2. ALP.py resnet32 cifar10 -lp=cosine for 2 epochs twice, eager and --cuda-graph: seconds per epoch
      (validation included) and validation accuracies, which must agree within 1.5 points;
-  3. eval.py: the default attack suite on the graph run's checkpoint, 500 test images, seconds per attack;
+  3. eval.py: the default attack suite on the graph run's checkpoint, 500 test images, seconds per attack
+     (one process per threat model, so that a cut keeps the finished ones);
   4. pytest over the whole suite with --workers processes: passed, failed, skipped, the failures' names.
 The order puts the timings first, on an idle machine. Each part has its share of the budget; a part that
 runs past it is stopped and reported, and the later parts get the time that earlier ones saved.
@@ -31,6 +33,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +43,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 import zipfile
 from collections import namedtuple
+from contextlib import nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
@@ -60,18 +64,18 @@ AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in r
 
 # What each part runs, by device. train: ALP.py's arguments less --device, --data-root, --out and
 # --cuda-graph; eval: eval.py's less the checkpoint, --data-root and --json.
-Form = namedtuple("Form", "dataset bench train eval")
+Form = namedtuple("Form", "dataset bench train eval images")
 FORMS = {
     "cuda": Form("cifar10", bench=[], train=["resnet32", "cifar10", "-lp=cosine", "--epochs=2"],
-                 eval=["--n=500"]),
+                 eval=[["--norms", norm] for norm in ("linf", "l2", "l1")], images=500),
     "cpu": Form("mnist", bench=["--configs", "mnist/mnist b50 PGD-40", "--steps=2", "--repeats=1",
                                 "--iterations=1"],
                 train=["mnist", "mnist", "-lp=cosine", "--epochs=1", "--subset=20", "-b=10", "--steps=2",
                        "--epsilon=0.3", "--stepsize=0.1"],
-                eval=["--n=10", "--norms", "linf", "--attacks", "fgsm"]),
+                eval=[["--norms", "linf", "--attacks", "fgsm"]], images=10),
 }
 # Each part's share of --budget, in run order; a part's deadline is the sum of the shares up to its own.
-SHARES = {"timings": 0.14, "training": 0.38, "evaluation": 0.16, "tests": 0.32}
+SHARES = {"data": 0.05, "timings": 0.12, "training": 0.35, "evaluation": 0.2, "tests": 0.28}
 EPOCH_IMAGES = {"cifar10": 50_000, "mnist": 60_000}
 
 
@@ -90,21 +94,26 @@ class Parts:
             self.deadlines[name] = self.started + total * budget
         self.log = open(os.path.join(out_dir, "acceptance.log"), "w")
 
-    def run(self, part, command, cwd=ROOT):
+    def run(self, part, command, output=None):
         """(exit status, or None if stopped at the part's deadline; seconds). The command gets its own
-        process group, so a stopped part leaves no worker behind."""
+        process group, so a stopped part leaves no worker behind. Its output goes to acceptance.log, through
+        the file `output` if given (for the caller to read)."""
         timeout = max(1.0, self.deadlines[part] - time.monotonic())
         self.log.write(f"\n$ {' '.join(command)}   # {part}, {timeout:.0f} s left\n")
         self.log.flush()
         start = time.monotonic()
-        process = subprocess.Popen(command, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            status = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            status = None
+        with open(output, "w") if output else nullcontext(self.log) as sink:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                status = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                status = None
+        if output:
+            with open(output) as f:
+                shutil.copyfileobj(f, self.log)
         seconds = time.monotonic() - start
         self.log.write(f"# exit status {status if status is not None else 'none: stopped at the deadline'}, "
                        f"{seconds:.1f} s\n")
@@ -220,50 +229,85 @@ def run_evaluation(parts, form, device, data_root, offline_data, checkpoint, wor
     if checkpoint is None:
         parts.record("evaluation", {"ok": False, "error": "no checkpoint: the graph run did not finish"})
         return
-    path = os.path.join(work, "eval.json")
-    status, seconds = parts.run("evaluation", script_command(
-        "eval.py", [checkpoint, *form.eval, f"--device={device}", "--data-root", data_root, "--json", path],
-        offline_data))
-    figures = outcome(status, seconds)
-    if os.path.exists(path):
-        with open(path) as f:
-            report = json.load(f)
-        images = int(next(a for a in form.eval if a.startswith("--n=")).split("=")[1])
-        figures["images"] = images
-        figures["attacks"] = [{"norm": norm, "epsilon": epsilon, "attack": label, "seconds": round(sec, 2),
-                               "seconds_per_10000_images": round(sec * 10_000 / images, 1),
-                               "robust_percent": percent(accuracy)}
-                              for norm, epsilon, label, sec, accuracy in attack_records(report)]
-    parts.record("evaluation", figures)
+    figures = {"ok": True, "images": form.images, "seconds": 0.0, "attacks": []}
+    for k, selection in enumerate(form.eval):
+        path = os.path.join(work, f"eval-{k}.json")
+        status, seconds = parts.run("evaluation", script_command(
+            "eval.py", [checkpoint, f"--n={form.images}", *selection, f"--device={device}", "--data-root",
+                        data_root, "--json", path], offline_data))
+        verdict = outcome(status, seconds)
+        figures["seconds"] = round(figures["seconds"] + seconds, 1)
+        if not verdict["ok"]:
+            figures.update(ok=False, error=f"eval.py {' '.join(selection)}: {verdict['error']}")
+        if os.path.exists(path):
+            with open(path) as f:
+                report = json.load(f)
+            figures["attacks"] += [{"norm": norm, "epsilon": epsilon, "attack": label, "seconds": round(sec, 2),
+                                    "seconds_per_10000_images": round(sec * 10_000 / form.images, 1),
+                                    "robust_percent": percent(accuracy)}
+                                   for norm, epsilon, label, sec, accuracy in attack_records(report)]
+        parts.record("evaluation", figures)
+        if status is None:
+            break
 
 
 def run_tests(parts, tests, workers, work):
-    junit = os.path.join(work, "junit.xml")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *tests]
-    if workers:
-        command[4:4] = ["-n", str(workers)]
-    status, seconds = parts.run("tests", command)
+    """The counts from pytest's JUnit XML; from its verbose lines if it was stopped before writing that."""
+    junit, output = os.path.join(work, "junit.xml"), os.path.join(work, "pytest.out")
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               *(["-n", str(workers)] if workers else []), *tests]
+    status, seconds = parts.run("tests", command, output=output)
     figures = outcome(status, seconds)
     if os.path.exists(junit):
         figures.update(junit_counts(junit))
-        figures["ok"] = status == 0 and not figures["failed"]
+    else:
+        with open(output) as f:
+            figures.update(streamed_counts(f.read()))
+        figures["counted_from"] = "pytest's progress lines: stopped before its JUnit XML"
+    figures["ok"] = figures["ok"] and not figures["failed"]
     parts.record("tests", figures)
 
 
+def counts(outcomes):
+    """passed, failed (errors included), skipped and the failed tests' names, from (test id, outcome) pairs."""
+    result = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    for name, kind in outcomes:
+        result[kind] += 1
+        if kind == "failed":
+            result["failures"].append(name)
+    return result
+
+
 def junit_counts(path):
-    """passed, failed (errors included), skipped and the failures' names from pytest's JUnit XML."""
-    counts = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
-    for case in ElementTree.parse(path).getroot().iter("testcase"):
-        module = case.get("classname", "").replace(".", "/")
-        name = f"{module}.py::{case.get('name')}" if module else case.get("name")
+    def outcome_of(case):
         if case.find("failure") is not None or case.find("error") is not None:
-            counts["failed"] += 1
-            counts["failures"].append(name)
-        elif case.find("skipped") is not None:
-            counts["skipped"] += 1
-        else:
-            counts["passed"] += 1
-    return counts
+            return "failed"
+        return "skipped" if case.find("skipped") is not None else "passed"
+
+    def test_id(case):  # classname tests.test_alp -> tests/test_alp.py
+        module = case.get("classname", "").replace(".", "/")
+        return f"{module}.py::{case.get('name')}" if module else case.get("name")
+
+    return counts((test_id(case), outcome_of(case)) for case in ElementTree.parse(path).getroot().iter("testcase"))
+
+
+# pytest -v: "tests/a.py::test_b PASSED [ 3%]" (a reason in brackets may follow SKIPPED and XFAIL); under
+# xdist "[gw2] [ 3%] PASSED tests/a.py::test_b"
+PROGRESS_LINE = re.compile(r"^(?:\[gw\d+\] \[ *\d+%\] (?P<kind>[A-Z]+) (?P<name>\S+::.+?)"
+                           r"|(?P<name2>\S+::.+?) (?P<kind2>[A-Z]+)(?: \(.*\))?(?: +\[ *\d+%\])?)\s*$")
+KINDS = {"PASSED": "passed", "XFAIL": "passed", "FAILED": "failed", "ERROR": "failed", "XPASS": "failed",
+         "SKIPPED": "skipped"}
+
+
+def streamed_counts(text):
+    outcomes = []
+    for line in text.splitlines():
+        match = PROGRESS_LINE.match(line)
+        if match:
+            kind = match["kind"] or match["kind2"]
+            if kind in KINDS:
+                outcomes.append((match["name"] or match["name2"], KINDS[kind]))
+    return counts(outcomes)
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -281,6 +325,8 @@ def markdown(report):
              f"torch {report['torch']}, Python {report['python']}, {report['form']} form, "
              f"{report['elapsed_seconds']:.0f} s so far of a {report['budget_seconds']:.0f} s budget; "
              f"verdict: {report.get('verdict', 'unfinished')}", ""]
+    if "data" in parts:
+        lines += [f"CIFAR-10 stand-in data root built: {status_line(parts['data'])}", ""]
     if "timings" in parts:
         lines += ["## One ALP iteration (median of repeats after a warm-up)", "", status_line(parts["timings"]),
                   "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
@@ -314,7 +360,8 @@ def markdown(report):
     if "tests" in parts:
         tests = parts["tests"]
         lines += ["## Test suite", "", status_line(tests), "",
-                  f"passed {tests.get('passed')}, failed {tests.get('failed')}, skipped {tests.get('skipped')}", ""]
+                  f"passed {tests.get('passed')}, failed {tests.get('failed')}, skipped {tests.get('skipped')}"
+                  + (f" (counted from {tests['counted_from']})" if "counted_from" in tests else ""), ""]
         lines += [f"- failed: `{name}`" for name in tests.get("failures", [])]
         lines.append("")
     return "\n".join(lines)
@@ -429,9 +476,10 @@ def main(argv=None):
     print(f"acceptance ({form_name} form) on {machine}, torch {torch.__version__}: figures in {args.out_dir}",
           flush=True)
 
+    if offline_data and form.dataset == "cifar10" and not os.path.exists(
+            os.path.join(data_root, "cifar-10-batches-py", "test_batch")):
+        parts.record("data", outcome(*parts.run("data", [sys.executable, offline_data, "cifar10", data_root])))
     run_timings(parts, form, work)
-    if offline_data and not glob.glob(os.path.join(data_root, "cifar-10-batches-py", "test_batch")):
-        parts.run("training", [sys.executable, offline_data, "cifar10", data_root])  # from the training's share
     checkpoint = run_training(parts, form, device, data_root, offline_data, work)
     run_evaluation(parts, form, device, data_root, offline_data, checkpoint, work)
     run_tests(parts, args.tests, workers, work)

@@ -136,12 +136,13 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     return median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
 
 
-def bench_training(args, device):
+def bench_training(args, device, rows, save):
+    """Appends a row to `rows` per figure and calls save() after each, so a run stopped early keeps what it
+    timed."""
     cuda = device.type == "cuda"
     variants = CPU_VARIANTS
     if cuda:
         variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else [])
-    rows = []
     for config in args.configs:
         model_name, dataset, batch_size, steps, *_ = TRAINING_CONFIGS[config]
         for variant in variants:
@@ -151,9 +152,9 @@ def bench_training(args, device):
                          "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
+            save()
             print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
                   f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch", flush=True)
-    return rows
 
 
 def bench_attacks(args, device):
@@ -210,9 +211,13 @@ def main(argv=None):
     print(f"device: {device} ({machine}); torch {torch.__version__}")
 
     results = {"device": str(device), "machine": machine, "torch": torch.__version__, "training": [], "attacks": []}
+
+    def save():
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
     if not args.skip_training:
         print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
-        results["training"] = bench_training(args, device)
+        bench_training(args, device, results["training"], save)
         seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
         for config in args.configs:
             if device.type == "cpu":
@@ -225,8 +230,7 @@ def main(argv=None):
         print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
               f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")
         results["attacks"] = bench_attacks(args, device)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+    save()
     print(f"written: {args.json}")
 
 

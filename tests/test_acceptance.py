@@ -2,6 +2,7 @@
 synthetic digits, so that the GPU acceptance command cannot rot between the sessions that have a GPU; and
 its verdicts: a failed test, runs that disagree, bad input."""
 import json
+import sys
 
 import pytest
 
@@ -73,3 +74,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         acceptance.main([str(tmp_path / "out"), "--data-root", str(tmp_path / "absent")])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_test_counts_survive_a_stop_before_the_junit_xml():
+    """CPU: pytest -v's progress lines, plain and under xdist, when pytest was stopped before writing XML."""
+    plain = ("tests/a.py::test_ok PASSED    [ 25%]\ntests/a.py::test_bad[x y] FAILED    [ 50%]\n"
+             "tests/a.py::test_off SKIPPED (not here)    [ 75%]\n")
+    xdist = "[gw0] [ 25%] PASSED tests/a.py::test_ok \n[gw1] [ 50%] ERROR tests/a.py::test_bad[x y] \n"
+    assert acceptance.streamed_counts(plain) == {"passed": 1, "failed": 1, "skipped": 1,
+                                                 "failures": ["tests/a.py::test_bad[x y]"]}
+    assert acceptance.streamed_counts(xdist) == {"passed": 1, "failed": 1, "skipped": 0,
+                                                 "failures": ["tests/a.py::test_bad[x y]"]}
+
+
+def test_a_part_past_its_deadline_is_stopped_and_reported(tmp_path):
+    """CPU: a 2 s budget; the part's process sleeps for 60 s."""
+    parts = acceptance.Parts(str(tmp_path), budget=2.0, report={"parts": {}})
+    status, seconds = parts.run("data", [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert status is None and seconds < 10
+    assert "stopped at its deadline" in acceptance.outcome(status, seconds)["error"]
