@@ -105,8 +105,9 @@ COMPILE_VARIANT = Variant("bf16+channels_last+cudnn.benchmark + torch.compile", 
 
 
 def time_training(config, device, repeats, iterations, variant, steps=None):
-    """Seconds per ALP iteration (median over repeats of `iterations` iterations each); `steps` replaces the
-    configuration's PGD steps."""
+    """(seconds per ALP iteration, the median over repeats of `iterations` iterations each; why recording the
+    CUDA graph failed, or None). `steps` replaces the configuration's PGD steps. After a failed recording
+    the graph variant times the eager step, which its row must say."""
     model_name, dataset, batch_size, config_steps, epsilon, stepsize = TRAINING_CONFIGS[config]
     steps = steps or config_steps
     spec = DATASETS[dataset]
@@ -133,7 +134,8 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
         for _ in range(iterations):
             step(x, y)
 
-    return median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
+    seconds = median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
+    return seconds, step.capture_failure if variant.graph else None
 
 
 def bench_training(args, device, rows, save):
@@ -147,14 +149,17 @@ def bench_training(args, device, rows, save):
         model_name, dataset, batch_size, steps, *_ = TRAINING_CONFIGS[config]
         for variant in variants:
             torch.backends.cudnn.benchmark = cuda and variant.channels_last
-            seconds = time_training(config, device, args.repeats, args.iterations, variant, args.steps)
+            seconds, capture_failure = time_training(config, device, args.repeats, args.iterations, variant,
+                                                     args.steps)
             rows.append({"config": config, "variant": variant.label, "pgd_steps": args.steps or steps,
-                         "seconds_per_iteration": seconds,
+                         "capture_failure": capture_failure, "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
             save()
             print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
-                  f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch", flush=True)
+                  f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch"
+                  + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else ""),
+                  flush=True)
 
 
 def bench_attacks(args, device):
