@@ -442,7 +442,8 @@ def build_parser():
                    help="pytest-xdist processes (default: one per core, at most 16; 0: no xdist)")
     p.add_argument("--budget", type=float, default=460.0,
                    help="seconds for all the parts together (the GPU command must end within 8 minutes)")
-    p.add_argument("--work", help="folder for the runs, data and intermediate files (default: a temporary one)")
+    p.add_argument("--work", help="folder in which a fresh folder takes the runs and intermediate files "
+                                  "(default: the system's temporary folder)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if present); picks the form")
     p.add_argument("--prepare-device", nargs="?", const=".device", metavar="FOLDER",
                    help="fill FOLDER (default .device) with what the GPU command carries, and stop")
@@ -478,8 +479,9 @@ def main(argv=None):
     form = FORMS[form_name]
     workers = args.workers if args.workers is not None else (min(16, os.cpu_count()) if find_spec("xdist") else 0)
     os.makedirs(args.out_dir, exist_ok=True)
-    work = args.work or tempfile.mkdtemp(prefix="acceptance-")
-    os.makedirs(work, exist_ok=True)
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="acceptance-", dir=args.work)  # fresh: ALP.py and eval.py keep what exists
     data_root, offline_data = os.path.abspath(args.data_root), args.offline_data and os.path.abspath(args.offline_data)
     machine = (torch.cuda.get_device_name(device) if form_name == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")

@@ -13,7 +13,7 @@ Training: images/s and projected seconds per epoch (50,000 CIFAR / 60,000 MNIST 
 iteration (PGD pair + two forward passes + one backward). On CPU it is also timed with a PGD that calls
 loss.backward() at every attack step, as the reference implementation does, to show what input-only
 gradients save. On CUDA it is timed with and without the speed options (bf16 autocast, channels_last,
-cudnn.benchmark), each as one CUDA graph replay per iteration (training.GraphedStep, ALP.py --cuda-graph)
+cudnn.benchmark), each as one CUDA graph replay per iteration (cuda_graph.GraphedStep, ALP.py --cuda-graph)
 and as the eager step, and with --compile also under torch.compile. The output names the GPU.
 """
 import argparse

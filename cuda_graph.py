@@ -7,7 +7,7 @@ one launch. `GraphedStep` is called like `training.train_step` and gives the sam
 """
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -175,8 +175,10 @@ class CUDAGraphRecorder:
             with torch.cuda.graph(graph):
                 outputs = fn()
         except Exception:
-            # The eager step that takes over draws the random numbers the capture would have drawn
-            torch.cuda.set_rng_state(rng_state, self.device)
+            # The eager step that takes over draws the random numbers the capture would have drawn. Should
+            # the generator refuse (still marked as capturing), the capture's own error is the one to report.
+            with suppress(RuntimeError):
+                torch.cuda.set_rng_state(rng_state, self.device)
             raise
         finally:  # when ending a broken capture raises, torch.cuda.graph leaves its capture stream current
             torch.cuda.set_stream(eager_stream)
