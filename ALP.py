@@ -193,7 +193,8 @@ def main(argv=None):
     attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
     validation_attack = ATTACKS["pgd-linf"](**HYP["validation_attack"][spec.family])
     if use_graph:  # the same iteration, recorded once and replayed
-        step = GraphedStep(ddp_net, net, attack, optimizer, args.leverage, autocast, args.batch_size)
+        step = GraphedStep(ddp_net, net, attack, optimizer, args.leverage, autocast, args.batch_size,
+                          log=run.log)
     else:  # the PGD pair, the ALP loss (training.alp_loss), the optimiser step
         step = functools.partial(train_step, ddp_net, net, attack, optimizer, leverage=args.leverage,
                                  autocast=autocast)

@@ -3,6 +3,7 @@
     python bench.py                      # everything; table on stdout, figures in bench.json
     python bench.py --skip-attacks       # training only
     python bench.py --attacks fgsm pgd-10 --attack-batch 256
+    python bench.py --skip-attacks --configs "mnist/mnist b50 PGD-40" --steps 2 --repeats 1   # a quick check
 
 Inputs are synthetic tensors of the real shapes (timings do not depend on pixel values, except for attacks
 that stop early: see the note printed with the attack table). Every figure is the median of --repeats
@@ -12,7 +13,7 @@ Training: images/s and projected seconds per epoch (50,000 CIFAR / 60,000 MNIST 
 iteration (PGD pair + two forward passes + one backward). On CPU it is also timed with a PGD that calls
 loss.backward() at every attack step, as the reference implementation does, to show what input-only
 gradients save. On CUDA it is timed with and without the speed options (bf16 autocast, channels_last,
-cudnn.benchmark), each as one CUDA graph replay per iteration (training.GraphedStep, ALP.py --cuda-graph)
+cudnn.benchmark), each as one CUDA graph replay per iteration (cuda_graph.GraphedStep, ALP.py --cuda-graph)
 and as the eager step, and with --compile also under torch.compile. The output names the GPU.
 """
 import argparse
@@ -104,9 +105,12 @@ CUDA_VARIANTS = [Variant("bf16+channels_last+cudnn.benchmark, graph", True, True
 COMPILE_VARIANT = Variant("bf16+channels_last+cudnn.benchmark + torch.compile", True, True, True, False, False)
 
 
-def time_training(config, device, repeats, iterations, variant):
-    """Seconds per ALP iteration (median over repeats of `iterations` iterations each)."""
-    model_name, dataset, batch_size, steps, epsilon, stepsize = TRAINING_CONFIGS[config]
+def time_training(config, device, repeats, iterations, variant, steps=None):
+    """(seconds per ALP iteration, the median over repeats of `iterations` iterations each; why recording the
+    CUDA graph failed, or None). `steps` replaces the configuration's PGD steps. After a failed recording
+    the graph variant times the eager step, which its row must say."""
+    model_name, dataset, batch_size, config_steps, epsilon, stepsize = TRAINING_CONFIGS[config]
+    steps = steps or config_steps
     spec = DATASETS[dataset]
     torch.manual_seed(0)
     model = build_model(model_name, dataset).to(device)
@@ -131,26 +135,32 @@ def time_training(config, device, repeats, iterations, variant):
         for _ in range(iterations):
             step(x, y)
 
-    return median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
+    seconds = median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
+    return seconds, step.capture_failure if variant.graph else None
 
 
-def bench_training(args, device):
+def bench_training(args, device, rows, save):
+    """Appends a row to `rows` per figure and calls save() after each, so a run stopped early keeps what it
+    timed."""
     cuda = device.type == "cuda"
     variants = CPU_VARIANTS
     if cuda:
         variants = CUDA_VARIANTS + ([COMPILE_VARIANT] if args.compile else [])
-    rows = []
     for config in args.configs:
-        model_name, dataset, batch_size, *_ = TRAINING_CONFIGS[config]
+        model_name, dataset, batch_size, steps, *_ = TRAINING_CONFIGS[config]
         for variant in variants:
             torch.backends.cudnn.benchmark = cuda and variant.channels_last
-            seconds = time_training(config, device, args.repeats, args.iterations, variant)
-            rows.append({"config": config, "variant": variant.label, "seconds_per_iteration": seconds,
+            seconds, capture_failure = time_training(config, device, args.repeats, args.iterations, variant,
+                                                     args.steps)
+            rows.append({"config": config, "variant": variant.label, "pgd_steps": args.steps or steps,
+                         "capture_failure": capture_failure, "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
+            save()
             print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
-                  f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch", flush=True)
-    return rows
+                  f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch"
+                  + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else ""),
+                  flush=True)
 
 
 def bench_attacks(args, device):
@@ -186,6 +196,7 @@ def main(argv=None):
                    metavar="CONFIG", help=f"training configurations: {', '.join(TRAINING_CONFIGS)}")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per training figure")
     p.add_argument("--iterations", type=int, default=2, help="ALP iterations per timed repeat")
+    p.add_argument("--steps", type=int, help="PGD steps instead of each configuration's (quick checks)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
     p.add_argument("--skip-attacks", action="store_true")
     p.add_argument("--families", nargs="+", choices=SUITES, default=list(SUITES))
@@ -196,6 +207,8 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--json", default="bench.json")
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be positive, not {args.steps}")
     device = torch.device(args.device or default_device())
     if args.attack_batch is None:
         args.attack_batch = 1000 if device.type == "cuda" else 32
@@ -204,9 +217,13 @@ def main(argv=None):
     print(f"device: {device} ({machine}); torch {torch.__version__}")
 
     results = {"device": str(device), "machine": machine, "torch": torch.__version__, "training": [], "attacks": []}
+
+    def save():
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
     if not args.skip_training:
         print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
-        results["training"] = bench_training(args, device)
+        bench_training(args, device, results["training"], save)
         seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
         for config in args.configs:
             if device.type == "cpu":
@@ -219,8 +236,7 @@ def main(argv=None):
         print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
               f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")
         results["attacks"] = bench_attacks(args, device)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+    save()
     print(f"written: {args.json}")
 
 

@@ -5,14 +5,16 @@ all, each launch waiting on Python; on a fast GPU the GPU mostly waits. Recorded
 whole iteration (the PGD pair, both forward passes, the loss, the backward pass and the optimiser step) is
 one launch. `GraphedStep` is called like `training.train_step` and gives the same figures.
 """
+import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from training import train_step
+from utils import short_reason
 
 
 def cuda_graph_refusal(device, world_size, compiled):
@@ -43,13 +45,20 @@ class GraphedStep:
       generator, whose offset each replay advances as the eager step would.
     BatchNorm (momentum set, not None) updates its running statistics inside the graph, as in eager mode.
 
+    Recording can fail where eager code runs (an op that refuses capture, a driver or GPU without support):
+    then `log` gets one line naming the cause and every later batch takes the eager step. Capturing runs no
+    kernel, so the weights, optimizer state and BatchNorm statistics are those the warm-ups left; the failed
+    batch itself is trained eagerly, so the run goes on as if it had never asked for a graph.
+
     capture=False (the default off CUDA) runs the same plumbing without a graph: every full batch is
     `train_step` on the static buffers with the tensor learning rate. The CPU tests compare that with the
-    plain eager step; the graph itself is tested in tests/test_cuda.py."""
+    plain eager step; the graph itself is tested in tests/test_cuda.py. `recorder` replaces the CUDA graph
+    recorder (a CUDAGraphRecorder's two methods) where capture is on: the CPU tests make recording fail."""
 
     WARMUP = 3
 
-    def __init__(self, train_model, attack_model, attack, optimizer, leverage, autocast, batch_size, capture=None):
+    def __init__(self, train_model, attack_model, attack, optimizer, leverage, autocast, batch_size, capture=None,
+                 log=None, recorder=None):
         if isinstance(train_model, DistributedDataParallel):
             raise ValueError("GraphedStep does not run under DistributedDataParallel (unproven here)")
         if not all(group.get("fused") for group in optimizer.param_groups):
@@ -65,10 +74,12 @@ class GraphedStep:
         self.learning_rates = [float(group["lr"]) for group in optimizer.param_groups]  # the floats copied in
         self.lr_tensors = [torch.tensor(lr, dtype=torch.float32, device=self.device) for lr in self.learning_rates]
         self.warmups_done, self.graph, self.outputs = 0, None, None
-        self.side_stream = torch.cuda.Stream(self.device) if self.capture else None
+        self.recorder = (recorder or CUDAGraphRecorder(self.device)) if self.capture else None
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.capture_failure = None  # why recording failed, once it has
 
     def __call__(self, x, y):
-        if len(y) != self.batch_size:
+        if len(y) != self.batch_size or self.capture_failure is not None:
             return self._eager(x, y)
         self._copy_in(x, y)
         if self.graph is not None:
@@ -77,9 +88,9 @@ class GraphedStep:
             return self._iterate_on_static_batch()
         elif self.warmups_done < self.WARMUP:
             self.warmups_done += 1
-            return self._on_side_stream(self._iterate_on_static_batch)
-        else:
-            self._record()
+            return self.recorder.warm_up(self._iterate_on_static_batch)
+        elif not self._record():
+            return self._eager(x, y)
         loss, logits_adv = self.outputs
         return loss.clone(), logits_adv.clone()  # the static outputs change at the next replay
 
@@ -119,9 +130,34 @@ class GraphedStep:
             return train_step(train_model, attack_model, self.attack, self.optimizer, self.static_x, self.static_y,
                               self.leverage, self.autocast)
 
-    def _on_side_stream(self, fn):
-        """fn() on the side stream, ordered after and before the current stream's work (PyTorch's recipe: the
-        warm-up iterations before a capture run on a side stream)."""
+    def _record(self):
+        """Capture one iteration on the static batch and replay it (capturing runs no kernel). False, with
+        the cause logged, if recording failed."""
+        try:
+            graph, outputs = self.recorder.record(self._iterate_on_static_batch)
+        except Exception as error:  # whatever refused capture: the eager step never needed it
+            self.capture_failure = short_reason(error)
+            # What the abandoned capture allocated (gradients, outputs) is dropped with it: the eager step
+            # starts from no gradients, as every eager step does.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.log(f"--cuda-graph: recording the CUDA graph failed ({self.capture_failure}); the eager step "
+                     f"runs instead")
+            return False
+        self.graph, self.outputs = graph, outputs
+        graph.replay()
+        return True
+
+
+class CUDAGraphRecorder:
+    """How GraphedStep warms up and records on CUDA, as PyTorch's CUDA graph notes do it: the warm-up
+    iterations run on a side stream, then one iteration is captured into a CUDAGraph."""
+
+    def __init__(self, device):
+        self.device = device
+        self.side_stream = torch.cuda.Stream(device)
+
+    def warm_up(self, fn):
+        """fn() on the side stream, ordered after and before the current stream's work."""
         current = torch.cuda.current_stream(self.device)
         self.side_stream.wait_stream(current)
         with torch.cuda.stream(self.side_stream):
@@ -129,12 +165,24 @@ class GraphedStep:
         current.wait_stream(self.side_stream)
         return result
 
-    def _record(self):
-        """Capture one iteration on the static batch and replay it: capturing runs no kernel."""
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self._iterate_on_static_batch()
-        self.graph.replay()
+    def record(self, fn):
+        """(graph, fn()'s outputs as the graph will write them). A failure inside the capture ends the
+        capture (torch.cuda.graph's exit) before it propagates."""
+        graph = torch.cuda.CUDAGraph()
+        eager_stream = torch.cuda.current_stream(self.device)
+        rng_state = torch.cuda.get_rng_state(self.device)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = fn()
+        except Exception:
+            # The eager step that takes over draws the random numbers the capture would have drawn. Should
+            # the generator refuse (still marked as capturing), the capture's own error is the one to report.
+            with suppress(RuntimeError):
+                torch.cuda.set_rng_state(rng_state, self.device)
+            raise
+        finally:  # when ending a broken capture raises, torch.cuda.graph leaves its capture stream current
+            torch.cuda.set_stream(eager_stream)
+        return graph, outputs
 
 
 @contextmanager

@@ -14,6 +14,10 @@ OFFLINE_DATA = SHARED / "tools" / "offline_data.py"
 sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on one CPU thread")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """On a busy 2-core machine two intra-op threads spin-wait on each other (~50x slower than one).
@@ -57,6 +61,28 @@ def data_root(tmp_path_factory):
     test_labels[::8] = (test_labels[::8] + 1) % 10
     write_mnist(root, train_images, train_labels, test_images, test_labels)
     return root
+
+
+# For runs whose tests assert on files, lines and learning, not on robust accuracy: validation by PGD-1
+# instead of the reference's PGD-100 on MNIST-type data, which is most of a small run's time.
+CHEAP_VALIDATION = {"mnist": dict(epsilon=0.3, steps=1, stepsize=0.3)}
+
+
+@pytest.fixture
+def cheap_validation(monkeypatch):
+    import training
+    for family, attack in CHEAP_VALIDATION.items():
+        monkeypatch.setitem(training.HYP["validation_attack"], family, attack)
+
+
+def run_epoch(step, loader, epoch):
+    """step(x, y) -> (loss, adversarial logits) over one epoch of `loader`, as ALP.py's loop runs it; the
+    epoch's training.EpochTally."""
+    from training import EpochTally
+    tally = EpochTally(loader.labels.device)
+    for x, y in loader.epoch(epoch):
+        tally.add(*step(x, y), y)
+    return tally
 
 
 def run_folder_of(argv):

@@ -13,6 +13,7 @@ from checkpoints import load_checkpoint
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep
+from conftest import run_epoch
 from training import EpochTally, mixed_precision, train_step
 from optimization import OPTIMIZERS
 
@@ -68,10 +69,7 @@ def train_two_epochs(graphed, random_start):
     torch.cuda.manual_seed(1)  # the crops, flips and PGD starts draw from this generator on both paths
     totals = []
     for epoch in range(2):
-        tally = EpochTally(DEVICE)
-        for x, y in loader.epoch(epoch):
-            tally.add(*step(x, y), y)
-        totals.append(tally.totals)
+        totals.append(run_epoch(step, loader, epoch).totals)
         scheduler.step()
     return model, step, totals
 
@@ -90,6 +88,35 @@ def test_graph_replayed_iterations_compute_what_eager_ones_do(random_start, dete
     for ours, theirs in zip(totals, eager_totals):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
         assert ours[2].item() == IMAGES
+
+
+def test_a_capture_that_cuda_refuses_leaves_the_run_on_the_eager_step_with_its_figures(deterministic_cudnn):
+    """.item() inside the attack: fine eagerly, refused while the stream is capturing (a host sync)."""
+    def syncing(attack):
+        def attack_that_syncs(model, x, y):
+            x.sum().item()
+            return attack(model, x, y)
+        return attack_that_syncs
+
+    lines = []
+    model, optimizer, scheduler, attack, loader = cifar_setup(random_start=True)
+    step = GraphedStep(model, model, syncing(attack), optimizer, 0.5, nullcontext, BATCH, log=lines.append)
+    eager_model, eager_optimizer, eager_scheduler, eager_attack, eager_loader = cifar_setup(random_start=True)
+    eager_attack = syncing(eager_attack)
+    for run_step, run_loader, run_scheduler in (
+            (step, loader, scheduler),
+            (lambda x, y: train_step(eager_model, eager_model, eager_attack, eager_optimizer, x, y, 0.5),
+             eager_loader, eager_scheduler)):
+        torch.cuda.manual_seed(1)
+        for epoch in range(2):
+            assert train_epoch(run_step, run_loader, epoch)[0][2].item() == IMAGES
+            run_scheduler.step()
+    assert step.graph is None and step.capture_failure is not None
+    assert len(lines) == 1 and "recording the CUDA graph failed" in lines[0], lines
+    assert torch.cuda.current_stream(DEVICE) == torch.cuda.default_stream(DEVICE)  # the capture stream let go
+    for key, value in model.state_dict().items():  # the same random numbers: the failed capture drew none
+        if value.is_floating_point():
+            torch.testing.assert_close(value, eager_model.state_dict()[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_replayed_outputs_are_copies_the_next_replay_leaves_alone():

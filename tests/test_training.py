@@ -12,8 +12,8 @@ from attacks import ATTACKS
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep, cuda_graph_refusal
-from training import EpochTally, mixed_precision, train_step
-from conftest import make_optimizer
+from training import mixed_precision, train_step
+from conftest import make_optimizer, run_epoch
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -61,9 +61,7 @@ def train(kind, optimizer_name, epochs, setup=None, first_epoch=0):
     totals = []
     for epoch in range(first_epoch, first_epoch + epochs):
         torch.manual_seed(100 + epoch)  # the PGD starts
-        tally = EpochTally(DEVICE)
-        for x, y in loader.epoch(epoch):
-            tally.add(*step(x, y), y)
+        tally = run_epoch(step, loader, epoch)
         assert tally.first_bad_batch.item() == -1
         totals.append(tally.totals)
         scheduler.step()

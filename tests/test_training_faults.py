@@ -21,12 +21,6 @@ QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam",
          "--steps=1", "--stepsize=0.3", "--device=cpu", "--no-progress"]
 
 
-@pytest.fixture
-def cheap_validation(monkeypatch):
-    """Validation by PGD-1 instead of PGD-100: these tests assert on files and lines, not on robustness."""
-    monkeypatch.setitem(training.HYP["validation_attack"], "mnist", dict(epsilon=0.3, steps=1, stepsize=0.3))
-
-
 def quick_run(root, out, *extra):
     return [*QUICK, "--subset=100", "--data-root", str(root), "--out", str(out), *extra]
 

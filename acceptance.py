@@ -1,0 +1,511 @@
+"""The acceptance run: what one lent GPU must tell us, in one command, its figures in OUT_DIR.
+
+    python acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
+    python acceptance.py --prepare-device [.device]     # on a networked machine: what a bare GPU box lacks
+
+On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, ~8 minutes in all):
+  0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already;
+  1. bench.py: one ALP iteration of resnet32/cifar10 b128 PGD-10, resnet18/cifar10 b128 PGD-10 and
+     mnist b50 PGD-40, eager and as a CUDA graph replay, with bf16 + channels_last and in float32;
+  2. ALP.py resnet32 cifar10 -lp=cosine for 2 epochs twice, eager and --cuda-graph: seconds per epoch
+     (validation included) and validation accuracies, which must agree within 1.5 points;
+  3. eval.py: the default attack suite on the graph run's checkpoint, 500 test images, seconds per attack
+     (one process per threat model, so that a cut keeps the finished ones);
+  4. pytest over the whole suite with --workers processes: passed, failed, skipped, the failures' names.
+The order puts the timings first, on an idle machine. Each part has its share of the budget; a part that
+runs past it is stopped and reported, and the later parts get the time that earlier ones saved.
+
+On CPU the same parts run in miniature (the MNIST net on MNIST-format data, a few iterations, one epoch on
+a subset, FGSM only, no graph), so that the command itself is tested on machines without a GPU.
+
+OUT_DIR gets acceptance.json (every figure), acceptance.md (the same as tables) and acceptance.log (every
+part's output), rewritten after each part: a run cut short still leaves what it measured. Exit status 0 if
+every part ran and passed, 1 if a test failed, the two runs disagree or a part failed or ran out of time,
+2 on bad input.
+
+--prepare-device fills the folder that the GPU command carries (git ignores it): the unpacked wheels of
+the packages that the GPU machine's image lacks (pyautoattack without its examples, foolbox and its own
+dependencies), the offline data tool and the CIFAR-10 stand-in from ../shared, and prints their sizes.
+"""
+import argparse
+import csv
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ElementTree
+import zipfile
+from collections import namedtuple
+from contextlib import nullcontext
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+
+import torch
+
+from utils import CLIParser, fail
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+
+# The packages that the GPU machine's image lacks (it has torch, torchvision, numpy, scipy, tqdm, matplotlib,
+# pytest and pytest-xdist), pinned below to the versions installed here: the device runs what we test.
+DEVICE_PACKAGES = ["pyautoattack", "foolbox", "eagerpy", "GitPython", "gitdb", "smmap"]
+DEVICE_DATA = ["tools/offline_data.py", "data/cifar10-jpeg.npz"]  # from ../shared, same layout
+CARRY_LIMIT = 64 * 2 ** 20  # what the device tool carries: the working tree and the carried folders together
+
+AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in robust validation accuracy
+
+# What each part runs, by device. train: ALP.py's arguments less --device, --data-root, --out and
+# --cuda-graph; eval: eval.py's less the checkpoint, --data-root and --json.
+Form = namedtuple("Form", "dataset bench train eval images")
+FORMS = {
+    "cuda": Form("cifar10", bench=[], train=["resnet32", "cifar10", "-lp=cosine", "--epochs=2"],
+                 eval=[["--norms", norm] for norm in ("linf", "l2", "l1")], images=500),
+    "cpu": Form("mnist", bench=["--configs", "mnist/mnist b50 PGD-40", "--steps=2", "--repeats=1",
+                                "--iterations=1"],
+                train=["mnist", "mnist", "-lp=cosine", "--epochs=1", "--subset=20", "-b=10", "--steps=2",
+                       "--epsilon=0.3", "--stepsize=0.1"],
+                eval=[["--norms", "linf", "--attacks", "fgsm"]], images=10),
+}
+# Each part's share of --budget, in run order; a part's deadline is the sum of the shares up to its own.
+SHARES = {"data": 0.04, "timings": 0.11, "training": 0.33, "evaluation": 0.2, "tests": 0.32}
+
+
+# --- running the parts -------------------------------------------------------------------------------------
+
+class Parts:
+    """Runs subprocesses against the deadlines, keeps their output in acceptance.log, and rewrites the
+    report after each part."""
+
+    def __init__(self, out_dir, budget, report):
+        self.out_dir, self.report = out_dir, report
+        self.started = time.monotonic()
+        self.deadlines, total = {}, 0.0
+        for name, share in SHARES.items():
+            total += share
+            self.deadlines[name] = self.started + total * budget
+        self.log = open(os.path.join(out_dir, "acceptance.log"), "w")
+
+    def run(self, part, command, output=None):
+        """(exit status, or None if stopped at the part's deadline; seconds). The command gets its own
+        process group, so a stopped part leaves no worker behind. Its output goes to acceptance.log, through
+        the file `output` if given (for the caller to read)."""
+        timeout = max(1.0, self.deadlines[part] - time.monotonic())
+        self.log.write(f"\n$ {' '.join(command)}   # {part}, {timeout:.0f} s left\n")
+        self.log.flush()
+        start = time.monotonic()
+        with open(output, "w") if output else nullcontext(self.log) as sink:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                status = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                status = None
+        if output:
+            with open(output) as f:
+                shutil.copyfileobj(f, self.log)
+        seconds = time.monotonic() - start
+        self.log.write(f"# exit status {status if status is not None else 'none: stopped at the deadline'}, "
+                       f"{seconds:.1f} s\n")
+        self.log.flush()
+        return status, seconds
+
+    def record(self, part, figures):
+        self.report["parts"][part] = figures
+        self.save()
+
+    def save(self):
+        self.report["elapsed_seconds"] = round(time.monotonic() - self.started, 1)
+        write_report(self.out_dir, self.report)
+
+    def close(self):
+        self.save()
+        self.log.close()
+
+
+def outcome(status, seconds):
+    """A part's verdict from its exit status."""
+    if status is None:
+        return {"ok": False, "error": f"stopped at its deadline after {seconds:.0f} s", "seconds": round(seconds, 1)}
+    if status != 0:
+        return {"ok": False, "error": f"exit status {status} (see acceptance.log)", "seconds": round(seconds, 1)}
+    return {"ok": True, "seconds": round(seconds, 1)}
+
+
+def script_command(script, args, offline_data):
+    """python SCRIPT ARGS, through the offline data tool where given: the CIFAR-10 stand-in's decoded JPEGs
+    are not the originals, whose md5 sums torchvision checks."""
+    path = os.path.join(ROOT, script)
+    if offline_data:
+        return [sys.executable, offline_data, "run", path, *args]
+    return [sys.executable, path, *args]
+
+
+def run_timings(parts, form, device, work):
+    path = os.path.join(work, "bench.json")
+    status, seconds = parts.run("timings", [sys.executable, os.path.join(ROOT, "bench.py"), "--skip-attacks",
+                                            *form.bench, f"--device={device}", "--json", path])
+    figures = outcome(status, seconds)
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = json.load(f)["training"]
+        figures["rows"] = [{"config": r["config"], "variant": r["variant"], "pgd_steps": r["pgd_steps"],
+                            "ms_per_iteration": round(1000 * r["seconds_per_iteration"], 2),
+                            "seconds_per_epoch": round(r["seconds_per_epoch"], 1),
+                            "capture_failure": r["capture_failure"]} for r in rows]
+        failures = [f"{r['config']}, {r['variant']}: {r['capture_failure']}" for r in rows if r["capture_failure"]]
+        if failures:  # those rows time the eager step
+            figures.update(ok=False, error=f"recording the CUDA graph failed in {'; '.join(failures)}")
+    parts.record("timings", figures)
+
+
+def read_run(run_parent):
+    """(metrics rows, log lines, last.pt path) of the one run folder that ALP.py made under run_parent."""
+    folders = glob.glob(os.path.join(run_parent, "*", "metrics.csv"))
+    if len(folders) != 1:
+        return [], [], None
+    folder = os.path.dirname(folders[0])
+    with open(folders[0]) as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(folder, "log.txt")) as f:
+        lines = f.read().splitlines()
+    return rows, lines, os.path.join(folder, "last.pt")
+
+
+def percent(value):
+    return None if value in (None, "") else round(100 * float(value), 2)
+
+
+def run_training(parts, form, device, data_root, offline_data, work):
+    """Eager, then --cuda-graph. Returns the graph run's checkpoint (None if it has none). On CUDA the graph
+    must have run: a refusal or a failed recording (the run's log says which) fails the part."""
+    runs, checkpoint = {}, None
+    for kind, flags in (("eager", []), ("graph", ["--cuda-graph"])):
+        out = os.path.join(work, f"train-{kind}")
+        status, seconds = parts.run("training", script_command(
+            "ALP.py", [*form.train, f"--device={device}", "--data-root", data_root, "--out", out, *flags],
+            offline_data))
+        rows, lines, last = read_run(out)
+        runs[kind] = {**outcome(status, seconds),
+                      "epochs": [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"]),
+                                  "clean_percent": percent(r["clean_accuracy"]),
+                                  "robust_percent": percent(r["robust_accuracy"])} for r in rows],
+                      "graph_notes": [line for line in lines if line.startswith("--cuda-graph")]}
+        if kind == "graph" and last and os.path.exists(last):
+            checkpoint = last
+        parts.record("training", {"runs": runs})
+        if status is None:
+            break
+    figures = {"runs": runs, **agreement(runs)}
+    graph_replayed = device == "cpu" or ("graph" in runs and not runs["graph"]["graph_notes"])
+    figures["ok"] = all(run["ok"] for run in runs.values()) and len(runs) == 2 and figures["agree"] and graph_replayed
+    parts.record("training", figures)
+    return checkpoint
+
+
+def agreement(runs):
+    """The largest gaps between the eager and graph runs' last validation accuracies, in points."""
+    last = [run["epochs"][-1] for run in runs.values() if run.get("epochs")]
+    if len(last) != 2 or None in (last[0]["clean_percent"], last[1]["clean_percent"]):
+        return {"agree": False, "gap_points": None}
+    gaps = {key: round(abs(last[0][key] - last[1][key]), 2) for key in ("clean_percent", "robust_percent")}
+    return {"agree": max(gaps.values()) <= 100 * AGREEMENT, "gap_points": gaps}
+
+
+def attack_records(node, norm=None, epsilon=None):
+    """(norm, epsilon, label, seconds, robust accuracy) of every attack in eval.py's JSON, wherever it sits."""
+    if isinstance(node, list):
+        for item in node:
+            yield from attack_records(item, norm, epsilon)
+    elif isinstance(node, dict):
+        norm, epsilon = node.get("norm", norm), node.get("epsilon_label", epsilon)
+        if "label" in node and "seconds" in node:
+            yield norm, epsilon, node["label"], node["seconds"], node.get("robust_accuracy")
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                yield from attack_records(value, norm, epsilon)
+
+
+def run_evaluation(parts, form, device, data_root, offline_data, checkpoint, work):
+    if checkpoint is None:
+        parts.record("evaluation", {"ok": False, "error": "no checkpoint: the graph run did not finish"})
+        return
+    figures = {"ok": True, "images": form.images, "seconds": 0.0, "attacks": []}
+    for k, selection in enumerate(form.eval):
+        path = os.path.join(work, f"eval-{k}.json")
+        status, seconds = parts.run("evaluation", script_command(
+            "eval.py", [checkpoint, f"--n={form.images}", *selection, f"--device={device}", "--data-root",
+                        data_root, "--json", path], offline_data))
+        verdict = outcome(status, seconds)
+        figures["seconds"] = round(figures["seconds"] + seconds, 1)
+        if not verdict["ok"]:
+            figures.update(ok=False, error=f"eval.py {' '.join(selection)}: {verdict['error']}")
+        if os.path.exists(path):
+            with open(path) as f:
+                report = json.load(f)
+            figures["attacks"] += [{"norm": norm, "epsilon": epsilon, "attack": label, "seconds": round(sec, 2),
+                                    "seconds_per_10000_images": round(sec * 10_000 / form.images, 1),
+                                    "robust_percent": percent(accuracy)}
+                                   for norm, epsilon, label, sec, accuracy in attack_records(report)]
+        parts.record("evaluation", figures)
+        if status is None:
+            break
+
+
+def run_tests(parts, tests, workers, work):
+    """The counts from pytest's JUnit XML; from its verbose lines if it was stopped before writing that."""
+    junit, output = os.path.join(work, "junit.xml"), os.path.join(work, "pytest.out")
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--junitxml={junit}",
+               *(["-n", str(workers)] if workers else []), *tests]
+    status, seconds = parts.run("tests", command, output=output)
+    figures = outcome(status, seconds)
+    if os.path.exists(junit):
+        figures.update(junit_counts(junit))
+    else:
+        with open(output) as f:
+            figures.update(streamed_counts(f.read()))
+        figures["counted_from"] = "pytest's progress lines: stopped before its JUnit XML"
+    figures["ok"] = figures["ok"] and not figures["failed"]
+    parts.record("tests", figures)
+
+
+def counts(outcomes):
+    """passed, failed (errors included), skipped and the failed tests' names, from (test id, outcome) pairs."""
+    result = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    for name, kind in outcomes:
+        result[kind] += 1
+        if kind == "failed":
+            result["failures"].append(name)
+    return result
+
+
+def junit_counts(path):
+    def outcome_of(case):
+        if case.find("failure") is not None or case.find("error") is not None:
+            return "failed"
+        return "skipped" if case.find("skipped") is not None else "passed"
+
+    def test_id(case):  # classname tests.test_alp -> tests/test_alp.py
+        module = case.get("classname", "").replace(".", "/")
+        return f"{module}.py::{case.get('name')}" if module else case.get("name")
+
+    return counts((test_id(case), outcome_of(case)) for case in ElementTree.parse(path).getroot().iter("testcase"))
+
+
+# pytest -v: "tests/a.py::test_b PASSED [ 3%]" (a reason in brackets may follow SKIPPED and XFAIL); under
+# xdist "[gw2] [ 3%] PASSED tests/a.py::test_b"
+PROGRESS_LINE = re.compile(r"^(?:\[gw\d+\] \[ *\d+%\] (?P<kind>[A-Z]+) (?P<name>\S+::.+?)"
+                           r"|(?P<name2>\S+::.+?) (?P<kind2>[A-Z]+)(?: \(.*\))?(?: +\[ *\d+%\])?)\s*$")
+KINDS = {"PASSED": "passed", "XFAIL": "passed", "FAILED": "failed", "ERROR": "failed", "XPASS": "failed",
+         "SKIPPED": "skipped"}
+
+
+def streamed_counts(text):
+    outcomes = []
+    for line in text.splitlines():
+        match = PROGRESS_LINE.match(line)
+        if match:
+            kind = match["kind"] or match["kind2"]
+            if kind in KINDS:
+                outcomes.append((match["name"] or match["name2"], KINDS[kind]))
+    return counts(outcomes)
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+def write_report(out_dir, report):
+    with open(os.path.join(out_dir, "acceptance.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "acceptance.md"), "w") as f:
+        f.write(markdown(report))
+
+
+def markdown(report):
+    parts = report["parts"]
+    lines = [f"# Acceptance run: {report['machine']}", "",
+             f"torch {report['torch']}, Python {report['python']}, {report['form']} form, "
+             f"{report['elapsed_seconds']:.0f} s so far of a {report['budget_seconds']:.0f} s budget; "
+             f"verdict: {report.get('verdict', 'unfinished')}", ""]
+    if "data" in parts:
+        lines += [f"CIFAR-10 stand-in data root built: {status_line(parts['data'])}", ""]
+    if "timings" in parts:
+        lines += ["## One ALP iteration (median of repeats after a warm-up)", "", status_line(parts["timings"]),
+                  "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
+                  "| :-- | --: | :-- | --: | --: |"]
+        lines += [f"| {r['config']} | {r['pgd_steps']} | {r['variant']}"
+                  f"{' (recording failed: eager timed)' if r['capture_failure'] else ''} | "
+                  f"{r['ms_per_iteration']:.2f} | {r['seconds_per_epoch']:.1f} |"
+                  for r in parts["timings"].get("rows", [])]
+        lines.append("")
+    if "training" in parts:
+        training = parts["training"]
+        lines += ["## Training, eager and --cuda-graph (seconds include validation)", "",
+                  f"agreement within {100 * AGREEMENT:.1f} points: {training.get('agree')}, gaps (points): "
+                  f"{training.get('gap_points')}", "",
+                  "| run | epoch | seconds | clean % | robust % |", "| :-- | --: | --: | --: | --: |"]
+        for kind, run in training["runs"].items():
+            lines += [f"| {kind} | {e['epoch']} | {e['seconds']:.1f} | {e['clean_percent']} | {e['robust_percent']} |"
+                      for e in run["epochs"]]
+            lines += [f"| {kind} | {status_line(run)} | | | |"] if not run["ok"] else []
+            lines += [f"| {kind} | {note} | | | |" for note in run["graph_notes"]]
+        lines.append("")
+    if "evaluation" in parts:
+        evaluation = parts["evaluation"]
+        lines += [f"## Default attack suite on {evaluation.get('images', '?')} test images", "",
+                  status_line(evaluation), "",
+                  "| norm | ε | attack | seconds | projected s / 10,000 images (linear) | robust % |",
+                  "| :-- | :-- | :-- | --: | --: | --: |"]
+        lines += [f"| {a['norm']} | {a['epsilon']} | {a['attack']} | {a['seconds']:.2f} | "
+                  f"{a['seconds_per_10000_images']:.1f} | {a['robust_percent']} |"
+                  for a in evaluation.get("attacks", [])]
+        lines.append("")
+    if "tests" in parts:
+        tests = parts["tests"]
+        lines += ["## Test suite", "", status_line(tests), "",
+                  f"passed {tests.get('passed')}, failed {tests.get('failed')}, skipped {tests.get('skipped')}"
+                  + (f" (counted from {tests['counted_from']})" if "counted_from" in tests else ""), ""]
+        lines += [f"- failed: `{name}`" for name in tests.get("failures", [])]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def status_line(figures):
+    if figures.get("ok"):
+        return f"ok, {figures.get('seconds', 0):.0f} s"
+    return f"FAILED: {figures.get('error', 'see below')}"
+
+
+# --- preparing the device folder ---------------------------------------------------------------------------
+
+def prepare_device(folder):
+    """Unpacked wheels in FOLDER/site, ../shared's tools/ and data/ files under FOLDER; prints the sizes."""
+    site = os.path.join(folder, "site")
+    shutil.rmtree(site, ignore_errors=True)
+    os.makedirs(site)
+    pinned = []
+    for name in DEVICE_PACKAGES:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pinned.append(name)
+    with tempfile.TemporaryDirectory() as wheels:
+        if subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                           "--dest", wheels, *pinned]).returncode != 0:
+            fail(f"pip could not download {' '.join(pinned)} (above: why)", status=1)
+        for wheel in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
+    shutil.rmtree(os.path.join(site, "pyautoattack", "examples"), ignore_errors=True)  # 44 MB of samples
+    for relative in DEVICE_DATA:
+        source = os.path.join(SHARED, relative)
+        if not os.path.exists(source):
+            fail(f"{source} is missing: --prepare-device copies it from the shared folder")
+        os.makedirs(os.path.dirname(os.path.join(folder, relative)), exist_ok=True)
+        shutil.copyfile(source, os.path.join(folder, relative))
+    carried = folder_bytes(folder)
+    tree = sum(os.path.getsize(os.path.join(ROOT, path)) for path in subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+        check=True).stdout.splitlines() if os.path.isfile(os.path.join(ROOT, path)))
+    print(f"{folder}: {', '.join(pinned)} unpacked in site/ ({folder_bytes(site) / 2 ** 20:.1f} MiB); "
+          f"{', '.join(DEVICE_DATA)}; {carried / 2 ** 20:.1f} MiB in all")
+    print(f"with the working tree ({tree / 2 ** 20:.1f} MiB): {(carried + tree) / 2 ** 20:.1f} MiB of the device "
+          f"tool's {CARRY_LIMIT / 2 ** 20:.0f} MiB")
+    if carried + tree > CARRY_LIMIT:
+        fail("too big to carry: the device tool takes 64 MiB at most")
+
+
+def folder_bytes(folder):
+    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, names in os.walk(folder) for name in names)
+
+
+# --- main --------------------------------------------------------------------------------------------------
+
+def build_parser():
+    p = CLIParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="where acceptance.json, .md and .log go")
+    p.add_argument("--data-root", help="data root holding the data set of this device's form (CIFAR-10 on "
+                                       "CUDA, MNIST on CPU); built there first if --offline-data is given")
+    p.add_argument("--offline-data", help="the offline data tool (offline_data.py): builds the CIFAR-10 stand-in "
+                                          "in --data-root if absent, and runs ALP.py and eval.py without "
+                                          "torchvision's md5 check")
+    p.add_argument("--tests", nargs="+", default=["tests"], help="what pytest runs (default: the whole suite)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="pytest-xdist processes (default: one per core, at most 16; 0: no xdist)")
+    p.add_argument("--budget", type=float, default=460.0,
+                   help="seconds for all the parts together (the GPU command must end within 8 minutes)")
+    p.add_argument("--work", help="folder in which a fresh folder takes the runs and intermediate files "
+                                  "(default: the system's temporary folder)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda if present); picks the form")
+    p.add_argument("--prepare-device", nargs="?", const=".device", metavar="FOLDER",
+                   help="fill FOLDER (default .device) with what the GPU command carries, and stop")
+    return p
+
+
+def check_arguments(args):
+    if args.out_dir is None:
+        fail("OUT_DIR is required (or --prepare-device)")
+    if args.budget <= 0:
+        fail(f"--budget must be positive, not {args.budget:g}")
+    if args.workers and find_spec("xdist") is None:
+        fail("--workers needs pytest-xdist, which is not installed; use --workers 0")
+    if args.workers is not None and args.workers < 0:
+        fail(f"--workers must be 0 or more, not {args.workers}")
+    if args.offline_data and not os.path.isfile(args.offline_data):
+        fail(f"--offline-data: no file {args.offline_data}")
+    if args.data_root is None:
+        fail("--data-root is required: the data set of the training and evaluation parts")
+    if not args.offline_data and not os.path.isdir(args.data_root):
+        fail(f"--data-root: no folder {args.data_root}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.prepare_device:
+        return prepare_device(args.prepare_device)
+    check_arguments(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    form_name = "cuda" if device.startswith("cuda") else "cpu"
+    if form_name == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device here")
+    form = FORMS[form_name]
+    workers = args.workers if args.workers is not None else (min(16, os.cpu_count()) if find_spec("xdist") else 0)
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="acceptance-", dir=args.work)  # fresh: ALP.py and eval.py keep what exists
+    data_root, offline_data = os.path.abspath(args.data_root), args.offline_data and os.path.abspath(args.offline_data)
+    machine = (torch.cuda.get_device_name(device) if form_name == "cuda"
+               else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
+    report = {"machine": machine, "device": device, "form": form_name, "torch": torch.__version__,
+              "cuda": torch.version.cuda, "python": platform.python_version(), "budget_seconds": args.budget,
+              "elapsed_seconds": 0.0, "parts": {}}
+    parts = Parts(args.out_dir, args.budget, report)
+    print(f"acceptance ({form_name} form) on {machine}, torch {torch.__version__}: figures in {args.out_dir}",
+          flush=True)
+
+    if offline_data and form.dataset == "cifar10" and not os.path.exists(
+            os.path.join(data_root, "cifar-10-batches-py", "test_batch")):
+        parts.record("data", outcome(*parts.run("data", [sys.executable, offline_data, "cifar10", data_root])))
+    run_timings(parts, form, device, work)
+    checkpoint = run_training(parts, form, device, data_root, offline_data, work)
+    run_evaluation(parts, form, device, data_root, offline_data, checkpoint, work)
+    run_tests(parts, args.tests, workers, work)
+
+    failed = [name for name, figures in report["parts"].items() if not figures.get("ok")]
+    report["verdict"] = f"FAILED: {', '.join(failed)}" if failed else "passed"
+    parts.close()
+    print(markdown(report), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
