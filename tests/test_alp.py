@@ -28,9 +28,10 @@ def run_folder(out):
 
 
 def alp_cli(*args, **kwargs):
-    """ALP.py in a subprocess, on one CPU thread (see conftest.one_thread)."""
-    return subprocess.run([sys.executable, str(ROOT / "ALP.py"), *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+    """ALP.py in a subprocess with a cheap validation attack (tests/alp_process.py), on one CPU thread (see
+    conftest.one_thread)."""
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "alp_process.py"), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
 
 
 def tiny_batch(seed=0, n=32):
@@ -151,7 +152,10 @@ def test_training_on_the_real_mnist_split_learns(mnist_stand_in_root, tmp_path):
 KILLED_AFTER_EPOCH_2_CHECKPOINT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import ALP, runs
+sys.path.insert(0, {tests!r})
+import ALP, runs, training
+from conftest import CHEAP_VALIDATION
+training.HYP["validation_attack"].update(CHEAP_VALIDATION)
 save = runs.save_checkpoint
 def save_then_die(state, path):
     save(state, path)
@@ -172,7 +176,8 @@ def killed_and_resumed(synthetic_mnist_root, tmp_path_factory):
     args = [*KILL_TEST_ARGS, "--data-root", str(synthetic_mnist_root)]
     uninterrupted = alp_cli(*args, "--out", base / "a")
     assert uninterrupted.returncode == 0, uninterrupted.stderr
-    code = KILLED_AFTER_EPOCH_2_CHECKPOINT.format(root=str(ROOT), argv=[*args, "--out", str(base / "b")])
+    code = KILLED_AFTER_EPOCH_2_CHECKPOINT.format(root=str(ROOT), tests=str(ROOT / "tests"),
+                                                  argv=[*args, "--out", str(base / "b")])
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

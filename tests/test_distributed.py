@@ -15,7 +15,7 @@ def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_
     weights.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "ddp_worker.py"), str(weights),
+         str(ROOT / "tests" / "alp_process.py"), "--weights", str(weights),
          "mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=25", "--epsilon=0.3",
          "--steps=2", "--stepsize=0.1", "--epochs=3", "--eval-freq=3", "--subset=300", "--device=cpu",
          "--data-root", str(synthetic_mnist_root), "--out", str(out)],
