@@ -63,6 +63,10 @@ def data_root(tmp_path_factory):
     return root
 
 
+# ALP.py's command line for small, quick MNIST-net runs on the CPU (add --data-root, --out and a --subset).
+QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3",
+         "--steps=3", "--stepsize=0.1", "--leverage=0.5", "--device=cpu"]
+
 # For runs whose tests assert on files, lines and learning, not on robust accuracy: validation by PGD-1
 # instead of the reference's PGD-100 on MNIST-type data, which is most of a small run's time.
 CHEAP_VALIDATION = {"mnist": dict(epsilon=0.3, steps=1, stepsize=0.3)}

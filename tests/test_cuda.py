@@ -13,7 +13,7 @@ from checkpoints import load_checkpoint
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep
-from conftest import run_epoch
+from conftest import QUICK, run_epoch
 from training import EpochTally, mixed_precision, train_step
 from optimization import OPTIMIZERS
 
@@ -25,8 +25,6 @@ BATCH = 16
 # last batch eagerly; epoch 2: 5 replays and the eager last batch.
 IMAGES = (GraphedStep.WARMUP + 2) * BATCH + 7
 LR = 2.0 ** -4  # exact in float32, like the tensor learning rate the graph reads
-QUICK = ["-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3", "--steps=3",
-         "--stepsize=0.1", "--leverage=0.5"]
 
 
 class Killed(Exception):
@@ -147,7 +145,7 @@ def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mn
                                                              capsys):
     """With bf16 and cudnn.benchmark on, as users run. Exact equality does not hold on CUDA (kernels may sum
     in another order, bf16 rounds): the weights must agree to 1% of their norm, the losses to 1%."""
-    args = ["mnist", "mnist", *QUICK, "--epochs=3", "--subset=420", "--eval-freq=3", "--device=cuda",
+    args = [*QUICK, "--epochs=3", "--subset=420", "--eval-freq=3", "--device=cuda",
             "--data-root", str(synthetic_mnist_root), *flags]
     ALP.main(args + ["--out", str(tmp_path / "a")])
 

@@ -55,6 +55,7 @@ def train_two_epochs(make_step):
     return model, totals
 
 
+@pytest.mark.slow
 def test_a_failed_recording_logs_its_cause_once_and_trains_like_the_eager_step():
     recorder, lines = RefusedCapture(), []
     model, totals = train_two_epochs(lambda model, optimizer, attack: GraphedStep(

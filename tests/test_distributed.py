@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
 from checkpoints import load_checkpoint
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_mnist_root, tmp_path):
     out, weights = tmp_path / "runs", tmp_path / "weights"
     weights.mkdir()

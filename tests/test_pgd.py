@@ -54,12 +54,3 @@ def test_fgsm_is_one_full_sign_step_without_random_start(model_and_batch):
     assert torch.allclose(x_adv, expected, atol=1e-6)
     assert torch.equal(x_adv, ATTACKS["fgsm"](0.05)(model, x, y))  # no random start: deterministic
     model.zero_grad(set_to_none=True)
-
-
-def test_pgd_gives_parameters_no_gradient_and_restores_train_mode(model_and_batch):
-    model, x, y = model_and_batch
-    model.train()
-    ATTACKS["pgd-linf"](4 / 255, steps=2, stepsize=1 / 255)(model, x, y)
-    assert model.training
-    assert all(p.grad is None and p.requires_grad for p in model.parameters())
-    model.eval()

@@ -18,13 +18,11 @@ import ALP
 import runs
 import utils
 from checkpoints import CheckpointError, content_digest, load_checkpoint, read_pt_file, save_checkpoint
-from conftest import ROOT, run_folder_of
+from conftest import QUICK, ROOT, run_folder_of
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from models import MODELS
 
 DEVICE = "cpu"
-QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3",
-         "--steps=3", "--stepsize=0.1", "--leverage=0.5", "--device=cpu"]
 
 
 def small_state(epoch=1):
@@ -258,6 +256,7 @@ HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from runs import RunLock
              "print('locked', flush=True); {then}")
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_folder_in_use_is_refused_with_the_first_ones_pid(run_argv, capsys):
     argv, run_dir, _ = run_argv
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=str(ROOT), folder=run_dir,
@@ -274,6 +273,7 @@ def test_a_second_run_in_a_folder_in_use_is_refused_with_the_first_ones_pid(run_
         holder.communicate("")
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     killed = subprocess.run([sys.executable, "-c", HOLD_LOCK.format(
         root=str(ROOT), folder=str(tmp_path), then="import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
@@ -294,6 +294,7 @@ def test_runs_differing_in_ratio_get_different_folders():
 
 # --- non-finite weights ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(synthetic_mnist_root, tmp_path,
                                                                           monkeypatch, capsys):
     steps = {"n": 0}
@@ -345,12 +346,6 @@ def test_cuda_device_without_a_gpu_is_refused_in_one_line(device, capsys):
         ALP.parse_args(["mnist", "mnist", f"--device={device}"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
-
-
-def test_a_failed_run_start_from_the_command_line_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "ALP.py"), *QUICK, "--epsilon=inf"], capture_output=True,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
 def test_args_json_from_before_run_records_is_read_as_the_first_run(tmp_path):

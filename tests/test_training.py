@@ -11,7 +11,7 @@ import ALP
 from attacks import ATTACKS
 from data import DeviceLoader
 from models import MODELS
-from cuda_graph import GraphedStep, cuda_graph_refusal
+from cuda_graph import GraphedStep
 from training import mixed_precision, train_step
 from conftest import make_optimizer, run_epoch
 from optimization import OPTIMIZERS
@@ -75,6 +75,7 @@ def assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
+@pytest.mark.slow
 def test_graph_plumbing_without_capture_trains_exactly_like_the_eager_step(optimizer_name):
     (eager_model, eager_optimizer, *_), eager_totals = train("eager", optimizer_name, epochs=2)
     (model, optimizer, *_), totals = train("graph plumbing", optimizer_name, epochs=2)
@@ -87,6 +88,7 @@ def test_graph_plumbing_without_capture_trains_exactly_like_the_eager_step(optim
     assert isinstance(optimizer.state_dict()["param_groups"][0]["lr"], float)  # what checkpoints and logs get
 
 
+@pytest.mark.slow
 def test_resumed_graph_plumbing_ends_with_the_weights_of_an_uninterrupted_run():
     (model, *_), _ = train("graph plumbing", "sgd", epochs=2)
     (first_model, first_optimizer, first_scheduler, *_), _ = train("graph plumbing", "sgd", epochs=1)
@@ -130,19 +132,13 @@ def test_resume_keeps_the_loading_optimizers_kernel_and_all_its_state(name, save
     loading.step()  # the loaded state suits the loading kernel (Adam's step counter lives on the device if fused)
 
 
-def test_cuda_graph_is_refused_where_it_cannot_run():
-    assert "CUDA device" in cuda_graph_refusal("cpu", 1, False)
-    assert "DistributedDataParallel" in cuda_graph_refusal("cuda", 2, False)
-    assert "--compile" in cuda_graph_refusal("cuda", 1, True)
-    assert cuda_graph_refusal("cuda", 1, False) is None
-
-
 def test_mixed_precision_never_caches_weight_casts():
     with mixed_precision("cpu", True)():
         assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()
     assert mixed_precision("cpu", False) is nullcontext
 
 
+@pytest.mark.slow
 def test_cuda_graph_flag_on_the_cpu_says_so_and_trains_eagerly(synthetic_mnist_root, tmp_path, capsys):
     ALP.main(["mnist", "mnist", "--device=cpu", "--cuda-graph", "-b=5", "--steps=1", "--epochs=1", "--subset=10",
               "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])

@@ -13,12 +13,10 @@ import ALP
 import runs
 import training
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import run_folder_of
+from conftest import QUICK, run_folder_of
 from utils import write_atomically
 
-DEVICE = "cpu"
-QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=50", "--epsilon=0.3",
-         "--steps=1", "--stepsize=0.3", "--device=cpu", "--no-progress"]
+DEVICE = "cpu"  # every run here trains on the CPU (QUICK says --device=cpu)
 
 
 def quick_run(root, out, *extra):
@@ -69,6 +67,7 @@ def finished_run(synthetic_mnist_root, tmp_path, cheap_validation):
     return argv, run_folder_of(argv)
 
 
+@pytest.mark.slow
 def test_resume_without_args_json_checks_the_arguments_against_last_pt(finished_run, capsys):
     argv, run_dir = finished_run
     os.remove(os.path.join(run_dir, "args.json"))
@@ -76,6 +75,7 @@ def test_resume_without_args_json_checks_the_arguments_against_last_pt(finished_
     assert "--beta1 0.5 (the run has 0.9)" in err
 
 
+@pytest.mark.slow
 def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_files_there(
         synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
     argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
@@ -111,6 +111,7 @@ def stop_at_step(monkeypatch, n, stop="Ctrl-C"):
     monkeypatch.setattr(ALP, "train_step", step_then_stop)
 
 
+@pytest.mark.slow
 def test_epochs_of_a_one_class_model_make_no_best_checkpoint(synthetic_mnist_root, tmp_path, cheap_validation,
                                                              monkeypatch, capsys):
     one_class = torch.tensor([0] * 9 + [100])
@@ -124,12 +125,14 @@ def test_epochs_of_a_one_class_model_make_no_best_checkpoint(synthetic_mnist_roo
     assert "done: no validated epoch gave figures worth keeping" in out
 
 
+@pytest.mark.slow
 def test_more_epochs_for_a_finished_run_name_its_folder_and_say_why_not(finished_run, capsys):
     argv, run_dir = finished_run
     err = stops_in_one_line([*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"], capsys)
     assert run_dir in err and "--epochs cannot change on --resume" in err
 
 
+@pytest.mark.slow
 def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monkeypatch, capsys):
     argv, run_dir = finished_run
 
@@ -144,6 +147,7 @@ def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monk
 # --- stopping by hand ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_end_training_in_one_line_that_says_how_to_continue(
         stop, synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
     argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
@@ -194,11 +198,11 @@ def test_epsilon_takes_a_fraction_and_warns_in_0_255_units_or_for_huge_step_coun
 
 
 def test_progress_is_on_only_where_a_person_watches_unless_forced(monkeypatch):
-    assert ALP.parse_args(QUICK[:-1]).progress is False  # pytest captures stderr: no terminal
+    assert ALP.parse_args(QUICK).progress is False  # pytest captures stderr: no terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert ALP.parse_args(QUICK[:-1]).progress is True
-    assert ALP.parse_args(QUICK).progress is False  # --no-progress
-    assert ALP.parse_args([*QUICK[:-1], "--progress"]).progress is True
+    assert ALP.parse_args(QUICK).progress is True
+    assert ALP.parse_args([*QUICK, "--no-progress"]).progress is False
+    assert ALP.parse_args([*QUICK, "--progress"]).progress is True
 
 
 def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
