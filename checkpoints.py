@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -113,8 +114,10 @@ def read_pt_file(path, device="cpu"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds objects that need code to load; refusing it (weights_only=True "
-                              f"loading: {str(e).strip().splitlines()[0]})") from None
+        needed = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the class or function it refused
+        what = f"{needed.group(1)}, which needs code to load" if needed else "objects that need code to load"
+        raise CheckpointError(f"{path} holds {what}; refusing it (loading only tensors and plain Python values "
+                              f"runs no code from a file)") from None
     except Exception as e:  # flipped bytes reach the unpickler as any of a dozen exception types
         raise _damaged(path, short_reason(e)) from None
 

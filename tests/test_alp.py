@@ -321,4 +321,4 @@ def test_checkpoint_needing_code_is_refused_on_resume(tmp_path, capsys):
                os.path.join(run_dir, "last.pt"))
     with pytest.raises(SystemExit) as stop:
         ALP.main([*args, "--resume"])
-    assert stop.value.code == 2 and "need code to load" in capsys.readouterr().err
+    assert stop.value.code == 2 and "needs code to load" in capsys.readouterr().err
