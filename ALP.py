@@ -22,12 +22,12 @@ from attacks import ATTACKS
 from checkpoints import checkpoint_meta
 from cuda_graph import GraphedStep, cuda_graph_refusal
 from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_splits
-from evaluation import constant_predictor_check
 from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from runs import RunFolder, get_rng_state, in_force, run_name
 from training import (HYP, TRAINING_ATTACKS, EpochTally, barrier, gather_over_processes, mixed_precision,
-                      setup_process, stop_unless_finite, train_step, validate, validation_batch_size)
+                      setup_process, speed_options, stop_unless_finite, train_step, validate,
+                      validation_batch_size)
 from utils import CLIParser, Interrupted, default_device, fail, interruptible, number
 from weights import build_model
 
@@ -39,8 +39,7 @@ def build_parser():
     p.add_argument("--leverage", type=float, default=0.5, help="weight of the logit-pairing term (0: plain AT "
                    "on clean + adversarial halves)")
     p.add_argument("--attack", choices=TRAINING_ATTACKS, default="pgd-linf", help="attack that makes the pairs")
-    p.add_argument("--epsilon", type=number, default="8/255", help="radius of the attack's ball (a number or a "
-                   "fraction)")
+    p.add_argument("--epsilon", type=number, default="8/255", help="radius of the attack's ball (number or fraction)")
     p.add_argument("--stepsize", type=number, default="2/255", help="absolute PGD step size")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimiser")
@@ -67,17 +66,17 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if present, else cpu)")
     p.add_argument("--subset", type=int, default=None,
                    help="use a seeded random, class-balanced N training and N validation images (quick trials)")
-    cuda = p.add_argument_group("CUDA speed options (on by default where a GPU is used)")
-    cuda.add_argument("--no-amp", dest="amp", action="store_false",
-                      help="float32 forward passes instead of bf16 autocast")
-    cuda.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                      help="keep images and weights in the contiguous (NCHW) memory format")
-    cuda.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
-                      help="do not let cuDNN time its algorithms for each shape")
-    cuda.add_argument("--compile", action="store_true", help="torch.compile the model")
-    cuda.add_argument("--cuda-graph", action="store_true",
-                      help="experimental, not yet run on a GPU: replay each training iteration as one CUDA graph "
-                           "(one process, no --compile; elsewhere the eager step runs, with a note)")
+    speed = p.add_argument_group("speed options (bf16 on a GPU or a CPU with bf16 arithmetic, channels_last)")
+    speed.add_argument("--no-amp", dest="amp", action="store_false",
+                       help="float32 forward passes instead of bf16 autocast (losses are float32 either way)")
+    speed.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                       help="keep images and weights in the contiguous (NCHW) memory format")
+    speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                       help="do not let cuDNN time its algorithms for each shape")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--cuda-graph", action="store_true",
+                       help="experimental, not yet run on a GPU: replay each training iteration as one CUDA graph "
+                            "(one process, no --compile; elsewhere the eager step runs, with a note)")
     return p
 
 
@@ -160,10 +159,10 @@ def main(argv=None):
     None when --resume finds the run finished."""
     args = parse_args(argv)
     rank, world_size, device = setup_process(args.device)
-    use_cuda = device.type == "cuda"  # the speed options hold on CUDA only; args.json records what ran
-    args.amp, args.channels_last = args.amp and use_cuda, args.channels_last and use_cuda
-    args.cudnn_benchmark = torch.backends.cudnn.benchmark = args.cudnn_benchmark and use_cuda
-    autocast = mixed_precision("cuda", args.amp)
+    args.amp, args.channels_last, args.cudnn_benchmark = speed_options(  # what holds here: args.json says
+        device, args.amp, args.channels_last, args.cudnn_benchmark)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    autocast = mixed_precision(device.type, args.amp)
     run = RunFolder(os.path.join(args.out, run_name(vars(args))), vars(args), is_main=rank == 0)
     resumed = run.open(args.resume)  # before the data loads: a refusal costs nothing
     if resumed is not None and resumed["epoch"] >= args.epochs:
@@ -221,20 +220,17 @@ def main(argv=None):
                 stop_unless_finite(first_bad_batch, model, epoch, run.kept())
                 row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                        "train_adv_accuracy": train_adv_accuracy, "clean_accuracy": None, "robust_accuracy": None,
-                       "seconds": None}
-                meaningful = True
+                       "validation_seconds": None, "seconds": None}
+                counts = None  # of the classes the model gives the validation images
                 if run.is_main and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
+                    validation_started = time.time()
                     row["clean_accuracy"], row["robust_accuracy"], counts = validate(
                         net, val_loader, validation_attack, spec.num_classes, autocast, progress,
                         f"validating epoch {epoch + 1}")
-                    one_class = constant_predictor_check(counts)
-                    meaningful = not one_class["flagged"]
-                    if not meaningful:
-                        run.log(f"warning: after epoch {epoch + 1} {one_class['message']}; its figures make no "
-                                f"best_*.pt (more epochs or images needed?)")
+                    row["validation_seconds"] = round(time.time() - validation_started, 2)
                 row["seconds"] = round(time.time() - started, 2)
                 run.save_epoch(model, optimizer, scheduler, meta, row, gather_over_processes(get_rng_state()),
-                               args.epochs, HYP["snapshot_every"], counts_as_best=meaningful)
+                               args.epochs, HYP["snapshot_every"], class_counts=counts)
     except Interrupted as stop:
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.kept()}: the same command with --resume "
                 f"continues from there")

@@ -20,6 +20,7 @@ import textwrap
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint, other_checkpoints, save_checkpoint
+from evaluation import constant_predictor_check
 from utils import describe_os_error, fail, write_atomically
 from weights import put_weights
 
@@ -237,12 +238,20 @@ class RunFolder:
 
     @_one_line_on_write_errors
     def save_epoch(self, model, optimizer, scheduler, meta, row, rng_states, epochs, snapshot_every,
-                   counts_as_best=True):
-        """The epoch's checkpoints (best, snapshot, last), metrics.csv and log line. counts_as_best=False: the
-        epoch's figures say nothing (a model that predicts one class) and never make a best_*.pt."""
+                   class_counts=None):
+        """The epoch's checkpoints (best, snapshot, last), metrics.csv and log line. class_counts: how many
+        validation images the model gave each class; a model that gives one class nearly all of them gets a
+        warning, and its figures, which say nothing yet, never make a best_*.pt."""
         self.metrics.append(row)
         if not self.is_main:
             return
+        counts_as_best = True
+        if class_counts is not None:
+            one_class = constant_predictor_check(class_counts)
+            counts_as_best = not one_class["flagged"]
+            if one_class["flagged"]:
+                self.log(f"warning: after epoch {row['epoch']} {one_class['message']}; its figures make no "
+                         f"best_*.pt (more epochs or images needed?)")
         weights = {"model": model.state_dict(), "meta": meta, "epoch": row["epoch"],
                    "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"]}
         if row["clean_accuracy"] is not None and counts_as_best:
@@ -305,7 +314,8 @@ def epoch_line(row, epochs):
     accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
                   if row["clean_accuracy"] is not None else "")
     return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
-            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s")
+            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s"
+            + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
 
 
 def in_force(device, world_size, amp, channels_last, cudnn_benchmark, compiled, data_id):

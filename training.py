@@ -6,6 +6,7 @@ ALP.py (the script) and bench.py (the timings) both train through `train_step`, 
 ALP.py runs.
 """
 import os
+import re
 from contextlib import nullcontext
 
 import torch
@@ -38,6 +39,26 @@ HYP = {
 
 def validation_batch_size(device):
     return HYP["validation_batch"]["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
+def speed_options(device, amp, channels_last, cudnn_benchmark):
+    """(amp, channels_last, cudnn_benchmark): which of the speed options asked for hold on `device`.
+    On CUDA all of them. On a CPU channels_last (the convolutions of oneDNN run faster on it), bf16 autocast
+    only where the processor computes bf16 natively (elsewhere it is emulated, and slower than float32), and
+    no cudnn."""
+    if torch.device(device).type == "cuda":
+        return amp, channels_last, cudnn_benchmark
+    return amp and cpu_computes_bf16_natively(), channels_last, False
+
+
+def cpu_computes_bf16_natively():
+    """Whether this processor has bf16 arithmetic in hardware (AVX-512 BF16 or AMX), by the flags the kernel
+    reports for it (Linux; False where they cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", f.read()))
+    except OSError:
+        return False
 
 
 def mixed_precision(device_type, enabled):

@@ -168,7 +168,7 @@ runs.save_checkpoint = save_then_die
 ALP.main({argv!r})
 """
 
-KILL_TEST_ARGS = [*QUICK, "--epochs=3", "--subset=100", "--eval-freq=2"]
+KILL_TEST_ARGS = [*QUICK, "--epochs=3", "--subset=100", "--eval-freq=2", "--no-amp"]  # bit-exact: float32
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def killed_and_resumed(synthetic_mnist_root, tmp_path_factory):
 
 def read_csv_rows(run):
     with open(os.path.join(run, "metrics.csv")) as f:
-        return [dict(row, seconds=None) for row in csv.DictReader(f)]
+        return [dict(row, seconds=None, validation_seconds=None) for row in csv.DictReader(f)]
 
 
 def epoch_lines(run):
@@ -214,7 +214,8 @@ def test_a_run_killed_after_its_checkpoint_resumes_to_the_same_weights_metrics_a
     assert "resuming" in killed_and_resumed["resumed"].stdout and "at epoch 3/3" in killed_and_resumed["resumed"].stdout
     state_a, state_b = (load_checkpoint(os.path.join(run, "last.pt")) for run in (a, b))
     assert all(torch.equal(state_a["model"][k], state_b["model"][k]) for k in state_a["model"])
-    assert [dict(r, seconds=None) for r in state_a["metrics"]] == [dict(r, seconds=None) for r in state_b["metrics"]]
+    untimed = [[dict(r, seconds=None, validation_seconds=None) for r in s["metrics"]] for s in (state_a, state_b)]
+    assert untimed[0] == untimed[1]
     assert read_csv_rows(b) == read_csv_rows(a) and len(read_csv_rows(a)) == 3
     assert epoch_lines(b) == epoch_lines(a) and len(epoch_lines(a)) == 3
     assert "restored from last.pt" in killed_and_resumed["resumed"].stdout
@@ -229,8 +230,8 @@ def test_resume_appends_to_args_json_what_was_in_force(killed_and_resumed):
     for run in runs:
         in_force = run["in_force"]
         assert in_force["device"] == "cpu" and in_force["world_size"] == 1 and in_force["torch"] == torch.__version__
-        assert not in_force["amp"] and not in_force["channels_last"] and not in_force["cudnn_benchmark"]
-        assert not run["args"]["amp"] and not run["args"]["channels_last"]  # what ran, not the default asked for
+        assert not in_force["amp"] and in_force["channels_last"] and not in_force["cudnn_benchmark"]  # --no-amp
+        assert not run["args"]["cudnn_benchmark"]  # what ran on the CPU, not the default asked for
     assert runs[0]["in_force"]["data_digest"] == runs[1]["in_force"]["data_digest"]
 
 

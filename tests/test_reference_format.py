@@ -167,6 +167,6 @@ class NeedsCode:
 
 def test_bare_file_that_needs_code_to_load_is_refused(tmp_path):
     torch.save({"conv0.weight": torch.zeros(1, device=DEVICE), "hook": NeedsCode()}, tmp_path / "paras.pt")
-    with pytest.raises(CheckpointError, match="holds test_reference_format.NeedsCode, which needs code to load") as info:
+    with pytest.raises(CheckpointError, match="holds test_reference_format.NeedsCode, which needs code") as info:
         model_from_file(str(tmp_path / "paras.pt"), model_name="resnet20", dataset="cifar10")
     assert "\x1b" not in str(info.value) and "\n" not in str(info.value)  # no terminal escapes, one line
