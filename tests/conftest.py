@@ -14,6 +14,10 @@ OFFLINE_DATA = SHARED / "tools" / "offline_data.py"
 sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on one CPU thread")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """On a busy 2-core machine two intra-op threads spin-wait on each other (~50x slower than one).
