@@ -4,13 +4,13 @@ of every attack to run and hands the jobs to a Runner (units.py) in rounds: ever
 independent of the others, so a round is what can be shared out over processes."""
 import torch
 
+from attacks.common import flat_norm
 from data import DATASETS
 
 from .checks import constant_predictor_check, masking_checks, sweep_checks
 from .suite import (FAMILY_SHAPES, SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
                     plan_sweep, plan_threat_models, run_order)
-from .units import Job, Runner, as_float, clean_predictions, default_batch_size, device_of, flat_norm, \
-    stream_seed
+from .units import Job, Runner, as_float, clean_predictions, default_batch_size, device_of, stream_seed
 
 
 def check_inputs(images, labels, dataset):

@@ -231,7 +231,7 @@ class Runner:
 
     def run(self, jobs, images, labels, batch_size, on_job=None):
         """[Outcome per job]. on_job(i, outcome) is called for each job in order, as soon as its units
-        (in this process: all of them) are done."""
+        are done (under torch.distributed: once all processes are)."""
         units = [(j, p) for j, job in enumerate(jobs) for p in range(job.units(batch_size))]
         done = {}
         for j, p in units:
@@ -246,24 +246,20 @@ class Runner:
             while announced < len(jobs) and all((announced, p) in done
                                                 for p in range(jobs[announced].units(batch_size))):
                 if on_job:
-                    on_job(announced, self._outcome(done, announced, jobs, batch_size))
+                    on_job(announced, combine([done[announced, p] for p in range(jobs[announced].units(batch_size))]))
                 announced += 1
 
-        if self.world_size == 1:
-            announce()
         bar = None
         for j, p in mine:
-            if bar is None or bar.job != j:
-                bar = self._bar(bar, jobs[j], j, [u for u in mine if u[0] == j], batch_size, len(labels))
+            if self.world_size == 1:
+                announce()
+            if bar is None or bar.job is not jobs[j]:
+                bar = JobBar(jobs[j], [len(jobs[j].samples(batch_size, q)) for i, q in mine if i == j], len(labels),
+                             self.progress and self.rank == 0, previous=bar)
             done[j, p] = run_unit(jobs[j], p, images, labels, batch_size)
             if self.store is not None:
                 self.store.put(jobs[j].key(batch_size, p), done[j, p])
-            bar.broken += sum(done[j, p]["broken"])
-            bar.seen += len(done[j, p]["broken"])  # bar.n stays 0 when the bar is disabled
-            bar.update(len(done[j, p]["broken"]))
-            bar.set_postfix(robust=f"{100 * bar.share * (1 - bar.broken / bar.seen):.2f}%")
-            if self.world_size == 1:
-                announce()
+            bar.update(done[j, p]["broken"])
         if bar is not None:
             bar.close()
         if self.world_size > 1:
@@ -275,18 +271,24 @@ class Runner:
                     if self.store is not None:
                         self.store.put(jobs[j].key(batch_size, p), outcome, write=False)
         announce()
-        return [self._outcome(done, j, jobs, batch_size) for j in range(len(jobs))]
+        return [combine([done[j, p] for p in range(job.units(batch_size))]) for j, job in enumerate(jobs)]
 
-    @staticmethod
-    def _outcome(done, j, jobs, batch_size):
-        return combine([done[j, p] for p in range(jobs[j].units(batch_size))])
 
-    def _bar(self, previous, job, j, units, batch_size, n):
-        """A bar over this process's units of the job. Its running survival rate times the share of all n
-        samples that the job attacks estimates the final accuracy."""
+class JobBar:
+    """A progress bar over this process's units of one job. Its running survival rate times the share of
+    all n samples that the job attacks estimates the final accuracy."""
+
+    def __init__(self, job, unit_sizes, n, enabled, previous=None):
         if previous is not None:
             previous.close()
-        bar = tqdm(total=sum(len(job.samples(batch_size, p)) for _, p in units), unit="img", file=sys.stderr,
-                   desc=f"{job.label} ({job.norm} {job.epsilon:.4g})", disable=not self.progress or self.rank != 0)
-        bar.job, bar.broken, bar.seen, bar.share = j, 0, 0, len(job.indices) / n
-        return bar
+        self.job, self.share, self.broken, self.seen = job, len(job.indices) / n, 0, 0
+        self.bar = tqdm(total=sum(unit_sizes), desc=f"{job.label} ({job.norm} {job.epsilon:.4g})", unit="img",
+                        disable=not enabled, file=sys.stderr)
+
+    def update(self, broken):
+        self.broken, self.seen = self.broken + sum(broken), self.seen + len(broken)
+        self.bar.update(len(broken))
+        self.bar.set_postfix(robust=f"{100 * self.share * (1 - self.broken / self.seen):.2f}%")
+
+    def close(self):
+        self.bar.close()
