@@ -81,8 +81,9 @@ class Session:
         if self.on_progress is not None:
             self.on_progress(self.report, kind, record)
 
-    def job(self, label, name, options, norm, epsilon, samples, model=None, judge=None, role=""):
-        return Job(label, name, options, norm, epsilon, samples.nonzero().flatten(),
+    def job(self, label, name, options, norm, epsilon, attacked, model=None, judge=None, role=""):
+        """A Job on the samples where the bool mask `attacked` holds, with the attack's own stream."""
+        return Job(label, name, options, norm, epsilon, attacked.nonzero().flatten(),
                    stream_seed(self.seed, norm, epsilon, label), model or self.model, judge, role)
 
     def run(self, jobs_and_handlers):
@@ -92,11 +93,10 @@ class Session:
                         on_job=lambda i, outcome: jobs_and_handlers[i][1](outcome))
 
     def constant_predictor_check(self):
-        counts = torch.bincount(self.predicted, minlength=DATASETS[self.dataset].num_classes)
-        return constant_predictor_check(counts).as_json()
+        return constant_predictor_check(torch.bincount(self.predicted, minlength=DATASETS[self.dataset].num_classes))
 
     def finish(self, checks):
-        self.report["masking_checks"] = [c if isinstance(c, dict) else c.as_json() for c in checks]
+        self.report["masking_checks"] = [check.as_json() for check in checks]
         self.report["complete"] = True
         return self.report
 
@@ -126,8 +126,8 @@ class Table:
 
     def job(self, session, attack, model, judge, role):
         label, name, options = attack
-        samples = self.robust if self.worst_case_only else session.correct
-        return session.job(label, name, options, self.norm, self.epsilon, samples, model, judge, role)
+        attacked = self.robust if self.worst_case_only else session.correct
+        return session.job(label, name, options, self.norm, self.epsilon, attacked, model, judge, role)
 
     def add(self, job, outcome, n):
         broken = torch.zeros(n, dtype=torch.bool)
