@@ -362,8 +362,27 @@ def stop_on_sigterm(signum, frame):
     raise Stopped
 
 
+def stopped(stop, how_to_continue):
+    """Ctrl-C or SIGTERM: one line (none where how_to_continue is None: another process says it), and the
+    exit status of a process ended by that signal."""
+    if how_to_continue is not None:
+        signal_name = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        print(f"{os.path.basename(sys.argv[0])}: stopped by {signal_name}; {how_to_continue}", file=sys.stderr)
+    sys.exit(143 if isinstance(stop, Stopped) else 130)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        evaluate_checkpoint(args)
+    except (KeyboardInterrupt, Stopped) as stop:  # outside the attacks, which say more
+        stopped(stop, "run the same command to continue")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def evaluate_checkpoint(args):
     # Under torchrun: one process per GPU (gloo on CPU); rank 0 alone prints and writes.
     rank, world_size, device = setup_process(resolve_device(args.device))
     lead = rank == 0
@@ -394,7 +413,6 @@ def main(argv=None):
     if lead:
         common["on_progress"] = reporter(args, device, json_path, {"data_root": data_root, "requested": requested},
                                          warnings)
-    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         if args.transfer_from:
             report = evaluate_transfer(source, model, images, labels, dataset, args.norms, args.attacks,
@@ -408,18 +426,12 @@ def main(argv=None):
                               aa_version=args.aa_version, worst_case_only=args.worst_case_only,
                               model_info=model_info, **common)
     except (KeyboardInterrupt, Stopped) as stop:
-        if lead:
-            signal_name = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
-            print(f"{os.path.basename(sys.argv[0])}: stopped by {signal_name}; {len(store.outcomes)} finished "
-                  f"units of work are kept in {units}: run the same command"
-                  f"{' without --force' if args.force else ''} to continue", file=sys.stderr)
-        sys.exit(143 if isinstance(stop, Stopped) else 130)
+        stopped(stop, f"{len(store.outcomes)} finished units of work are kept in {units}: run the same command"
+                      f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)
     except ValueError as e:
         fail(str(e))
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     if world_size > 1:
         dist.destroy_process_group()
     if not lead:
