@@ -149,10 +149,10 @@ def run_unit(job, position, images, labels, batch_size):
     index = job.samples(batch_size, position)
     seed = stream_seed(job.seed, job.norm, job.epsilon, job.label, batch=position)
     attack = build_attack(job.name, job.epsilon, job.options, seed)
-    device = images.device
-    with random_stream(seed, device):
+    with random_stream(seed, images.device):
         start = time.perf_counter()
-        x, y = as_float(images[index.to(device)]), labels[index.to(device)]
+        on_device = index.to(images.device)
+        x, y = as_float(images[on_device]), labels[on_device]
         x_adv = attack(job.model, x, y)
         check_in_threat_model(job.label, x, x_adv, job.norm, job.epsilon)
         with torch.no_grad():
