@@ -406,7 +406,7 @@ def evaluate_checkpoint(args):
     store = UnitStore(units)
     runner = Runner(store, rank, world_size, progress=args.progress)
     if lead and store.outcomes:
-        print(f"continuing: {len(store.outcomes)} finished units of work in {units}", flush=True)
+        print(f"continuing: {store.kept()} finished units of work in {units}", flush=True)
     images, labels, data_root, warnings = load_test_images(args, meta)
     common = {"seed": args.seed, "batch_size": runner.shared(args.batch_size or default_batch_size(device)),
               "runner": runner, "on_progress": None}
@@ -426,7 +426,7 @@ def evaluate_checkpoint(args):
                               aa_version=args.aa_version, worst_case_only=args.worst_case_only,
                               model_info=model_info, **common)
     except (KeyboardInterrupt, Stopped) as stop:
-        stopped(stop, f"{len(store.outcomes)} finished units of work are kept in {units}: run the same command"
+        stopped(stop, f"{store.kept()} finished units of work are kept in {units}: run the same command"
                       f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)

@@ -198,6 +198,12 @@ class UnitStore:
                     except (OSError, ValueError, KeyError, TypeError):
                         pass  # unreadable: that unit runs again
 
+    def kept(self):
+        """How many units the folder holds: under torch.distributed, other processes' too."""
+        if not os.path.isdir(self.folder):
+            return 0
+        return sum(name.endswith(".json") for name in os.listdir(self.folder))
+
     def get(self, key, indices):
         """The outcome stored for `key`, if it attacked these very samples."""
         outcome = self.outcomes.get(key)
