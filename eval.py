@@ -1,31 +1,38 @@
 """Robust accuracy of a checkpoint: the data set's attack suite, transfer attacks, ε sweeps, corruptions.
 
-    python eval.py runs/<run>/best_robust.pt [--norms linf l2] [--attacks fgsm pgd-50] [--n 1000]
+    python eval.py runs/<run>/best_robust.pt [--norms linf l2] [--attacks fgsm pgd-50] [--images 1000]
     python eval.py TARGET.pt --transfer-from SOURCE.pt        # made on SOURCE, measured on TARGET
     python eval.py CKPT --sweep linf 0:16/255:9               # accuracy vs ε, also drawn as a PNG
     python eval.py CKPT --corruptions CIFAR-10-C/             # accuracy per corruption and severity
+    torchrun --standalone --nproc_per_node=4 eval.py CKPT     # the work shared out over 4 processes
 
 Model, data set and training arguments come from the checkpoint (a bare state_dict such as a reference
 paras.pt needs --model and --dataset). Tables go to stdout, every figure to a JSON file, and warnings and
-progress bars to stderr. The engine is evaluation.py; its evaluate() takes any model.
+progress bars to stderr. Finished units of work are kept beside the JSON until the evaluation completes:
+killed, the same command continues where it stopped. The engine is the evaluation package; its evaluate()
+takes any model.
 """
 import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import sys
 
 import torch
+import torch.distributed as dist
 
 from checkpoints import CheckpointError
 from data import DATASETS, DataError, load_split
 from attacks.common import NORMS
-from evaluation import (AA_VERSIONS, ThreatModelViolation, attack_names, default_batch_size, evaluate,
-                        evaluate_corruptions, evaluate_sweep, evaluate_transfer, format_checks,
-                        format_corruptions, format_details, format_sweep, format_table, format_transfer_table,
-                        parse_epsilon, parse_sweep, plan_sweep, plan_threat_models, plot_sweep, suite_summary,
-                        write_json)
+from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
+                        default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
+                        format_checks, format_corruptions, format_details, format_sweep, format_table,
+                        format_transfer_table, parse_epsilon, parse_number, plan_sweep, plan_threat_models,
+                        plot_sweep, suite_summary, write_json)
 from models import MODELS
+from training import setup_process
 from utils import CLIParser, default_device, fail
 from weights import model_from_file
 
@@ -48,6 +55,31 @@ def epsilon_argument(text):
         raise argparse.ArgumentTypeError(f"must be a positive number (finite) or fraction such as 8/255, "
                                          f"not {text!r}")
     return text.strip()
+
+
+def parse_sweep(text):
+    """[(label, epsilon)] from "START:STOP:COUNT" (COUNT evenly spaced values, ends included) or a comma
+    list "0,4/255,8/255". Raises ValueError for anything else (see check_sweep_epsilons)."""
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"sweep {text!r}: write START:STOP:COUNT, e.g. 0:16/255:9")
+        start, stop = parse_number(parts[0]), parse_number(parts[1])
+        try:
+            count = int(parts[2])
+        except ValueError:
+            raise ValueError(f"sweep {text!r}: COUNT must be an integer, not {parts[2]!r}") from None
+        if count < 2:
+            raise ValueError(f"sweep {text!r}: COUNT must be at least 2")
+        values = [start + (stop - start) * i / (count - 1) for i in range(count)]
+        _, _, denominator = parts[1].partition("/")  # 0:16/255:9 -> labels 0/255, 2/255, ... 16/255
+        labels = ([f"{v * float(denominator):.4g}/{denominator}" for v in values] if denominator
+                  else [f"{v:.4g}" for v in values])
+    else:
+        labels = [part.strip() for part in text.split(",") if part.strip()]
+        values = [parse_number(label) for label in labels]
+    check_sweep_epsilons(values, text)
+    return list(zip(labels, values))
 
 
 def positive_int(text):
@@ -73,8 +105,11 @@ def build_parser():
                              "see the suite below")
     parser.add_argument("--epsilon", nargs="+", type=epsilon_argument,
                         help="epsilons for every selected norm instead of the suite's (e.g. 8/255 0.1)")
-    parser.add_argument("--n", type=positive_int, help="evaluate the first N test images (default: all); "
-                                                       "with --corruptions, N per severity")
+    # --images, not --n alone: torchrun's argparse reads every --x token, the script's own included, as a
+    # possible prefix of its options, and refuses --n (--nnodes? --nproc-per-node?). --n works in one process.
+    parser.add_argument("--images", "--n", dest="n", metavar="N", type=positive_int,
+                        help="evaluate the first N test images (default: all); with --corruptions, N per "
+                             "severity")
     parser.add_argument("-b", "--batch-size", type=positive_int,
                         help="images per attack call (default: 16 on CPU, so that progress moves; on CUDA "
                              "from the free memory, 50 to 1000)")
@@ -179,16 +214,19 @@ def default_json_path(checkpoint, requested):
 
 
 def check_output(path, requested, force):
-    """Refuse, before any work, a JSON path that cannot be written or holds a different evaluation."""
+    """Refuse, before any work, a JSON path that cannot be written or holds a different evaluation. Returns
+    the report the file holds if it is this very evaluation, complete (None otherwise)."""
     if os.path.isdir(path):
         fail(f"--json {path} is a folder")
+    earlier = None
     if os.path.exists(path) and not force:
         try:
             with open(path) as f:
-                earlier = json.load(f)["evaluation"]["requested"]
+                earlier = json.load(f)
+            same = earlier["evaluation"]["requested"] == json.loads(json.dumps(requested))
         except (OSError, ValueError, KeyError, TypeError):
-            earlier = None
-        if earlier != json.loads(json.dumps(requested)):
+            same = False
+        if not same:
             fail(f"{path} holds a different evaluation; pass --force to overwrite it, or choose another --json")
     probe = f"{path}.tmp"
     try:
@@ -197,6 +235,12 @@ def check_output(path, requested, force):
         os.remove(probe)
     except OSError as e:
         fail(f"--json {path} cannot be written ({e.strerror or type(e).__name__})")
+    return earlier if earlier and earlier.get("complete") else None
+
+
+def units_folder(json_path):
+    """Where the finished units of work wait until the evaluation completes: beside its JSON."""
+    return os.path.splitext(json_path)[0] + ".units"
 
 
 def save(report, path):
@@ -269,11 +313,28 @@ def load_test_images(args, meta):
     return images[:args.n], labels[:args.n], data_root, warnings
 
 
+def print_table(table, report):
+    table_format = format_transfer_table if report["transfer"] else format_table
+    print(table_format(table, report), "", format_details(table), "", sep="\n", flush=True)
+
+
+def print_finished(report, json_path):
+    """A finished evaluation is not run again: its tables, from its JSON."""
+    print(f"{json_path} holds this evaluation, complete (--force runs it again)\n")
+    for table in report["threat_models"] + ((report["transfer"] or {}).get("threat_models") or []):
+        print_table(table, report)
+    if report["sweep"]:
+        print(format_sweep(report["sweep"]), "", sep="\n")
+    if report["corruptions"]:
+        print(format_corruptions(report["corruptions"]), "", sep="\n")
+    print(format_checks(report["masking_checks"]), f"\nAll figures: {json_path}", sep="\n")
+
+
 def reporter(args, device, json_path, evaluation_record, warnings):
     """on_progress for the engine: prints what runs and each table as it finishes, and rewrites the JSON
     after every step (at once, so that a stale report of an earlier run never survives a crash)."""
-    def on_progress(report, finished):
-        if finished is None:  # the clean accuracy is known
+    def on_progress(report, kind, record):
+        if kind == "clean":
             report["evaluation"].update(evaluation_record)
             report["warnings"] = warnings + report["warnings"]
             for line in report["warnings"]:
@@ -288,34 +349,71 @@ def reporter(args, device, json_path, evaluation_record, warnings):
             elif report["aa_version"] != "standard":
                 print(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
             print(flush=True)
-        elif "worst_case" in finished:  # a table
-            table = (format_transfer_table if report["transfer"] else format_table)(finished, report)
-            print(table, "", format_details(finished), "", sep="\n", flush=True)
+        elif kind == "table":
+            print_table(record, report)
         save(report, json_path)
     return on_progress
 
 
+class Stopped(Exception):
+    """SIGTERM, raised where the process is, as Ctrl-C raises KeyboardInterrupt."""
+
+
+def stop_on_sigterm(signum, frame):
+    raise Stopped
+
+
+def stopped(stop, how_to_continue):
+    """Ctrl-C or SIGTERM: one line (none where how_to_continue is None: another process says it), and the
+    exit status of a process ended by that signal."""
+    if how_to_continue is not None:
+        signal_name = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
+        print(f"{os.path.basename(sys.argv[0])}: stopped by {signal_name}; {how_to_continue}", file=sys.stderr)
+    sys.exit(143 if isinstance(stop, Stopped) else 130)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        evaluate_checkpoint(args)
+    except (KeyboardInterrupt, Stopped) as stop:  # outside the attacks, which say more
+        stopped(stop, "run the same command to continue")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def evaluate_checkpoint(args):
+    # Under torchrun: one process per GPU (gloo on CPU); rank 0 alone prints and writes.
+    rank, world_size, device = setup_process(resolve_device(args.device))
+    lead = rank == 0
     model, meta = load(args.checkpoint, args.model, args.dataset, device)
     dataset = meta["dataset"]
     sweep_epsilons = check_selection(args, DATASETS[dataset].family)
-    if args.transfer_from:
-        source, source_info = load_source(args, dataset, device)
+    source, source_info = load_source(args, dataset, device) if args.transfer_from else (None, None)
     requested = requested_evaluation(args)
     json_path = args.json or default_json_path(args.checkpoint, requested)
-    check_output(json_path, requested, args.force)
+    finished = check_output(json_path, requested, args.force)
+    if finished:
+        return print_finished(finished, json_path) if lead else None
     model_info = {"checkpoint": args.checkpoint, "model": meta.get("model"), "epoch": meta.get("epoch"),
                   "args": meta.get("args")}
     if args.corruptions:
-        return run_corruptions(args, model, model_info, dataset, requested, json_path)
+        return run_corruptions(args, model, model_info, dataset, requested, json_path) if lead else None
 
+    units = units_folder(json_path)
+    if args.force and lead:
+        shutil.rmtree(units, ignore_errors=True)  # another evaluation's units
+    store = UnitStore(units)
+    runner = Runner(store, rank, world_size, progress=args.progress)
+    if lead and store.outcomes:
+        print(f"continuing: {store.kept()} finished units of work in {units}", flush=True)
     images, labels, data_root, warnings = load_test_images(args, meta)
-    common = {"seed": args.seed, "batch_size": args.batch_size or default_batch_size(device),
-              "progress": args.progress,
-              "on_progress": reporter(args, device, json_path, {"data_root": data_root, "requested": requested},
-                                      warnings)}
+    common = {"seed": args.seed, "batch_size": runner.shared(args.batch_size or default_batch_size(device)),
+              "runner": runner, "on_progress": None}
+    if lead:
+        common["on_progress"] = reporter(args, device, json_path, {"data_root": data_root, "requested": requested},
+                                         warnings)
     try:
         if args.transfer_from:
             report = evaluate_transfer(source, model, images, labels, dataset, args.norms, args.attacks,
@@ -328,11 +426,17 @@ def main(argv=None):
             report = evaluate(model, images, labels, dataset, args.norms, args.attacks, args.epsilon,
                               aa_version=args.aa_version, worst_case_only=args.worst_case_only,
                               model_info=model_info, **common)
+    except (KeyboardInterrupt, Stopped) as stop:
+        stopped(stop, f"{store.kept()} finished units of work are kept in {units}: run the same command"
+                      f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)
     except ValueError as e:
         fail(str(e))
-
+    if world_size > 1:
+        dist.destroy_process_group()
+    if not lead:
+        return
     if report["sweep"]:
         plot_path = os.path.splitext(json_path)[0] + ".png"
         try:
@@ -342,6 +446,7 @@ def main(argv=None):
         report["sweep"]["plot"] = plot_path
         print(format_sweep(report["sweep"]), f"\nPlot: {plot_path}\n", sep="\n")
     save(report, json_path)
+    shutil.rmtree(units, ignore_errors=True)  # the JSON holds every figure now
     print(format_checks(report["masking_checks"]), f"\nAll figures: {json_path}", sep="\n")
 
 

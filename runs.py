@@ -248,9 +248,9 @@ class RunFolder:
         counts_as_best = True
         if class_counts is not None:
             one_class = constant_predictor_check(class_counts)
-            counts_as_best = not one_class["flagged"]
-            if one_class["flagged"]:
-                self.log(f"warning: after epoch {row['epoch']} {one_class['message']}; its figures make no "
+            counts_as_best = not one_class.flagged
+            if one_class.flagged:
+                self.log(f"warning: after epoch {row['epoch']} {one_class.message}; its figures make no "
                          f"best_*.pt (more epochs or images needed?)")
         weights = {"model": model.state_dict(), "meta": meta, "epoch": row["epoch"],
                    "clean_accuracy": row["clean_accuracy"], "robust_accuracy": row["robust_accuracy"]}

@@ -4,6 +4,11 @@ The image is optimised as tanh of an unbounded variable, so it never leaves [0, 
 projection. The loss is const * max(0, logit_label - best other logit + confidence) plus the squared l2
 distance; a per-sample binary search (exponential until a first success) looks for the smallest const that
 still gives an adversarial, and the smallest adversarial seen at any step is kept.
+
+With stop_inside_ball, a sample leaves the search once it holds an adversarial example inside the epsilon
+ball: the attack's output at epsilon (that example) can then no longer change from adversarial to not, so
+the steps it would still take are spent only on making it smaller. The batch's early abort then watches
+the loss of the samples still searched.
 """
 import math
 
@@ -24,14 +29,16 @@ def from_tanh_space(w):
 class CarliniWagnerL2:
     """`minimize` gives the smallest adversarial found (foolbox's `raw`); calling the attack gives it clipped
     into the epsilon ball. Unlike foolbox, which returns an all-zero image for a sample it never fools (whose
-    clipped version can then be adversarial by accident), such samples come back unchanged."""
+    clipped version can then be adversarial by accident), such samples come back unchanged. With
+    stop_inside_ball, `minimize` stops at the first adversarial found inside the epsilon ball (see above)."""
 
     norm = "l2"
 
     def __init__(self, epsilon, binary_search_steps=9, steps=1000, stepsize=0.01, confidence=0,
-                 initial_const=1e-3, abort_early=True):
+                 initial_const=1e-3, abort_early=True, stop_inside_ball=False):
         self.epsilon, self.binary_search_steps, self.initial_const = epsilon, binary_search_steps, initial_const
         self.steps, self.stepsize, self.confidence, self.abort_early = steps, stepsize, confidence, abort_early
+        self.stop_inside_ball = stop_inside_ball
 
     def __call__(self, model, x, y):
         x_min = self.minimize(model, x, y)
@@ -46,6 +53,7 @@ class CarliniWagnerL2:
         lower = torch.zeros_like(consts)
         upper = torch.full_like(consts, math.inf)
         best, best_norms = x.clone(), torch.full((n,), math.inf, device=x.device)
+        searching = torch.ones(n, dtype=torch.bool, device=x.device)  # all, unless stop_inside_ball
         check_every = math.ceil(self.steps / 10)
         with attacking(model):
             for search_step in range(self.binary_search_steps):
@@ -57,10 +65,14 @@ class CarliniWagnerL2:
                 loss_at_last_check = math.inf
                 consts_now = consts.to(x.device, x.dtype)
                 for step in range(self.steps):
+                    rows = searching.nonzero().flatten()
+                    if len(rows) == 0:
+                        break
+                    # A sample out of the search gets no gradient; its delta is never read again.
                     with torch.enable_grad():
-                        x_adv = from_tanh_space(w0 + delta)
+                        x_adv = from_tanh_space(w0[rows] + delta[rows])
                         logits = model(x_adv).float()
-                        loss = self._loss(logits, y, consts_now, x_adv, x_reconstructed)
+                        loss = self._loss(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows])
                         (delta.grad,) = torch.autograd.grad(loss, delta)
                     optimizer.step()
                     if self.abort_early and step % check_every == 0:
@@ -69,11 +81,13 @@ class CarliniWagnerL2:
                             break
                         loss_at_last_check = loss.item()
                     x_adv, logits = x_adv.detach(), logits.detach()
-                    adversarial = self._is_adversarial(logits, y)
-                    found |= adversarial
-                    norms = flat_norm(x_adv - x, "l2")
-                    improved = adversarial & (norms < best_norms)
-                    best[improved], best_norms[improved] = x_adv[improved], norms[improved]
+                    adversarial = self._is_adversarial(logits, y[rows])
+                    found[rows] |= adversarial
+                    norms = flat_norm(x_adv - x[rows], "l2")
+                    improved = adversarial & (norms < best_norms[rows])
+                    best[rows[improved]], best_norms[rows[improved]] = x_adv[improved], norms[improved]
+                    if self.stop_inside_ball:
+                        searching[rows] = best_norms[rows] > self.epsilon
                 found = found.cpu()
                 upper = torch.where(found, consts, upper)
                 lower = torch.where(found, lower, consts)

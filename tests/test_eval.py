@@ -154,8 +154,8 @@ def test_attacks_see_only_samples_still_robust(capsys, checkpoint, data_root, tm
 
 def test_clean_predictions_are_computed_once(capsys, checkpoint, data_root, tmp_path, monkeypatch):
     calls = []
-    real = evaluation.clean_predictions
-    monkeypatch.setattr(evaluation, "clean_predictions", lambda *a: calls.append(1) or real(*a))
+    real = evaluation.engine.clean_predictions
+    monkeypatch.setattr(evaluation.engine, "clean_predictions", lambda *a: calls.append(1) or real(*a))
     evaluate(capsys, checkpoint, data_root, tmp_path, "--norms", "linf", "--attacks", "fgsm", "pgd-50",
              "--epsilon", "0.1", "0.2")
     assert len(calls) == 1
@@ -221,7 +221,7 @@ def test_bad_input_from_the_command_line_prints_no_traceback(data_root, tmp_path
     result = run_eval(bad_checkpoints(tmp_path)["needs code"], "--data-root", data_root)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert "need code to load" in result.stderr
+    assert "test_eval.NeedsCode, which needs code to load" in result.stderr
 
 
 # --- the threat-model check -------------------------------------------------------------------------------
@@ -244,9 +244,10 @@ def test_an_attack_leaving_the_threat_model_stops_the_evaluation(out_of_range, s
     model, _ = load_model(str(checkpoint))
     images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
     message = f"Sneaky {'returned pixels ' * out_of_range}{says}"
+    monkeypatch.setitem(ATTACKS, "sneaky", lambda epsilon: LeavesTheBall(epsilon, out_of_range))
+    job = evaluation.Job("Sneaky", "sneaky", {}, "linf", 0.1, torch.arange(8), seed=0, model=model)
     with pytest.raises(evaluation.ThreatModelViolation, match=re.escape(message)):
-        evaluation.run_attack(model, LeavesTheBall(0.1, out_of_range), "Sneaky", "linf", 0.1, images,
-                              torch.zeros(8, dtype=torch.long), torch.arange(8), batch_size=4)
+        evaluation.run_unit(job, 0, images, torch.zeros(8, dtype=torch.long), batch_size=4)
 
     monkeypatch.setitem(ATTACKS, "fgsm", lambda epsilon: LeavesTheBall(epsilon, out_of_range))
     with pytest.raises(SystemExit) as exit_info:
@@ -285,7 +286,7 @@ def test_masking_checks_flag_fgsm_beating_pgd_and_autoattack_beating_white_box()
     sanity = {"norm": "linf", "epsilon": 0.5, "epsilon_label": "0.5", "label": "PGD-20", "robust_accuracy": 0.3,
               "grey_image_accuracy": 0.1}
     def checks(broken_by, sanity):
-        return {c["check"]: c for c in evaluation.masking_checks([table], [broken_by], sanity, n)}
+        return {c.check: c.as_json() for c in evaluation.masking_checks([table], [broken_by], sanity, n)}
 
     masked = checks(broken_by, sanity)
     assert masked["fgsm-beats-pgd"]["value"] == 0.02 and masked["fgsm-beats-pgd"]["flagged"]
@@ -304,8 +305,8 @@ def test_larger_epsilon_with_higher_accuracy_is_flagged():
                "worst_case": {"robust_accuracy": acc}} for e, acc in ((0.1, 0.4), (0.2, 0.45))]
     sanity = {"norm": "linf", "epsilon": 0.5, "epsilon_label": "0.5", "label": "PGD-20", "robust_accuracy": 0.0,
               "grey_image_accuracy": 0.1}
-    checks = {c["check"]: c for c in evaluation.masking_checks(tables, [{}, {}], sanity, 100)}
-    assert checks["larger-epsilon-not-lower"]["flagged"]
+    checks = {c.check: c for c in evaluation.masking_checks(tables, [{}, {}], sanity, 100)}
+    assert checks["larger-epsilon-not-lower"].flagged
 
 
 # --- the suite as data ------------------------------------------------------------------------------------

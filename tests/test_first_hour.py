@@ -57,8 +57,8 @@ def test_validation_counts_the_classes_it_predicts_and_a_one_class_model_is_flag
     assert (clean, robust) == (0.1, 0.1) and counts.tolist() == [0, 0, 0, 30, 0, 0, 0, 0, 0, 0]
     assert "validating epoch 2" in capsys.readouterr().err  # the progress bar, 5 batches
     check = constant_predictor_check(counts)
-    assert check["flagged"] and "predicts class 3 for 100" in check["message"]
-    assert not constant_predictor_check(torch.tensor([5, 5, 4, 6, 5, 5, 5, 5, 5, 5]))["flagged"]
+    assert check.flagged and "predicts class 3 for 100" in check.message
+    assert not constant_predictor_check(torch.tensor([5, 5, 4, 6, 5, 5, 5, 5, 5, 5])).flagged
 
 
 def rows(n, validated_every=1):

@@ -1,0 +1,32 @@
+"""The evaluation engine: robust accuracy of any model mapping [0, 1] images to logits, under the data
+set's attack suite, under transfer attacks, over a range of epsilons, and on common corruptions.
+
+    report = evaluate(model, images, labels, dataset="cifar10", norms=["linf"])
+
+Every entry point returns the dict that eval.py writes as JSON (the schema is in the README).
+
+How samples are counted: a sample misclassified clean is non-robust and never attacked. An attack breaks
+a sample when the model misclassifies its adversarial example, and only after that example has been
+checked to lie in [0, 1] and inside the epsilon ball: an attack that leaves the threat model is a bug and
+raises ThreatModelViolation. The worst case counts a sample robust only if it survives every attack of its
+table. By default every attack runs on all clean-correct samples, so that each reports its own accuracy;
+with worst_case_only, later attacks skip the samples earlier ones broke, and only the worst case is
+reported. Each attack runs in units of one batch, each drawing from its own random stream, seeded from
+(seed, norm, epsilon, attack, the batch's position), so that its result depends neither on which other
+attacks or tables were selected nor on which process ran it.
+
+The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, their
+store, and a runner that shares them out over processes), engine (the entry points), checks (the
+gradient-masking checks), corruptions, report (markdown, plot, JSON).
+"""
+from .checks import (AA_ONLY_MAX, CONSTANT_PREDICTOR_SHARE, FGSM_ONLY_MAX, SWEEP_GREY_SLACK, Check,
+                     constant_predictor_check, masking_checks, sweep_checks)
+from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
+from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
+from .report import (format_checks, format_corruptions, format_details, format_sweep, format_table,
+                     format_transfer_table, plot_sweep, write_json)
+from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
+                    cli_name, parse_epsilon, parse_number, plan_sweep, plan_threat_models, suite_summary,
+                    epsilon_warnings)
+from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
+                    clean_predictions, default_batch_size, flat_norm, random_stream, run_unit, stream_seed)

@@ -1,0 +1,155 @@
+"""Gradient-masking checks: warning signs that the accuracies overstate robustness (a flag is not proof)."""
+from dataclasses import asdict, dataclass
+
+import torch
+
+from attacks.common import NORMS
+
+from .suite import NORM_SYMBOLS, SANITY, is_autoattack, is_one_step, is_pgd
+
+# Thresholds, as shares of the evaluated samples. FGSM is one step of PGD without the random start; on a
+# model with honest gradients it should break (almost) nothing that PGD misses. AutoAttack (APGD-CE,
+# APGD-T, FAB-T and the black-box Square) usually beats plain PGD by 1-3 points on adversarially trained
+# models (its DLR and targeted losses); a wider lead over every white-box attack of the table suggests that
+# their gradients lead nowhere.
+FGSM_ONLY_MAX = 0.005
+AA_ONLY_MAX = 0.03
+# An ε sweep should fall at least as low as moving every sample to the uniform grey image would (where
+# grey is within ε); more than this above that bound, the attack is weaker than a constant image.
+SWEEP_GREY_SLACK = 0.01
+# A model giving one class to more than this share of the samples is a constant predictor (a quick trial
+# that learnt nothing): its "robustness" is the share of that class.
+CONSTANT_PREDICTOR_SHARE = 0.9
+
+
+@dataclass(kw_only=True)
+class Check:
+    """One check's verdict. flagged (and value) are None where the selected attacks do not allow it."""
+    check: str
+    norm: str = None
+    epsilon: float = None
+    where: str
+    value: float = None
+    threshold: float
+    flagged: bool = None
+    rule: str
+    message: str
+    smaller_epsilon: float = None  # larger-epsilon-not-lower only: the epsilon compared with
+
+    def as_json(self):
+        fields = asdict(self)
+        if self.smaller_epsilon is None:
+            del fields["smaller_epsilon"]
+        return fields
+
+
+def _percent(fraction):
+    return f"{100 * fraction:.2f}%"
+
+
+def constant_predictor_check(class_counts):
+    """Flag a model that gives one class to most samples: every accuracy it gets is that class's share.
+    class_counts: how many samples the model gives each class (torch.bincount of its predictions)."""
+    top = int(class_counts.argmax())
+    share = class_counts[top].item() / max(int(class_counts.sum()), 1)
+    flagged = share > CONSTANT_PREDICTOR_SHARE
+    return Check(check="constant-predictor", where="clean predictions", value=share,
+                 threshold=CONSTANT_PREDICTOR_SHARE, flagged=flagged,
+                 rule=f"flag when one class gets more than {_percent(CONSTANT_PREDICTOR_SHARE)} of the samples",
+                 message=f"the model predicts class {top} for {_percent(share)} of the samples"
+                         + (": it has learnt (almost) nothing, and its accuracies are that class's share"
+                            if flagged else ""))
+
+
+def broken_only_by(suspects, others, broken_by):
+    """Number of samples that some attack in `suspects` broke and none in `others` did."""
+    mask = torch.stack([broken_by[label] for label in suspects]).any(0)
+    if others:
+        mask &= ~torch.stack([broken_by[label] for label in others]).any(0)
+    return int(mask.sum())
+
+
+def _share_check(check, table, suspects, others, broken_by, n, threshold, what):
+    """Flag when the `suspects` alone broke more than `threshold` of the n samples."""
+    where = {"norm": table["norm"], "epsilon": table["epsilon"], "threshold": threshold,
+             "where": f"{NORM_SYMBOLS[table['norm']]} {table['epsilon_label']}"}
+    if not others:
+        return Check(check=check, **where, rule="",
+                     message=f"not checked: {'/'.join(suspects)} has nothing to be compared with in this table")
+    count = broken_only_by(suspects, others, broken_by)
+    missed = f"{others[0]} did not break" if len(others) == 1 else f"none of {', '.join(others)} broke"
+    return Check(check=check, **where, value=count / n, flagged=count / n > threshold,
+                 rule=f"flag above {_percent(threshold)} of the samples",
+                 message=f"{'/'.join(suspects)} broke {count} of {n} samples ({_percent(count / n)}) that "
+                         f"{missed}: {what}")
+
+
+def masking_checks(tables, broken_by_table, sanity, n):
+    """The checks of the threat-model tables (with {label: bool mask of the samples each attack broke} per
+    table) and of the sanity attack (None if it did not run)."""
+    checks = []
+    for table, broken_by in zip(tables, broken_by_table):
+        names = {a["label"]: a["attack"] for a in table["attacks"]}
+        one_step = [label for label, name in names.items() if is_one_step(name)]
+        pgds = [label for label, name in names.items() if is_pgd(name)]
+        autoattacks = [label for label, name in names.items() if is_autoattack(name)]
+        white_box = [label for label in names if label not in autoattacks]
+        if one_step:
+            checks.append(_share_check(
+                "fgsm-beats-pgd", table, one_step, pgds, broken_by, n, FGSM_ONLY_MAX,
+                "a one-step attack beating its multi-step versions"))
+        if autoattacks:
+            checks.append(_share_check(
+                "autoattack-beats-white-box", table, autoattacks, white_box, broken_by, n, AA_ONLY_MAX,
+                "AutoAttack (APGD-CE, APGD-T, FAB-T and the black-box Square) beating the white-box attacks: "
+                "their gradients may be masked, or they are too weak to trust"))
+    for norm in NORMS:
+        by_epsilon = sorted((t for t in tables if t["norm"] == norm), key=lambda t: t["epsilon"])
+        for smaller, larger in zip(by_epsilon, by_epsilon[1:]):
+            low, high = smaller["worst_case"]["robust_accuracy"], larger["worst_case"]["robust_accuracy"]
+            checks.append(Check(
+                check="larger-epsilon-not-lower", norm=norm, epsilon=larger["epsilon"],
+                smaller_epsilon=smaller["epsilon"],
+                where=f"{NORM_SYMBOLS[norm]} {larger['epsilon_label']} vs {smaller['epsilon_label']}",
+                value=high - low, threshold=0.0, flagged=high > low,
+                rule="flag if the larger epsilon leaves a higher worst-case accuracy",
+                message=f"worst-case accuracy {_percent(high)} at the larger epsilon vs {_percent(low)}"))
+    if sanity is not None:
+        accuracy, grey = sanity["robust_accuracy"], sanity["grey_image_accuracy"]
+        checks.append(Check(
+            check="large-epsilon-sanity", norm=sanity["norm"], epsilon=sanity["epsilon"],
+            where=f"{NORM_SYMBOLS[sanity['norm']]} {sanity['epsilon_label']}",
+            value=accuracy, threshold=SANITY["max_accuracy"],
+            flagged=accuracy > SANITY["max_accuracy"] and accuracy > grey,
+            rule=f"flag above {_percent(SANITY['max_accuracy'])} accuracy unless the grey image leaves as much",
+            message=f"{sanity['label']} leaves {_percent(accuracy)} accuracy; a uniform grey image, within "
+                    f"reach of every sample, leaves {_percent(grey)}"))
+    return checks
+
+
+def sweep_checks(sweep):
+    """Per attack of an ε sweep: accuracy must not rise with ε, and must not stay above what moving every
+    sample to the grey image (where it lies within ε) leaves."""
+    checks = []
+    epsilons, labels, bound = sweep["epsilons"], sweep["epsilon_labels"], sweep["grey_image_bound"]
+    symbol = NORM_SYMBOLS[sweep["norm"]]
+    for curve in sweep["curves"]:
+        accuracy = curve["robust_accuracy"]
+        rises = [(labels[i], labels[i + 1]) for i in range(len(accuracy) - 1) if accuracy[i + 1] > accuracy[i]]
+        checks.append(Check(
+            check="sweep-accuracy-rises", norm=sweep["norm"], where=f"{curve['label']} sweep, {symbol}",
+            value=len(rises), threshold=0, flagged=bool(rises),
+            rule="flag if accuracy rises from one epsilon to a larger one",
+            message=("accuracy rises from " + ", ".join(f"{a} to {b}" for a, b in rises)) if rises
+                    else "accuracy never rises with epsilon"))
+        excess = [a - b for a, b in zip(accuracy, bound)]
+        worst = max(range(len(excess)), key=lambda i: (excess[i], i))  # ties: the largest epsilon
+        checks.append(Check(
+            check="sweep-above-grey-bound", norm=sweep["norm"], epsilon=epsilons[worst],
+            where=f"{curve['label']} sweep, {symbol} {labels[worst]}", value=excess[worst],
+            threshold=SWEEP_GREY_SLACK, flagged=excess[worst] > SWEEP_GREY_SLACK,
+            rule=f"flag more than {_percent(SWEEP_GREY_SLACK)} above the accuracy left by moving every "
+                 f"sample within reach to the uniform grey image",
+            message=f"{curve['label']} leaves {_percent(accuracy[worst])} where the grey image alone leaves "
+                    f"at most {_percent(bound[worst])}"))
+    return checks

@@ -1,0 +1,140 @@
+"""The report as people read it: markdown tables, the masking checks, the sweep's plot; and as JSON, written
+through the same atomic, fsync'd write as checkpoints."""
+import json
+
+from attacks.common import NORMS
+from utils import write_atomically
+
+from .corruptions import SEVERITIES
+from .suite import NORM_SYMBOLS, is_autoattack
+
+
+def _percent(fraction):
+    return f"{100 * fraction:.2f}%"
+
+
+def _accuracy(value):
+    """A robust accuracy in percent, or – where there is none (an attack under --worst-case-only)."""
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _cell(value):
+    if value is None:
+        return "?"
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def markdown(header, rows, align=None):
+    """A markdown table; align: one ":--", "--:" or ":-:" per column (default: all centred)."""
+    align = align or [":-:"] * len(header)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, align, *rows))
+
+
+def _column(record):
+    """A column's header: AutoAttack's says which version ran when it is not the standard one."""
+    version = record["options"].get("version", "standard") if is_autoattack(record["attack"]) else "standard"
+    return record["label"] if version == "standard" else f"{record['label']}-{version}"
+
+
+def _accuracy_cells(table, clean_accuracy):
+    return [_accuracy(clean_accuracy), *(_accuracy(a["robust_accuracy"]) for a in table["attacks"]),
+            _accuracy(table["worst_case"]["robust_accuracy"])]
+
+
+def format_table(table, report):
+    """The reference README's columns plus the worst case; one row, for this model."""
+    training = report.get("training_args") or {}
+    header = [NORM_SYMBOLS[table["norm"]], "leverage", "Net", "LP", "Nat(%)", *map(_column, table["attacks"]),
+              "Worst"]
+    row = [table["epsilon_label"], _cell(training.get("leverage")), report.get("model") or "?",
+           _cell(training.get("learning_policy")), *_accuracy_cells(table, report["clean"]["accuracy"])]
+    return markdown(header, [row])
+
+
+def format_transfer_table(table, report):
+    """Made on the source, measured on the target: both named, with their clean accuracies; the attacks'
+    figures are the target's."""
+    source, target = report["transfer"]["source"], report["transfer"]["target"]
+    def name(side):
+        return f"{side['model']} ({side['checkpoint']})" if side.get("checkpoint") else str(side["model"])
+    header = [NORM_SYMBOLS[table["norm"]], "Source", "Target", "Source Nat(%)", "Nat(%)",
+              *map(_column, table["attacks"]), "Worst"]
+    row = [table["epsilon_label"], name(source), name(target), _accuracy(source["clean_accuracy"]),
+           *_accuracy_cells(table, target["clean_accuracy"])]
+    return markdown(header, [row])
+
+
+def format_details(table):
+    """Per attack, in the order they ran: accuracy, samples attacked and broken, mean size of the successful
+    perturbations, seconds."""
+    records = sorted(table["attacks"], key=lambda a: table["run_order"].index(a["label"]))
+    rows = []
+    for r in records:
+        sizes = r["mean_perturbation"] or dict.fromkeys(NORMS)
+        rows.append([_column(r), _accuracy(r["robust_accuracy"]), str(r["attacked"]), str(r["broken"]),
+                     *("–" if sizes[k] is None else f"{sizes[k]:.4g}" for k in NORMS), f"{r['seconds']:.1f}"])
+    return markdown(["attack", "robust(%)", "attacked", "broken", "mean ℓ∞", "mean ℓ2", "mean ℓ1", "seconds"],
+                    rows, [":--"] + ["--:"] * 7)
+
+
+def format_sweep(sweep):
+    labels = sweep["epsilon_labels"]
+    rows = [[c["label"], *map(_accuracy, c["robust_accuracy"])] for c in sweep["curves"]]
+    rows.append(["grey-image bound", *map(_accuracy, sweep["grey_image_bound"])])
+    return markdown([f"{NORM_SYMBOLS[sweep['norm']]} ε", *labels], rows, [":--", *["--:"] * len(labels)])
+
+
+def format_corruptions(corruptions):
+    rows = [[r["corruption"], *map(_accuracy, r["accuracy"]), _accuracy(r["mean"])]
+            for r in corruptions["per_corruption"]]
+    rows.append(["**mean**", *map(_accuracy, corruptions["severity_means"]),
+                 f"**{_accuracy(corruptions['mean'])}**"])
+    return markdown(["corruption", *(f"severity {s + 1}" for s in range(SEVERITIES)), "mean"], rows,
+                    [":--", *["--:"] * (SEVERITIES + 1)])
+
+
+def format_checks(checks):
+    lines = ["Gradient-masking checks (a flag is a warning sign, not proof):"]
+    for c in checks:
+        status = "not run" if c["flagged"] is None else "FLAG" if c["flagged"] else "ok"
+        rule = f" ({c['rule']})" if c["rule"] else ""
+        lines.append(f"  [{status}] {c['check']} at {c['where']}: {c['message']}{rule}")
+    flagged = sum(bool(c["flagged"]) for c in checks)
+    if flagged:
+        lines.append(f"{flagged} flag(s): the accuracies above may overstate robustness; attack harder "
+                     f"(more restarts, other losses, black-box attacks) before trusting them.")
+    return "\n".join(lines)
+
+
+def plot_sweep(report, path):
+    """Accuracy vs epsilon, one line per attack, with the clean accuracy and the grey-image bound marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report["sweep"]
+    symbol = NORM_SYMBOLS[sweep["norm"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for curve in sweep["curves"]:
+        ax.plot(sweep["epsilons"], [100 * a for a in curve["robust_accuracy"]], marker="o", label=curve["label"])
+    ax.plot(sweep["epsilons"], [100 * b for b in sweep["grey_image_bound"]], linestyle="--", color="grey",
+            label="grey-image bound")
+    ax.axhline(100 * sweep["clean_accuracy"], linestyle=":", color="black",
+               label=f"clean {_percent(sweep['clean_accuracy'])}")
+    ax.set_xlabel(f"ε ({symbol} radius, pixels scaled to [0, 1])")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    attacks = ", ".join(c["label"] for c in sweep["curves"])
+    ax.set_title(f"{report.get('model')} on {report['dataset']}: {attacks}, {symbol} "
+                 f"({report['evaluation']['n']} test images)", fontsize=9, wrap=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(report, path):
+    """Atomically and durably: readers never see half a file, and a crash keeps the previous one. Raises
+    OSError (the temporary file removed)."""
+    write_atomically(path, json.dumps(report, indent=2, default=str))

@@ -1,0 +1,300 @@
+"""The one way an attack runs: a Job (one attack on a set of samples) cut into units of work, one batch of a
+fixed size each.
+
+A unit checks that every adversarial example it made lies in [0, 1] and inside the epsilon ball, and
+records which samples it broke, how large their perturbations are and how long it took. It draws its
+randomness from its own stream, seeded from the job's stream and the batch's position, so that its outcome
+does not depend on which process runs it or on what ran before. That is what lets a Runner share units out
+over the processes of torch.distributed, and keep finished ones in a UnitStore, from which a killed
+evaluation continues.
+"""
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from attacks import ATTACKS
+from attacks.common import NORMS, flat_norm
+from utils import write_atomically
+
+from .suite import is_autoattack
+
+TOLERANCE = 1e-5  # float32 slack, absolute and relative, when checking that x_adv is in the threat model
+
+# Default batch sizes: on CPU small enough that a progress bar moves every few seconds even under C&W on
+# the MNIST net (about 2.3 images/s on 2 cores, README's Speed section); on CUDA what free memory allows
+# at a generous 16 MiB per image (activations of a forward and an input backward), capped where larger
+# batches stop paying off.
+CPU_BATCH_SIZE = 16
+CUDA_BYTES_PER_IMAGE = 16 * 2 ** 20
+CUDA_BATCH_SIZE_RANGE = (50, 1000)
+
+
+def default_batch_size(device):
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        low, high = CUDA_BATCH_SIZE_RANGE
+        return int(min(high, max(low, free // CUDA_BYTES_PER_IMAGE)))
+    return CPU_BATCH_SIZE
+
+
+def device_of(model):
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def as_float(images):
+    """Float images in [0, 1], whether stored as uint8 or float."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def clean_predictions(model, images, batch_size):
+    """The model's class for each image (on the CPU): computed once, shared by every attack."""
+    predicted = []
+    with torch.no_grad():
+        for begin in range(0, len(images), batch_size):
+            predicted.append(model(as_float(images[begin:begin + batch_size])).argmax(1).cpu())
+    return torch.cat(predicted)
+
+
+# --- random streams ------------------------------------------------------------------------------------------
+
+def stream_seed(seed, norm, epsilon, label, batch=None):
+    """A seed from (seed, norm, epsilon, attack) alone, and the batch's position when given. The epsilon's
+    value (not its written form) counts, so 8/255 and 0.0313725... share a stream."""
+    key = f"{seed}|{norm}|{float(epsilon)!r}|{label}" + ("" if batch is None else f"|{batch}")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % 2 ** 63
+
+
+@contextmanager
+def random_stream(seed, device):
+    """torch's global generators seeded with `seed`, and restored afterwards: attacks draw from them."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+# --- one unit ------------------------------------------------------------------------------------------------
+
+class ThreatModelViolation(Exception):
+    """An attack returned an image outside [0, 1] or outside its epsilon ball: a bug in the attack."""
+
+
+def check_in_threat_model(label, x, x_adv, norm, epsilon):
+    """Every returned example (not only the successful ones: any is a contract breach) must be a valid
+    image within epsilon of its original in the threat model's norm."""
+    if x_adv.shape != x.shape:
+        raise ThreatModelViolation(f"{label} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise ThreatModelViolation(f"{label} returned non-finite pixels")
+    low, high = x_adv.min().item(), x_adv.max().item()
+    if low < -TOLERANCE or high > 1 + TOLERANCE:
+        raise ThreatModelViolation(f"{label} returned pixels outside [0, 1] (from {low:.6g} to {high:.6g})")
+    sizes = flat_norm(x_adv.double() - x.double(), norm)
+    limit = epsilon * (1 + TOLERANCE) + TOLERANCE
+    outside = sizes > limit
+    if outside.any():
+        raise ThreatModelViolation(
+            f"{label} left the {norm} ball of radius {epsilon:.6g} on {int(outside.sum())} of {len(x)} "
+            f"samples (largest perturbation {sizes.max().item():.6g})")
+
+
+def build_attack(name, epsilon, options, seed):
+    """The registry's attack; AutoAttack seeds its own generators, so it gets the stream's seed."""
+    return ATTACKS[name](epsilon, **options, **({"seed": seed} if is_autoattack(name) else {}))
+
+
+@dataclass(eq=False)
+class Job:
+    """One attack on the samples at `indices` (a CPU tensor, in order): a column of a table, the sanity
+    attack or a point of a sweep. The attack works on `model`; `judge` (default: the model) decides which
+    adversarial examples fool it, as in a transfer attack. `seed` seeds the job's stream."""
+    label: str
+    name: str
+    options: dict
+    norm: str
+    epsilon: float
+    indices: torch.Tensor
+    seed: int
+    model: torch.nn.Module
+    judge: torch.nn.Module = None
+    role: str = ""  # tells apart jobs that share everything else (a table's column and a transfer's)
+
+    def units(self, batch_size):
+        return math.ceil(len(self.indices) / batch_size)
+
+    def samples(self, batch_size, position):
+        return self.indices[position * batch_size:(position + 1) * batch_size]
+
+    def key(self, batch_size, position):
+        """What fixes a unit's outcome, besides the model and the images: its name in a UnitStore."""
+        return json.dumps([self.role, self.label, self.name, self.options, self.norm, float(self.epsilon),
+                           self.seed, batch_size, position], sort_keys=True)
+
+
+def run_unit(job, position, images, labels, batch_size):
+    """One batch of a job: {"indices", "broken" (per sample), "sizes" ([linf, l2, l1] of each broken
+    sample's perturbation), "seconds"}, plain Python values (JSON and pickle alike)."""
+    index = job.samples(batch_size, position)
+    seed = stream_seed(job.seed, job.norm, job.epsilon, job.label, batch=position)
+    attack = build_attack(job.name, job.epsilon, job.options, seed)
+    with random_stream(seed, images.device):
+        start = time.perf_counter()
+        on_device = index.to(images.device)
+        x, y = as_float(images[on_device]), labels[on_device]
+        x_adv = attack(job.model, x, y)
+        check_in_threat_model(job.label, x, x_adv, job.norm, job.epsilon)
+        with torch.no_grad():
+            fooled = (job.judge or job.model)(x_adv).argmax(1) != y
+        delta = (x_adv - x)[fooled].double()
+        sizes = torch.stack([flat_norm(delta, norm) for norm in NORMS], dim=1).tolist() if len(delta) else []
+        fooled = fooled.tolist()  # waits for the device: timing is honest
+        seconds = time.perf_counter() - start
+    return {"indices": index.tolist(), "broken": fooled, "sizes": sizes, "seconds": seconds}
+
+
+@dataclass
+class Outcome:
+    """A job's result: which of its samples it broke, the summed linf, l2 and l1 sizes of those
+    perturbations, and the seconds its units took (summed over processes and over resumed runs)."""
+    broken: torch.Tensor
+    size_sums: dict
+    seconds: float
+
+
+def combine(units):
+    broken = torch.tensor([b for unit in units for b in unit["broken"]], dtype=torch.bool)
+    sizes = [size for unit in units for size in unit["sizes"]]
+    size_sums = {norm: sum(size[k] for size in sizes) for k, norm in enumerate(NORMS)}  # in sample order
+    return Outcome(broken, size_sums, sum(unit["seconds"] for unit in units))
+
+
+# --- finished units on disk, and units shared out over processes ---------------------------------------------
+
+class UnitStore:
+    """Finished units' outcomes, one small JSON file each in `folder`, written atomically as each unit
+    finishes: a killed evaluation loses only the units in flight."""
+
+    def __init__(self, folder):
+        self.folder, self.outcomes = folder, {}
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.endswith(".json"):
+                    try:
+                        with open(os.path.join(folder, name)) as f:
+                            saved = json.load(f)
+                        self.outcomes[saved["key"]] = saved["outcome"]
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass  # unreadable: that unit runs again
+
+    def kept(self):
+        """How many units the folder holds: under torch.distributed, other processes' too."""
+        if not os.path.isdir(self.folder):
+            return 0
+        return sum(name.endswith(".json") for name in os.listdir(self.folder))
+
+    def get(self, key, indices):
+        """The outcome stored for `key`, if it attacked these very samples."""
+        outcome = self.outcomes.get(key)
+        return outcome if outcome is not None and outcome["indices"] == indices else None
+
+    def put(self, key, outcome, write=True):
+        self.outcomes[key] = outcome
+        if write:
+            os.makedirs(self.folder, exist_ok=True)
+            name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
+            write_atomically(os.path.join(self.folder, name), json.dumps({"key": key, "outcome": outcome}))
+
+
+class Runner:
+    """Runs jobs unit by unit: in this process, or, with world_size > 1 (torch.distributed initialised),
+    the units not yet in the store dealt out over the processes in turn and the outcomes gathered, so that
+    every process returns the same outcomes as one process alone would. progress: a bar per job."""
+
+    def __init__(self, store=None, rank=0, world_size=1, progress=False):
+        self.store, self.rank, self.world_size, self.progress = store, rank, world_size, progress
+        if store is not None:
+            store.outcomes = self.shared(store.outcomes)  # what rank 0 read: every process deals the same
+
+    def shared(self, value):
+        """Rank 0's value, in every process."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def run(self, jobs, images, labels, batch_size, on_job=None):
+        """[Outcome per job]. on_job(i, outcome) is called for each job in order, as soon as its units
+        are done (under torch.distributed: once all processes are)."""
+        units = [(j, p) for j, job in enumerate(jobs) for p in range(job.units(batch_size))]
+        done = {}
+        for j, p in units:
+            stored = self.store and self.store.get(jobs[j].key(batch_size, p), jobs[j].samples(batch_size, p).tolist())
+            if stored:
+                done[j, p] = stored
+        mine = [u for u in units if u not in done][self.rank::self.world_size]
+        announced = 0
+
+        def announce():
+            nonlocal announced
+            while announced < len(jobs) and all((announced, p) in done
+                                                for p in range(jobs[announced].units(batch_size))):
+                if on_job:
+                    on_job(announced, combine([done[announced, p] for p in range(jobs[announced].units(batch_size))]))
+                announced += 1
+
+        bar = None
+        for j, p in mine:
+            if self.world_size == 1:
+                announce()
+            if bar is None or bar.job is not jobs[j]:
+                bar = JobBar(jobs[j], [len(jobs[j].samples(batch_size, q)) for i, q in mine if i == j], len(labels),
+                             self.progress and self.rank == 0, previous=bar)
+            done[j, p] = run_unit(jobs[j], p, images, labels, batch_size)
+            if self.store is not None:
+                self.store.put(jobs[j].key(batch_size, p), done[j, p])
+            bar.update(done[j, p]["broken"])
+        if bar is not None:
+            bar.close()
+        if self.world_size > 1:
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, {u: done[u] for u in mine})
+            for outcomes in gathered:
+                for (j, p), outcome in outcomes.items():
+                    done[j, p] = outcome
+                    if self.store is not None:
+                        self.store.put(jobs[j].key(batch_size, p), outcome, write=False)
+        announce()
+        return [combine([done[j, p] for p in range(job.units(batch_size))]) for j, job in enumerate(jobs)]
+
+
+class JobBar:
+    """A progress bar over this process's units of one job. Its running survival rate times the share of
+    all n samples that the job attacks estimates the final accuracy."""
+
+    def __init__(self, job, unit_sizes, n, enabled, previous=None):
+        if previous is not None:
+            previous.close()
+        self.job, self.share, self.broken, self.seen = job, len(job.indices) / n, 0, 0
+        self.bar = tqdm(total=sum(unit_sizes), desc=f"{job.label} ({job.norm} {job.epsilon:.4g})", unit="img",
+                        disable=not enabled, file=sys.stderr)
+
+    def update(self, broken):
+        self.broken, self.seen = self.broken + sum(broken), self.seen + len(broken)
+        self.bar.update(len(broken))
+        self.bar.set_postfix(robust=f"{100 * self.share * (1 - self.broken / self.seen):.2f}%")
+
+    def close(self):
+        self.bar.close()

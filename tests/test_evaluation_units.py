@@ -1,0 +1,98 @@
+"""Units of work, all on the CPU: a unit's outcome depends on its job and position only, a runner takes
+finished units from its store, C&W's early stop inside the ball leaves the robust accuracy as it was, and
+the constant-predictor check reads class counts."""
+import pytest
+import torch
+
+import evaluation
+from attacks.cw import CarliniWagnerL2
+from weights import model_from_file as load_model
+from data import load_split
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model_and_digits(checkpoint, data_root):  # noqa: F811
+    """The trained MNIST net and 16 test digits in [0, 1], on the CPU."""
+    model, _ = load_model(str(checkpoint))
+    images, labels = load_split("mnist", str(data_root), train=False)
+    return model.to(CPU).eval(), images[:16].to(CPU), labels[:16].to(CPU).long()
+
+
+def pgd_job(model, indices, seed=0):
+    """One short PGD from its random start: what it breaks depends on the stream it draws from."""
+    return evaluation.Job("PGD-50", "pgd-linf", {"steps": 2, "rel_stepsize": 0.5}, "linf", 0.1, indices, seed=seed,
+                          model=model)
+
+
+def without_seconds(unit):
+    return {key: value for key, value in unit.items() if key != "seconds"}
+
+
+def test_a_units_outcome_depends_only_on_its_job_and_position(model_and_digits):
+    model, images, labels = model_and_digits
+    job = pgd_job(model, torch.arange(16))
+    whole = [evaluation.run_unit(job, p, images, labels, batch_size=6) for p in range(job.units(6))]
+    assert [u["indices"] for u in whole] == [list(range(0, 6)), list(range(6, 12)), list(range(12, 16))]
+    torch.rand(1000)  # whatever ran before in this process
+    assert without_seconds(evaluation.run_unit(job, 2, images, labels, batch_size=6)) == without_seconds(whole[2])
+    streams = [without_seconds(evaluation.run_unit(pgd_job(model, torch.arange(16), seed=s), 0, images, labels, 6))
+               for s in range(4)]
+    assert any(stream != streams[0] for stream in streams[1:])  # the unit does draw from its own stream
+    for unit in whole:
+        assert len(unit["sizes"]) == sum(unit["broken"]) and all(size[0] <= 0.1 + 1e-5 for size in unit["sizes"])
+
+
+def test_a_runner_takes_finished_units_from_its_store_and_keeps_those_it_runs(model_and_digits, tmp_path,
+                                                                            monkeypatch):
+    model, images, labels = model_and_digits
+    job = pgd_job(model, torch.arange(16))
+    (first,) = evaluation.Runner(evaluation.UnitStore(tmp_path / "units")).run([job], images, labels, 6)
+    assert len(list((tmp_path / "units").glob("*.json"))) == 3
+    assert 0 < int(first.broken.sum()) < 16
+
+    ran = []
+    real = evaluation.units.run_unit
+    monkeypatch.setattr(evaluation.units, "run_unit", lambda job, p, *a: ran.append(p) or real(job, p, *a))
+    store = evaluation.UnitStore(tmp_path / "units")
+    (again,) = evaluation.Runner(store).run([job], images, labels, 6)
+    assert ran == [] and torch.equal(again.broken, first.broken) and again.size_sums == first.size_sums
+
+    moved = pgd_job(model, torch.arange(1, 17) % 16)  # the same key, other samples: stored units do not fit
+    evaluation.Runner(store).run([moved], images, labels, 6)
+    assert ran == [0, 1, 2]
+
+
+def test_cw_stops_searching_samples_inside_the_ball_and_keeps_the_robust_accuracy(model_and_digits):
+    """Fewer images pass through the model, and the same samples survive: on the trained net at l2 2.0,
+    with a short search that breaks some samples and not others."""
+    model, images, labels = model_and_digits
+    x, labels = images[:12].float() / 255, labels[:12]
+    outcomes = {}
+    for stop in (False, True):
+        forwarded = []
+        hook = model.register_forward_hook(lambda module, inputs, output: forwarded.append(len(inputs[0])))
+        attack = CarliniWagnerL2(2.0, binary_search_steps=3, steps=40, stepsize=0.05, initial_const=1.0,
+                                 stop_inside_ball=stop)
+        x_adv = attack(model, x, labels)
+        hook.remove()
+        with torch.no_grad():
+            outcomes[stop] = (model(x_adv).argmax(1) == labels, sum(forwarded))
+    (survived, work), (survived_with_stop, work_with_stop) = outcomes[False], outcomes[True]
+    assert 0 < int(survived.sum()) < len(labels)
+    assert torch.equal(survived_with_stop, survived)
+    assert work_with_stop < 0.9 * work
+
+
+def test_the_suites_cw_stops_inside_the_ball():
+    for family in evaluation.SUITES.values():
+        (cw,) = [a for a in family["l2"]["attacks"] if a[1] == "cw-l2"]
+        assert cw[2]["stop_inside_ball"]
+
+
+@pytest.mark.parametrize("counts, flagged", [([0, 95, 5], True), ([30, 40, 30], False), ([0, 90, 10], False)])
+def test_the_constant_predictor_check_reads_class_counts(counts, flagged):
+    check = evaluation.constant_predictor_check(torch.tensor(counts, device=CPU))
+    assert check.flagged == flagged and "class 1" in check.message
+    assert check.as_json()["check"] == "constant-predictor" and "smaller_epsilon" not in check.as_json()
