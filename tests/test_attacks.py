@@ -141,6 +141,7 @@ def test_pgd_is_at_least_as_strong_as_foolbox_pgd(setting, norm):
     assert ours <= theirs + 2 * POINT + 1e-6, f"ours {ours:.4f}, foolbox {theirs:.4f}"
 
 
+@pytest.mark.slow
 def test_slide_matches_foolbox_robust_accuracy(setting):
     model, x, y, eps = setting
     ours = accuracy(model, SLIDE(eps["l1"], steps=50, rel_stepsize=0.05)(model, x, y), y)
@@ -164,6 +165,7 @@ def test_slide_differs_from_foolbox_only_by_the_projection(setting):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_deepfool_matches_foolbox_robust_accuracy_and_median_size(setting, norm):
     model, x, y, eps = setting
     attack = DeepFool(eps[norm], norm)
@@ -173,6 +175,7 @@ def test_deepfool_matches_foolbox_robust_accuracy_and_median_size(setting, norm)
     assert_same_median_size(model, x, y, attack.minimize(model, x, y), theirs_raw, norm)
 
 
+@pytest.mark.slow
 def test_carlini_wagner_matches_foolbox_robust_accuracy_and_median_size(setting):
     model, x, y, eps = setting
     attack = CarliniWagnerL2(eps["l2"], **CW_SETTINGS)
@@ -185,6 +188,7 @@ def test_carlini_wagner_matches_foolbox_robust_accuracy_and_median_size(setting)
 
 # --- AutoAttack through pyautoattack ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_autoattack_adapter_matches_pyautoattack(setting):
     model, x, y, eps = setting
     x, y = x[:24], y[:24]
@@ -214,7 +218,8 @@ def test_registry_holds_every_evaluation_attack():
     assert set(ATTACKS) == set(THREAT_MODEL)
 
 
-@pytest.mark.parametrize("name", sorted(THREAT_MODEL))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("aa") else name
+                                  for name in sorted(THREAT_MODEL)])
 def test_attack_stays_in_the_box_and_the_ball_and_leaves_model_and_input_as_they_were(setting, name):
     trained, x, y, eps = setting
     model = copy.deepcopy(trained).train()  # eval mode during the attack must not stick

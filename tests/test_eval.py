@@ -52,6 +52,7 @@ def deterministic_linf_suite(monkeypatch):
 
 # --- what it prints and writes ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_prints_a_table_per_threat_model_and_writes_every_figure_to_json(checkpoint, data_root, tmp_path):
     out = tmp_path / "report.json"
     started = time.perf_counter()
@@ -114,6 +115,7 @@ def test_epsilon_overrides_the_suite_and_keeps_its_written_form(capsys, checkpoi
     assert any(c["check"] == "larger-epsilon-not-lower" for c in report["masking_checks"])
 
 
+@pytest.mark.slow
 def test_worst_case_only_gives_the_same_worst_case(capsys, checkpoint, data_root, tmp_path, monkeypatch):
     deterministic_linf_suite(monkeypatch)
     argv = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "pgd-100")
@@ -131,6 +133,7 @@ def test_worst_case_only_gives_the_same_worst_case(capsys, checkpoint, data_root
     assert checks(worst) == checks(every)
 
 
+@pytest.mark.slow
 def test_attacks_see_only_samples_still_robust(capsys, checkpoint, data_root, tmp_path, monkeypatch):
     """Clean-misclassified samples are never attacked; with --worst-case-only, neither are samples that an
     earlier attack of the table broke, and PGD runs before FGSM."""
@@ -152,6 +155,7 @@ def test_attacks_see_only_samples_still_robust(capsys, checkpoint, data_root, tm
     assert remaining == table["worst_case"]["robust"]
 
 
+@pytest.mark.slow
 def test_clean_predictions_are_computed_once(capsys, checkpoint, data_root, tmp_path, monkeypatch):
     calls = []
     real = evaluation.engine.clean_predictions
@@ -217,6 +221,7 @@ def test_data_that_cannot_be_loaded_exits_2_in_one_line(capsys, checkpoint, tmp_
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_command_line_prints_no_traceback(data_root, tmp_path):
     result = run_eval(bad_checkpoints(tmp_path)["needs code"], "--data-root", data_root)
     assert result.returncode == 2, result.stderr
@@ -326,6 +331,7 @@ def few_iterations(options):
     return {**options, **{k: min(v, 5) for k, v in options.items() if k in ("steps", "binary_search_steps")}}
 
 
+@pytest.mark.slow
 def test_every_attack_of_the_suite_runs_within_its_threat_model(capsys, checkpoint, data_root, tmp_path,
                                                                  monkeypatch):
     """The whole mnist suite with few iterations (plumbing and the threat-model check, not strength), at
@@ -358,10 +364,12 @@ def test_the_full_default_suite_runs(checkpoint, data_root, tmp_path):
         assert all(table["worst_case"]["robust_accuracy"] <= a["robust_accuracy"] for a in table["attacks"])
 
 
+@pytest.mark.slow
 def test_evaluates_the_checkpoint_alp_writes(data_root, tmp_path):
     out = tmp_path / "runs"
-    train = subprocess.run([sys.executable, str(ROOT / "ALP.py"), "mnist", "mnist", "--epochs", "1",
-                            "--subset", "200", "--data-root", str(data_root), "--out", str(out)],
+    train = subprocess.run([sys.executable, str(ROOT / "tests" / "alp_process.py"), "mnist", "mnist", "--epochs",
+                            "1", "--subset", "200", "--device", "cpu", "--data-root", str(data_root),
+                            "--out", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
     assert train.returncode == 0, train.stderr
     (run,) = [p for p in out.iterdir() if p.is_dir()]

@@ -54,6 +54,7 @@ def test_evaluate_takes_a_plain_torch_model_and_returns_the_json_report(plain_mo
     assert as_float["threat_models"][0]["worst_case"] == table["worst_case"]
 
 
+@pytest.mark.slow
 def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, digits, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "cli.json"
     eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", str(N), "-b", "8",

@@ -55,6 +55,7 @@ def own_checkpoint(checkpoint, tmp_path):  # noqa: F811
 
 # --- transfer attacks ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(capsys, checkpoint, source,  # noqa: F811
                                                                            data_root, tmp_path):  # noqa: F811
     code, out, err = run(capsys, checkpoint, "--transfer-from", source, "--data-root", data_root, *FAST,
@@ -105,6 +106,7 @@ def test_bad_combinations_exit_2_in_one_line(argv, says, capsys, checkpoint, dat
 
 # --- ε sweeps -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sweep_writes_each_epsilons_accuracy_to_json_and_draws_it(capsys, own_checkpoint, data_root):  # noqa: F811
     code, out, err = run(capsys, own_checkpoint, "--sweep", "linf", "0:0.5:3", "--attacks", "fgsm", "pgd-50",
                          "--n", 16, "-b", 8, "--data-root", data_root)
@@ -125,6 +127,7 @@ def test_sweep_writes_each_epsilons_accuracy_to_json_and_draws_it(capsys, own_ch
     assert "| ℓ∞ ε | 0 | 0.25 | 0.5 |" in out and "grey-image bound" in out
 
 
+@pytest.mark.slow
 def test_sweep_of_fractions_keeps_their_denominator_and_defaults_to_the_pgds(capsys, own_checkpoint,
                                                                            data_root, tmp_path):  # noqa: F811
     code, out, err = run(capsys, own_checkpoint, "--sweep", "linf", "0:16/255:3", "--n", 8, "-b", 8,
@@ -261,6 +264,7 @@ def test_json_that_cannot_be_written_exits_2_before_any_work(where, says, capsys
     assert "clean accuracy" not in out
 
 
+@pytest.mark.slow
 def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint, data_root, tmp_path):  # noqa: F811
     state = torch.load(checkpoint, weights_only=True)
     for name, stored in (("here.pt", str(data_root)), ("gone.pt", str(tmp_path / "moved"))):
@@ -273,6 +277,7 @@ def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint
     assert eval_script.choose_data_root("given", {"data_root": str(data_root)}) == "given"
 
 
+@pytest.mark.slow
 def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_about(capsys, own_checkpoint,
                                                                                   data_root):  # noqa: F811
     code, _, err = run(capsys, own_checkpoint, "--data-root", data_root, "--norms", "linf", "--attacks", "fgsm",
@@ -298,6 +303,7 @@ def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
     assert "cifar (cifar10, cifar100, svhn):" in text and "l1 12: pgd-50, slide, aa" in text
 
 
+@pytest.mark.slow
 def test_a_reference_paras_pt_evaluates_to_the_figures_of_the_same_weights_in_our_checkpoint(
         capsys, checkpoint, data_root, tmp_path):
     """CPU. The reference's bare state_dict, told what it is by --model/--dataset, is the same network."""

@@ -64,6 +64,7 @@ def test_a_runner_takes_finished_units_from_its_store_and_keeps_those_it_runs(mo
     assert ran == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_cw_stops_searching_samples_inside_the_ball_and_keeps_the_robust_accuracy(model_and_digits):
     """Fewer images pass through the model, and the same samples survive: on the trained net at l2 2.0,
     with a short search that breaks some samples and not others."""
