@@ -1,5 +1,7 @@
 """Shared fixtures. The real data under ../shared (beside the repository) is optional: tests that need it
 skip cleanly in a user's clone, which has none."""
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +79,28 @@ def cheap_validation(monkeypatch):
     import training
     for family, attack in CHEAP_VALIDATION.items():
         monkeypatch.setitem(training.HYP["validation_attack"], family, attack)
+
+
+@pytest.fixture(scope="session")
+def finished_run_template(synthetic_mnist_root, tmp_path_factory):
+    """A finished 2-epoch QUICK run on the synthetic digits, trained once per session in a subprocess
+    (tests/alp_process.py, CPU): (its command line without --out, its --out folder). Tests that change a
+    run folder take a copy (finished_run)."""
+    out = tmp_path_factory.mktemp("finished") / "runs"
+    argv = [*QUICK, "--subset=100", "--epochs=2", "--data-root", str(synthetic_mnist_root)]
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "alp_process.py"), *argv, "--out", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return argv, out
+
+
+@pytest.fixture
+def finished_run(finished_run_template, tmp_path):
+    """(command line, run folder) of a copy of finished_run_template's run, for this test to change."""
+    argv, out = finished_run_template
+    shutil.copytree(out, tmp_path / "runs")
+    argv = [*argv, "--out", str(tmp_path / "runs")]
+    return argv, run_folder_of(argv)
 
 
 def run_epoch(step, loader, epoch):

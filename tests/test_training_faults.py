@@ -60,13 +60,6 @@ def test_a_checkpoint_nested_thousands_deep_is_refused_without_a_recursion_error
 
 # --- resume ----------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def finished_run(synthetic_mnist_root, tmp_path, cheap_validation):
-    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
-    ALP.main(argv)
-    return argv, run_folder_of(argv)
-
-
 @pytest.mark.slow
 def test_resume_without_args_json_checks_the_arguments_against_last_pt(finished_run, capsys):
     argv, run_dir = finished_run
