@@ -213,7 +213,7 @@ def main(argv=None):
                 tally = EpochTally(device)
                 for x, y in tqdm(train_loader.epoch(epoch), total=len(train_loader), disable=not progress,
                                  desc=f"epoch {epoch + 1}", leave=False):
-                    loss, logits_adv = step(x, y)
+                    loss, logits_adv = step(x, y)  # the PGD pair, the ALP loss, the optimiser step
                     tally.add(loss, logits_adv, y)
                 scheduler.step()
                 train_loss, train_adv_accuracy, first_bad_batch = tally.result()

@@ -107,7 +107,7 @@ def test_a_capture_that_cuda_refuses_leaves_the_run_on_the_eager_step_with_its_f
              eager_loader, eager_scheduler)):
         torch.cuda.manual_seed(1)
         for epoch in range(2):
-            assert train_epoch(run_step, run_loader, epoch)[0][2].item() == IMAGES
+            assert run_epoch(run_step, run_loader, epoch).totals[2].item() == IMAGES
             run_scheduler.step()
     assert step.graph is None and step.capture_failure is not None
     assert len(lines) == 1 and "recording the CUDA graph failed" in lines[0], lines

@@ -1,4 +1,4 @@
-"""training.GraphedStep's plumbing without a graph, on the CPU (DEVICE) on every machine: static buffers,
+"""cuda_graph.GraphedStep's plumbing without a graph, on the CPU (DEVICE) on every machine: static buffers,
 copy-in, the eager last batch, the tensor learning rate, resume; the optimisers' kernels on resume; and
 --cuda-graph where no graph can run. The captured graph itself is tested in tests/test_cuda.py."""
 from contextlib import nullcontext
