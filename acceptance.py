@@ -197,6 +197,7 @@ def run_training(parts, form, device, data_root, offline_data, work):
         rows, lines, last = read_run(out)
         runs[kind] = {**outcome(status, seconds),
                       "epochs": [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"]),
+                                  "validation_seconds": float(r["validation_seconds"] or 0) or None,
                                   "clean_percent": percent(r["clean_accuracy"]),
                                   "robust_percent": percent(r["robust_accuracy"])} for r in rows],
                       "graph_notes": [line for line in lines if line.startswith("--cuda-graph")]}
