@@ -289,6 +289,10 @@ class RunFolder:
         self.release()
 
     def release(self):
+        """The lock (and the log) let go: for a process that goes on after the run, such as a notebook's."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
