@@ -44,6 +44,14 @@ def load_corruptions(folder, dataset, n=None):
     if not names:
         raise ValueError(f"{folder} holds no <corruption>.npy files beside labels.npy")
     per_severity = len(labels) // SEVERITIES
+    # Every severity corrupts the same test images, so labels.npy repeats one block of labels per severity.
+    # A folder of another number of severities still divides into 5 blocks when its size allows; only the
+    # blocks' disagreement gives it away.
+    blocks = np.asarray(labels).reshape(SEVERITIES, per_severity)
+    if not (blocks == blocks[0]).all():
+        raise ValueError(f"{labels_path} holds {len(labels)} labels that are not {SEVERITIES} repeats of one "
+                         f"block of {per_severity} (one per severity, as CIFAR-10-C lays them out): does the "
+                         f"folder hold another number of severities?")
     keep = min(n or per_severity, per_severity)
     c, h, w = FAMILY_SHAPES[spec.family]
     corruptions = {}

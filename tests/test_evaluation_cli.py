@@ -162,11 +162,11 @@ PER_SEVERITY = 4
 
 def write_corruptions(folder, names=("fog", "gaussian_noise"), shape=(32, 32, 3), labels=None):
     """CIFAR-10-C's layout in miniature: <name>.npy of 5 x 4 uint8 HWC images, severity 1 first, and
-    labels.npy of the 20 labels."""
+    labels.npy of the 20 labels (the same 4 per severity)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     count = 5 * PER_SEVERITY
-    np.save(folder / "labels.npy", rng.integers(0, 10, count) if labels is None else labels)
+    np.save(folder / "labels.npy", np.tile(rng.integers(0, 10, PER_SEVERITY), 5) if labels is None else labels)
     for name in names:
         np.save(folder / f"{name}.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
     return folder
@@ -207,6 +207,7 @@ def test_corruptions_give_accuracy_per_corruption_and_severity(capsys, cifar_che
     ("no labels", "has no labels.npy"),
     ("grey images", "must hold 20 x 32 x 32 x 3 uint8 images"),
     ("labels not 5 x M", "must hold 5 x M integer labels"),
+    ("4 severities of 5", "labels.npy holds 20 labels that are not 5 repeats of one block of 4"),
     ("labels of another data set", "labels outside 0..9"),
     ("not npy", "is not a readable .npy file"),
     ("no corruptions", "holds no <corruption>.npy files"),
@@ -219,6 +220,8 @@ def test_unusable_corruption_folders_exit_2_in_one_line(damage, says, capsys, ci
         write_corruptions(folder, shape=(28, 28, 1))
     elif damage == "labels not 5 x M":
         write_corruptions(folder, labels=np.zeros(19, dtype=np.int64))
+    elif damage == "4 severities of 5":  # 20 images, as 5 severities of 4 would have
+        write_corruptions(folder, labels=np.tile(np.arange(5), 4))
     elif damage == "labels of another data set":
         write_corruptions(folder, labels=np.full(20, 57))
     elif damage == "not npy":
