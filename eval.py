@@ -165,6 +165,11 @@ def load(path, model_name, dataset, device):
         model, meta = model_from_file(path, model_name=model_name, dataset=dataset)
     except CheckpointError as e:
         fail(str(e))
+    # NaN weights give NaN logits, whose argmax is class 0: better named here than blamed on an attack.
+    not_finite = next((name for name, t in model.state_dict().items()
+                       if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if not_finite:
+        fail(f"{path}: the checkpoint's weights are not finite (the first such tensor is {not_finite})")
     return model.to(device), meta
 
 

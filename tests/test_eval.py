@@ -19,6 +19,7 @@ import eval as eval_script
 import evaluation
 from attacks import ATTACKS
 from weights import model_from_file as load_model
+from conftest import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # test images per evaluation
@@ -171,22 +172,29 @@ class NeedsCode:
     """Pickled by reference: loading it would import and run this module's code."""
 
 
-def bad_checkpoints(tmp_path):
+def bad_checkpoints(tmp_path, checkpoint):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
     needs_code = tmp_path / "needs_code.pt"
     torch.save({"model": {}, "meta": {"dataset": "mnist"}, "extra": NeedsCode()}, needs_code)
-    return {"missing": tmp_path / "nowhere.pt", "corrupt": corrupt, "needs code": needs_code}
+    model, _ = load_model(str(checkpoint))
+    with torch.no_grad():
+        model.state_dict()["conv.2.weight"][0, 0, 0, 0] = float("nan")
+    nan_weights = write_checkpoint(tmp_path / "nan.pt", model)
+    return {"missing": tmp_path / "nowhere.pt", "corrupt": corrupt, "needs code": needs_code,
+            "nan weights": nan_weights}
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "needs code"])
-def test_unusable_checkpoint_is_refused_in_one_line(case, capsys, data_root, tmp_path):
-    path = bad_checkpoints(tmp_path)[case]
+@pytest.mark.parametrize("case, says", [("missing", "no checkpoint"), ("corrupt", ""), ("needs code", "needs code"),
+                                        ("nan weights", "weights are not finite (the first such tensor is "
+                                                        "conv.2.weight)")])
+def test_unusable_checkpoint_is_refused_in_one_line(case, says, capsys, checkpoint, data_root, tmp_path):
+    path = bad_checkpoints(tmp_path, checkpoint)[case]
     with pytest.raises(SystemExit) as exit_info:
         eval_script.main([str(path), "--device", "cpu", "--data-root", str(data_root), "--attacks", "fgsm"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and str(path) in err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err and says in err
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -222,8 +230,8 @@ def test_data_that_cannot_be_loaded_exits_2_in_one_line(capsys, checkpoint, tmp_
 
 
 @pytest.mark.slow
-def test_bad_input_from_the_command_line_prints_no_traceback(data_root, tmp_path):
-    result = run_eval(bad_checkpoints(tmp_path)["needs code"], "--data-root", data_root)
+def test_bad_input_from_the_command_line_prints_no_traceback(checkpoint, data_root, tmp_path):
+    result = run_eval(bad_checkpoints(tmp_path, checkpoint)["needs code"], "--data-root", data_root)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "test_eval.NeedsCode, which needs code to load" in result.stderr
