@@ -96,7 +96,8 @@ def format_corruptions(corruptions):
 def format_checks(checks):
     lines = ["Gradient-masking checks (a flag is a warning sign, not proof):"]
     for c in checks:
-        status = "not run" if c["flagged"] is None else "FLAG" if c["flagged"] else "ok"
+        status = ("not run" if c["flagged"] is None else "info" if c.get("kind") == "information"
+                  else "FLAG" if c["flagged"] else "ok")
         rule = f" ({c['rule']})" if c["rule"] else ""
         lines.append(f"  [{status}] {c['check']} at {c['where']}: {c['message']}{rule}")
     flagged = sum(bool(c["flagged"]) for c in checks)
