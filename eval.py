@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from checkpoints import CheckpointError
-from data import DATASETS, DataError, load_split
+from data import DATASETS, DataError, data_digest, load_split, train_val_splits
 from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
                         default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
@@ -304,6 +304,25 @@ def run_corruptions(args, model, model_info, dataset, requested, json_path):
           format_corruptions(report["corruptions"]), f"\nAll figures: {json_path}", sep="\n")
 
 
+def data_warnings(meta, data_root):
+    """A warning when the data under data_root is not the data the checkpoint was trained and validated on
+    (its meta's digest of both splits, recomputed as training loaded them): another copy of the data set,
+    or a stand-in, may hold the checkpoint's training images in its test split. None for a checkpoint
+    without a digest (a reference paras.pt)."""
+    trained_on, training = meta.get("data_digest"), meta.get("args") or {}
+    if not trained_on:
+        return []
+    try:
+        train, val = train_val_splits(meta["dataset"], data_root, training.get("ratio") or 0.0,
+                                      training.get("subset"), training.get("seed", 0))
+    except DataError as e:
+        return [f"cannot check that {data_root} holds the data the checkpoint was trained on ({e})"]
+    if data_digest(*train, *val) == trained_on:
+        return []
+    return [f"the {meta['dataset']} data under {data_root} is not the data the checkpoint was trained and "
+            f"validated on (its digest differs): its test images may include the checkpoint's training images"]
+
+
 def load_test_images(args, meta):
     """(images, labels, data root, warnings): the first --n test images of the checkpoint's data set."""
     data_root = choose_data_root(args.data_root, meta.get("args"))
@@ -311,7 +330,7 @@ def load_test_images(args, meta):
         images, labels = load_split(meta["dataset"], data_root, train=False)
     except DataError as e:
         fail(str(e))
-    warnings = []
+    warnings = data_warnings(meta, data_root)
     if args.n and args.n > len(labels):
         warnings.append(f"--n {args.n} exceeds the {len(labels)} test images of {meta['dataset']}; evaluating "
                         f"all {len(labels)}")

@@ -10,6 +10,7 @@ import torch
 
 import eval as eval_script
 from checkpoints import checkpoint_meta, save_checkpoint
+from data import data_digest, train_val_splits
 from weights import build_model, model_from_file
 from conftest import train_on_digits
 
@@ -32,10 +33,10 @@ def assert_one_line_error(code, err, says):
     assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
 
 
-def write(path, model_name, dataset, state_dict=None, training_args=None):
+def write(path, model_name, dataset, state_dict=None, training_args=None, digest=None):
     state_dict = state_dict or build_model(model_name, dataset).to(CPU).state_dict()
     save_checkpoint({"model": state_dict, "epoch": 1,
-                     "meta": checkpoint_meta(model_name, dataset, training_args or {})}, path)
+                     "meta": checkpoint_meta(model_name, dataset, training_args or {}, digest)}, path)
     return path
 
 
@@ -278,6 +279,22 @@ def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint
     assert report["evaluation"]["data_root"] == str(data_root)
     assert eval_script.choose_data_root(None, {"data_root": str(tmp_path / "moved")}) == "./data"
     assert eval_script.choose_data_root("given", {"data_root": str(data_root)}) == "given"
+
+
+def test_data_other_than_the_checkpoints_training_data_is_warned_about(capsys, checkpoint, data_root,  # noqa: F811
+                                                                       synthetic_mnist_root, tmp_path):
+    training = {"ratio": 0.0, "subset": None, "seed": 1, "data_root": str(data_root)}
+    train, val = train_val_splits("mnist", str(data_root), 0.0, None, 1)
+    trained = write(tmp_path / "trained.pt", "mnist", "mnist", torch.load(checkpoint, weights_only=True)["model"],
+                    training, data_digest(*train, *val))
+    for root, warns in ((data_root, False), (synthetic_mnist_root, True)):
+        out_json = tmp_path / f"warns-{warns}.json"
+        code, _, err = run(capsys, trained, "--data-root", root, "--norms", "linf", "--attacks", "fgsm", "--n", 8,
+                           "--json", out_json)
+        assert code == 0, err
+        says = "is not the data the checkpoint was trained and validated on"
+        assert (says in err) == warns and len(err.strip().splitlines()) == warns
+        assert any(says in w for w in json.loads(out_json.read_text())["warnings"]) == warns
 
 
 @pytest.mark.slow
