@@ -29,8 +29,8 @@ from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
                         default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
                         format_checks, format_corruptions, format_details, format_sweep, format_table,
-                        format_transfer_table, parse_epsilon, parse_number, plan_sweep, plan_threat_models,
-                        plot_sweep, suite_summary, write_json)
+                        format_transfer_table, parse_epsilon, parse_number, plan_summary, plan_sweep,
+                        plan_threat_models, plot_sweep, suite_summary, write_json)
 from models import MODELS
 from training import setup_process
 from utils import CLIParser, default_device, fail
@@ -261,9 +261,9 @@ def warn(message):
 
 # --- main --------------------------------------------------------------------------------------------------
 
-def check_selection(args, family):
-    """Every flag checked against the others and the suite before any data is read. Returns the sweep's
-    [(label, epsilon)] (None without --sweep)."""
+def check_selection(args, family, rank):
+    """Every flag checked against the others and the suite before any data is read (rank 0 says what
+    --attacks runs where). Returns the sweep's [(label, epsilon)] (None without --sweep)."""
     if args.source_model and not args.transfer_from:
         fail("--source-model needs --transfer-from")
     if args.sweep and (args.norms or args.epsilon or args.worst_case_only):
@@ -276,8 +276,10 @@ def check_selection(args, family):
             plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
             return parse_sweep(args.sweep[1])
         if not args.corruptions:
-            plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
-                               white_box_only=bool(args.transfer_from))
+            plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
+                                      white_box_only=bool(args.transfer_from))
+            if args.attacks and rank == 0:  # a name may run at several norms: say where each runs
+                print(f"--attacks {' '.join(args.attacks)} runs {plan_summary(plan)}", flush=True)
     except ValueError as e:
         fail(str(e))
     return None
@@ -413,7 +415,7 @@ def evaluate_checkpoint(args):
     lead = rank == 0
     model, meta = load(args.checkpoint, args.model, args.dataset, device)
     dataset = meta["dataset"]
-    sweep_epsilons = check_selection(args, DATASETS[dataset].family)
+    sweep_epsilons = check_selection(args, DATASETS[dataset].family, rank)
     source, source_info = load_source(args, dataset, device) if args.transfer_from else (None, None)
     requested = requested_evaluation(args)
     json_path = args.json or default_json_path(args.checkpoint, requested)

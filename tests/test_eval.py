@@ -99,6 +99,12 @@ def test_prints_a_table_per_threat_model_and_writes_every_figure_to_json(checkpo
     assert "Gradient-masking checks" in result.stdout
 
 
+def test_attacks_named_at_several_norms_say_where_each_runs(capsys, checkpoint, data_root, tmp_path):
+    out, report = evaluate(capsys, checkpoint, data_root, tmp_path, "--attacks", "fgsm", "pgd-50", "--n", "8")
+    assert "--attacks fgsm pgd-50 runs ℓ∞ 0.3: FGSM, PGD-50; ℓ1 10: PGD-50" in out
+    assert [t["norm"] for t in report["threat_models"]] == ["linf", "l1"]
+
+
 def test_json_goes_beside_the_checkpoint_by_default(capsys, checkpoint, data_root):
     eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "10", "--attacks",
                       "fgsm"])
@@ -202,6 +208,7 @@ def test_unusable_checkpoint_is_refused_in_one_line(case, says, capsys, checkpoi
     (["--attacks", "pgd-10"], "pgd-10: not in the mnist suite"),  # a cifar column
     (["--norms", "l3"], "invalid choice: 'l3'"),
     (["--norms", "l2", "--attacks", "fgsm"], "fgsm: not in the mnist suite for l2"),
+    (["--norms", "linf", "l2", "--attacks", "fgsm"], "l2 gets none of the selected attacks (fgsm)"),
     (["--epsilon", "0"], "must be a positive number"),
     (["--epsilon", "-0.1"], "must be a positive number"),
     (["--epsilon", "1/0"], "must be a positive number"),
