@@ -119,7 +119,9 @@ def build_parser():
                                        "after what is evaluated: <checkpoint>.eval[.<selection>].json)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a JSON file that holds a different evaluation")
-    parser.add_argument("--progress", action="store_true", help="a progress bar per attack, moving per batch")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar per attack, moving per batch, with its rate, time left and running "
+                             "robust accuracy (default: on when stderr is a terminal)")
     parser.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:1...")
     parser.add_argument("--worst-case-only", action="store_true",
                         help="attack only the samples that earlier attacks of the table left robust; "
@@ -145,7 +147,10 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.progress is None:  # bars for a person watching, none in a log file
+        args.progress = sys.stderr.isatty()
+    return args
 
 
 # --- checkpoints, data, output file ------------------------------------------------------------------------

@@ -297,6 +297,24 @@ def test_data_other_than_the_checkpoints_training_data_is_warned_about(capsys, c
         assert any(says in w for w in json.loads(out_json.read_text())["warnings"]) == warns
 
 
+@pytest.mark.parametrize("flag, terminal, shown", [(None, True, True), (None, False, False),
+                                                   ("--progress", False, True), ("--no-progress", True, False)])
+def test_progress_bars_show_on_a_terminal_unless_told_otherwise(flag, terminal, shown, monkeypatch):
+    monkeypatch.setattr(eval_script.sys.stderr, "isatty", lambda: terminal)
+    assert eval_script.parse_args(["ckpt.pt", *([flag] if flag else [])]).progress is shown
+
+
+def test_a_progress_bar_gives_its_rate_and_time_left(capsys):
+    from evaluation import Job
+    from evaluation.units import JobBar
+    job = Job("PGD-50", "pgd-linf", {}, "linf", 0.3, torch.arange(8), seed=0, model=torch.nn.Identity())
+    bar = JobBar(job, [4, 4], 8, enabled=True)
+    bar.update([True, False, False, False])
+    bar.close()
+    err = capsys.readouterr().err
+    assert "img/s" in err and "<" in err and "robust=" in err  # rate, elapsed<left, running accuracy
+
+
 @pytest.mark.slow
 def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_about(capsys, own_checkpoint,
                                                                                   data_root):  # noqa: F811
