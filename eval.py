@@ -214,7 +214,9 @@ def default_json_path(checkpoint, requested):
     if requested["aa_version"] != "standard":
         parts.append(f"aa-{requested['aa_version']}")
     if requested["transfer_from"]:
-        parts.append("from-" + os.path.splitext(os.path.basename(requested["transfer_from"]))[0])
+        # with the source's folder (its run): two runs' best_robust.pt must not share a file
+        folder, file = os.path.split(requested["transfer_from"])
+        parts.append(f"from-{os.path.basename(folder)}-{os.path.splitext(file)[0]}")
     if requested["sweep"]:
         parts.append("sweep-" + "-".join(requested["sweep"]))
     if requested["corruptions"]:

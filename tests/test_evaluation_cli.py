@@ -63,7 +63,8 @@ def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(caps
                          "--json", tmp_path / "transfer.json")
     assert code == 0, err
     assert "| ℓ∞ | Source | Target | Source Nat(%) | Nat(%) | FGSM | PGD-50 | Worst |" in out
-    assert f"| 0.3 | mnist ({source}) | mnist ({checkpoint}) |" in out
+    assert f"| 0.3 | mnist ({source.parent.name}/source.pt) | mnist ({checkpoint.parent.name}/last.pt) |" in out
+    assert f"made on {source} " in out and f"measured on {checkpoint}" in out  # the full paths, once
     report = json.loads((tmp_path / "transfer.json").read_text())
     transfer = report["transfer"]
     assert report["complete"] and transfer["source"]["checkpoint"] == str(source)
@@ -90,6 +91,31 @@ def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoin
     cifar = write(tmp_path / "cifar.pt", "resnet20", "cifar10")
     code, _, err = run(capsys, checkpoint, "--transfer-from", cifar, "--data-root", data_root, *FAST)
     assert_one_line_error(code, err, "a transfer attack needs both models for the same data set")
+
+
+def test_transfers_from_two_runs_best_checkpoints_get_their_own_json_files():
+    def name(source):
+        requested = {"n": None, "norms": None, "attacks": None, "epsilons": None, "seed": 0,
+                     "worst_case_only": False, "aa_version": "standard", "transfer_from": source,
+                     "sweep": None, "corruptions": None}
+        return eval_script.default_json_path("/runs/target/best_robust.pt", requested)
+    assert name("/runs/a/best_robust.pt") == "/runs/target/best_robust.eval.from-a-best_robust.json"
+    assert name("/runs/b/best_robust.pt") != name("/runs/a/best_robust.pt")
+
+
+def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_clean_line():
+    report = {"model": "m", "dataset": "mnist", "evaluation": {"n": 8},
+              "sweep": {"norm": "linf", "epsilons": [0, 0.1, 0.5], "clean_accuracy": 0.9,
+                        "grey_image_bound": [0.9, 0.9, 0.1], "curves": [{"label": "PGD-50",
+                                                                         "robust_accuracy": [0.9, 0.5, 0.0]}]}}
+    import matplotlib.pyplot as plt
+    from evaluation import sweep_figure
+    fig = sweep_figure(report)
+    lines = {line.get_label().split()[0]: line for line in fig.axes[0].get_lines()}
+    plt.close(fig)
+    grey, clean = lines["grey-image"], lines["clean"]
+    assert grey.get_marker() not in (None, "None", "") and grey.get_linestyle() != clean.get_linestyle()
+    assert grey.get_zorder() > clean.get_zorder()
 
 
 @pytest.mark.parametrize("argv, says", [
