@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import eval as eval_script
 import evaluation
 from attacks import ATTACKS
 from weights import model_from_file as load_model
-from conftest import write_checkpoint
+from conftest import assert_one_line_error, run_eval, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 40  # test images per evaluation
@@ -27,17 +26,18 @@ N = 40  # test images per evaluation
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_eval(*argv):
+def eval_process(*argv):
+    """eval.py in a process of its own: the command line itself, imports and exit status included."""
     return subprocess.run([sys.executable, str(ROOT / "eval.py"), "--device", "cpu", *map(str, argv)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
 
 
 def evaluate(capsys, checkpoint, data_root, tmp_path, *argv, name="out.json"):
-    """eval.main in-process: (stdout, the JSON report)."""
+    """A successful eval.py run in-process on N images: (stdout, the JSON report)."""
     out = tmp_path / name
-    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", str(N), "--json",
-                      str(out), *argv])
-    return capsys.readouterr().out, json.loads(out.read_text())
+    code, stdout, err = run_eval(capsys, checkpoint, "--data-root", data_root, "--n", N, "--json", out, *argv)
+    assert code == 0, err
+    return stdout, json.loads(out.read_text())
 
 
 def deterministic_linf_suite(monkeypatch):
@@ -57,7 +57,7 @@ def deterministic_linf_suite(monkeypatch):
 def test_prints_a_table_per_threat_model_and_writes_every_figure_to_json(checkpoint, data_root, tmp_path):
     out = tmp_path / "report.json"
     started = time.perf_counter()
-    result = run_eval(checkpoint, "--attacks", "fgsm", "pgd-50", "--n", N, "--data-root", data_root,
+    result = eval_process(checkpoint, "--attacks", "fgsm", "pgd-50", "--n", N, "--data-root", data_root,
                       "--json", out, "--progress")
     wall = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
@@ -106,11 +106,10 @@ def test_attacks_named_at_several_norms_say_where_each_runs(capsys, checkpoint, 
 
 
 def test_json_goes_beside_the_checkpoint_by_default(capsys, checkpoint, data_root):
-    eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "10", "--attacks",
-                      "fgsm"])
+    code, out, err = run_eval(capsys, checkpoint, "--data-root", data_root, "--n", 10, "--attacks", "fgsm")
     path = checkpoint.with_name("last.eval.n10_fgsm.json")
-    assert json.loads(path.read_text())["complete"]
-    assert str(path) in capsys.readouterr().out
+    assert code == 0 and json.loads(path.read_text())["complete"], err
+    assert str(path) in out
 
 
 def test_epsilon_overrides_the_suite_and_keeps_its_written_form(capsys, checkpoint, data_root, tmp_path):
@@ -196,11 +195,9 @@ def bad_checkpoints(tmp_path, checkpoint):
                                                         "conv.2.weight)")])
 def test_unusable_checkpoint_is_refused_in_one_line(case, says, capsys, checkpoint, data_root, tmp_path):
     path = bad_checkpoints(tmp_path, checkpoint)[case]
-    with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(path), "--device", "cpu", "--data-root", str(data_root), "--attacks", "fgsm"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and str(path) in err and says in err
+    code, _, err = run_eval(capsys, path, "--data-root", data_root, "--attacks", "fgsm")
+    assert_one_line_error(code, err, says)
+    assert str(path) in err
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -219,26 +216,19 @@ def test_unusable_checkpoint_is_refused_in_one_line(case, says, capsys, checkpoi
     (["-b", "0"], "must be a positive integer"),
 ])
 def test_bad_option_exits_2_in_one_line(argv, says, capsys, checkpoint, data_root):
-    with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(data_root), *argv])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and says in err
+    assert_one_line_error(*run_eval(capsys, checkpoint, "--data-root", data_root, *argv)[::2], says)
 
 
 def test_data_that_cannot_be_loaded_exits_2_in_one_line(capsys, checkpoint, tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    with pytest.raises(SystemExit) as exit_info:
-        eval_script.main([str(checkpoint), "--device", "cpu", "--data-root", str(not_a_folder), "--attacks",
-                          "fgsm"])
-    assert exit_info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    code, _, err = run_eval(capsys, checkpoint, "--data-root", not_a_folder, "--attacks", "fgsm")
+    assert_one_line_error(code, err, str(not_a_folder))
 
 
 @pytest.mark.slow
 def test_bad_input_from_the_command_line_prints_no_traceback(checkpoint, data_root, tmp_path):
-    result = run_eval(bad_checkpoints(tmp_path, checkpoint)["needs code"], "--data-root", data_root)
+    result = eval_process(bad_checkpoints(tmp_path, checkpoint)["needs code"], "--data-root", data_root)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "test_eval.NeedsCode, which needs code to load" in result.stderr
@@ -270,10 +260,9 @@ def test_an_attack_leaving_the_threat_model_stops_the_evaluation(out_of_range, s
         evaluation.run_unit(job, 0, images, torch.zeros(8, dtype=torch.long), batch_size=4)
 
     monkeypatch.setitem(ATTACKS, "fgsm", lambda epsilon: LeavesTheBall(epsilon, out_of_range))
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate(capsys, checkpoint, data_root, tmp_path, "--attacks", "fgsm")
-    assert exit_info.value.code not in (0, None)
-    err = capsys.readouterr().err
+    code, _, err = run_eval(capsys, checkpoint, "--data-root", data_root, "--n", N, "--json", tmp_path / "out.json",
+                            "--attacks", "fgsm")
+    assert code == 1
     assert "attack bug" in err and "FGSM" in err and says in err and len(err.strip().splitlines()) == 1
     assert not json.loads((tmp_path / "out.json").read_text())["complete"]
 
@@ -345,13 +334,16 @@ def test_larger_epsilon_with_higher_accuracy_is_flagged():
 
 # --- the suite as data ------------------------------------------------------------------------------------
 
-def test_cli_attack_names_are_the_lowercase_column_labels():
-    names = {evaluation.cli_name(a[0]) for suite in evaluation.SUITES.values() for norm in suite.values()
-             for a in norm["attacks"]}
-    assert names == {"fgsm", "pgd-10", "pgd-40", "pgd-50", "pgd-100", "deepfool", "cw", "slide", "aa"}
-    for suite in evaluation.SUITES.values():
-        for norm in suite.values():
-            assert all(name in ATTACKS for _, name, _ in norm["attacks"])
+def test_each_selection_name_selects_its_own_columns_of_registered_attacks():
+    assert evaluation.cli_name("C&W") == "cw" and evaluation.cli_name("PGD-50") == "pgd-50"
+    for family in evaluation.SUITES:
+        for name in evaluation.attack_names(family):
+            plan = evaluation.plan_threat_models(family, attack_names=[name])
+            columns = [attack for _, _, _, attacks in plan for attack in attacks]
+            assert columns and all(evaluation.cli_name(label) == name and registered in ATTACKS
+                                   for label, registered, _ in columns)
+    with pytest.raises(ValueError, match="pgd-10: not in the mnist suite"):
+        evaluation.plan_threat_models("mnist", attack_names=["pgd-10"])
 
 
 # --- with the real attacks and ALP.py ---------------------------------------------------------------------
@@ -383,7 +375,7 @@ def test_every_attack_of_the_suite_runs_within_its_threat_model(capsys, checkpoi
 @pytest.mark.skipif(not os.environ.get("EVAL_FULL_SUITE"), reason="~1 min; set EVAL_FULL_SUITE=1 to run")
 def test_the_full_default_suite_runs(checkpoint, data_root, tmp_path):
     out = tmp_path / "full.json"
-    result = run_eval(checkpoint, "--n", 8, "--data-root", data_root, "--json", out)
+    result = eval_process(checkpoint, "--n", 8, "--data-root", data_root, "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert [(t["norm"], [a["label"] for a in t["attacks"]]) for t in report["threat_models"]] == [
@@ -402,7 +394,7 @@ def test_evaluates_the_checkpoint_alp_writes(data_root, tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=SINGLE_THREAD)
     assert train.returncode == 0, train.stderr
     (run,) = [p for p in out.iterdir() if p.is_dir()]
-    result = run_eval(run / "last.pt", "--n", 20, "--attacks", "fgsm", "pgd-50", "--data-root", data_root)
+    result = eval_process(run / "last.pt", "--n", 20, "--attacks", "fgsm", "pgd-50", "--data-root", data_root)
     assert result.returncode == 0, result.stderr
     assert "| ℓ∞ | leverage | Net | LP | Nat(%) | FGSM | PGD-50 | Worst |" in result.stdout
     report = json.loads((run / "last.eval.n20_fgsm+pgd-50.json").read_text())

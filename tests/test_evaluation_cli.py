@@ -12,25 +12,10 @@ import eval as eval_script
 from checkpoints import checkpoint_meta, save_checkpoint
 from data import data_digest, train_val_splits
 from weights import build_model, model_from_file
-from conftest import train_on_digits
+from conftest import assert_one_line_error, run_eval as run, train_on_digits
 
 CPU = torch.device("cpu")
 FAST = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "--n", "16", "-b", "8")
-
-
-def run(capsys, *argv):
-    """eval.main in-process on the CPU: (exit status, stdout, stderr)."""
-    try:
-        eval_script.main(["--device", "cpu", *map(str, argv)])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, says):
-    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
 
 
 def write(path, model_name, dataset, state_dict=None, training_args=None, digest=None):
