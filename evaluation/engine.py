@@ -167,9 +167,11 @@ class Table:
 
 
 def grey_image_class(model, images):
-    """The class the model gives the uniform grey image, which lies within linf 0.5 of every image."""
+    """The class the model gives the uniform grey image, which lies within linf 0.5 of every image; -1 where
+    its logits are not finite (no class: the grey image then fools every sample, as in run_unit)."""
     with torch.no_grad():
-        return model(torch.full_like(as_float(images[:1]), 0.5)).argmax(1).item()
+        logits = model(torch.full_like(as_float(images[:1]), 0.5))
+    return logits.argmax(1).item() if torch.isfinite(logits).all() else -1
 
 
 def sanity_job(session):

@@ -260,6 +260,7 @@ def test_nan_logits_on_adversarial_examples_count_as_broken(plain_model, digits)
                                  norms="linf", attacks="fgsm", epsilons=0.1, batch_size=8)
     (fgsm,) = report["threat_models"][0]["attacks"]
     assert fgsm["attacked"] == report["clean"]["correct"] > 0 and fgsm["broken"] == fgsm["attacked"]
+    assert report["sanity"]["grey_image_class"] == -1 and report["sanity"]["grey_image_accuracy"] == 0  # 127.5/255
 
 
 @pytest.mark.parametrize("classes", [5, 20])
