@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 
 from checkpoints import CheckpointError
-from data import DATASETS, DataError, load_split
+from data import DATASETS, DataError, data_digest, load_split, train_val_splits
 from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
                         default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
                         format_checks, format_corruptions, format_details, format_sweep, format_table,
-                        format_transfer_table, parse_epsilon, parse_number, plan_sweep, plan_threat_models,
-                        plot_sweep, suite_summary, write_json)
+                        format_transfer_table, parse_epsilon, parse_number, plan_summary, plan_sweep,
+                        plan_threat_models, plot_sweep, suite_summary, write_json)
 from models import MODELS
 from training import setup_process
 from utils import CLIParser, default_device, fail
@@ -119,7 +119,9 @@ def build_parser():
                                        "after what is evaluated: <checkpoint>.eval[.<selection>].json)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a JSON file that holds a different evaluation")
-    parser.add_argument("--progress", action="store_true", help="a progress bar per attack, moving per batch")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar per attack, moving per batch, with its rate, time left and running "
+                             "robust accuracy (default: on when stderr is a terminal)")
     parser.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:1...")
     parser.add_argument("--worst-case-only", action="store_true",
                         help="attack only the samples that earlier attacks of the table left robust; "
@@ -145,7 +147,10 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.progress is None:  # bars for a person watching, none in a log file
+        args.progress = sys.stderr.isatty()
+    return args
 
 
 # --- checkpoints, data, output file ------------------------------------------------------------------------
@@ -165,6 +170,11 @@ def load(path, model_name, dataset, device):
         model, meta = model_from_file(path, model_name=model_name, dataset=dataset)
     except CheckpointError as e:
         fail(str(e))
+    # NaN weights give NaN logits, whose argmax is class 0: better named here than blamed on an attack.
+    not_finite = next((name for name, t in model.state_dict().items()
+                       if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if not_finite:
+        fail(f"{path}: the checkpoint's weights are not finite (the first such tensor is {not_finite})")
     return model.to(device), meta
 
 
@@ -204,7 +214,9 @@ def default_json_path(checkpoint, requested):
     if requested["aa_version"] != "standard":
         parts.append(f"aa-{requested['aa_version']}")
     if requested["transfer_from"]:
-        parts.append("from-" + os.path.splitext(os.path.basename(requested["transfer_from"]))[0])
+        # with the source's folder (its run): two runs' best_robust.pt must not share a file
+        folder, file = os.path.split(requested["transfer_from"])
+        parts.append(f"from-{os.path.basename(folder)}-{os.path.splitext(file)[0]}")
     if requested["sweep"]:
         parts.append("sweep-" + "-".join(requested["sweep"]))
     if requested["corruptions"]:
@@ -256,9 +268,9 @@ def warn(message):
 
 # --- main --------------------------------------------------------------------------------------------------
 
-def check_selection(args, family):
-    """Every flag checked against the others and the suite before any data is read. Returns the sweep's
-    [(label, epsilon)] (None without --sweep)."""
+def check_selection(args, family, rank):
+    """Every flag checked against the others and the suite before any data is read (rank 0 says what
+    --attacks runs where). Returns the sweep's [(label, epsilon)] (None without --sweep)."""
     if args.source_model and not args.transfer_from:
         fail("--source-model needs --transfer-from")
     if args.sweep and (args.norms or args.epsilon or args.worst_case_only):
@@ -271,8 +283,10 @@ def check_selection(args, family):
             plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
             return parse_sweep(args.sweep[1])
         if not args.corruptions:
-            plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
-                               white_box_only=bool(args.transfer_from))
+            plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
+                                      white_box_only=bool(args.transfer_from))
+            if args.attacks and rank == 0:  # a name may run at several norms: say where each runs
+                print(f"--attacks {' '.join(args.attacks)} runs {plan_summary(plan)}", flush=True)
     except ValueError as e:
         fail(str(e))
     return None
@@ -299,6 +313,25 @@ def run_corruptions(args, model, model_info, dataset, requested, json_path):
           format_corruptions(report["corruptions"]), f"\nAll figures: {json_path}", sep="\n")
 
 
+def data_warnings(meta, data_root):
+    """A warning when the data under data_root is not the data the checkpoint was trained and validated on
+    (its meta's digest of both splits, recomputed as training loaded them): another copy of the data set,
+    or a stand-in, may hold the checkpoint's training images in its test split. None for a checkpoint
+    without a digest (a reference paras.pt)."""
+    trained_on, training = meta.get("data_digest"), meta.get("args") or {}
+    if not trained_on:
+        return []
+    try:
+        train, val = train_val_splits(meta["dataset"], data_root, training.get("ratio") or 0.0,
+                                      training.get("subset"), training.get("seed", 0))
+    except DataError as e:
+        return [f"cannot check that {data_root} holds the data the checkpoint was trained on ({e})"]
+    if data_digest(*train, *val) == trained_on:
+        return []
+    return [f"the {meta['dataset']} data under {data_root} is not the data the checkpoint was trained and "
+            f"validated on (its digest differs): its test images may include the checkpoint's training images"]
+
+
 def load_test_images(args, meta):
     """(images, labels, data root, warnings): the first --n test images of the checkpoint's data set."""
     data_root = choose_data_root(args.data_root, meta.get("args"))
@@ -306,7 +339,7 @@ def load_test_images(args, meta):
         images, labels = load_split(meta["dataset"], data_root, train=False)
     except DataError as e:
         fail(str(e))
-    warnings = []
+    warnings = data_warnings(meta, data_root)
     if args.n and args.n > len(labels):
         warnings.append(f"--n {args.n} exceeds the {len(labels)} test images of {meta['dataset']}; evaluating "
                         f"all {len(labels)}")
@@ -389,7 +422,7 @@ def evaluate_checkpoint(args):
     lead = rank == 0
     model, meta = load(args.checkpoint, args.model, args.dataset, device)
     dataset = meta["dataset"]
-    sweep_epsilons = check_selection(args, DATASETS[dataset].family)
+    sweep_epsilons = check_selection(args, DATASETS[dataset].family, rank)
     source, source_info = load_source(args, dataset, device) if args.transfer_from else (None, None)
     requested = requested_evaluation(args)
     json_path = args.json or default_json_path(args.checkpoint, requested)

@@ -24,9 +24,9 @@ from .checks import (AA_ONLY_MAX, CONSTANT_PREDICTOR_SHARE, FGSM_ONLY_MAX, SWEEP
 from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
 from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
 from .report import (format_checks, format_corruptions, format_details, format_sweep, format_table,
-                     format_transfer_table, plot_sweep, write_json)
+                     format_transfer_table, plot_sweep, sweep_figure, write_json)
 from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
-                    cli_name, parse_epsilon, parse_number, plan_sweep, plan_threat_models, suite_summary,
-                    epsilon_warnings)
+                    cli_name, parse_epsilon, parse_number, plan_summary, plan_sweep, plan_threat_models,
+                    suite_summary, epsilon_warnings)
 from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
                     clean_predictions, default_batch_size, flat_norm, random_stream, run_unit, stream_seed)

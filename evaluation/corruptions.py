@@ -10,7 +10,7 @@ from data import DATASETS
 
 from .engine import new_report
 from .suite import FAMILY_SHAPES
-from .units import clean_predictions, default_batch_size, device_of
+from .units import clean_predictions, default_batch_size, device_of, evaluates_models
 
 SEVERITIES = 5  # severities 1..5, one block of images each, in that order
 
@@ -44,6 +44,14 @@ def load_corruptions(folder, dataset, n=None):
     if not names:
         raise ValueError(f"{folder} holds no <corruption>.npy files beside labels.npy")
     per_severity = len(labels) // SEVERITIES
+    # Every severity corrupts the same test images, so labels.npy repeats one block of labels per severity.
+    # A folder of another number of severities still divides into 5 blocks when its size allows; only the
+    # blocks' disagreement gives it away.
+    blocks = np.asarray(labels).reshape(SEVERITIES, per_severity)
+    if not (blocks == blocks[0]).all():
+        raise ValueError(f"{labels_path} holds {len(labels)} labels that are not {SEVERITIES} repeats of one "
+                         f"block of {per_severity} (one per severity, as CIFAR-10-C lays them out): does the "
+                         f"folder hold another number of severities?")
     keep = min(n or per_severity, per_severity)
     c, h, w = FAMILY_SHAPES[spec.family]
     corruptions = {}
@@ -59,6 +67,7 @@ def load_corruptions(folder, dataset, n=None):
     return corruptions, torch.as_tensor(labels.astype(np.int64)), per_severity
 
 
+@evaluates_models("model")
 def evaluate_corruptions(model, folder, dataset="cifar10", n=None, *, batch_size=None, progress=False,
                          model_info=None):
     """Accuracy per corruption and severity, and the means, on a CIFAR-10-C / CIFAR-100-C folder (see
@@ -66,15 +75,15 @@ def evaluate_corruptions(model, folder, dataset="cifar10", n=None, *, batch_size
     corruptions, labels, per_severity = load_corruptions(folder, dataset, n)
     device = device_of(model)
     batch_size = batch_size or default_batch_size(device)
-    model.eval()
     report = new_report(model_info or {"model": type(model).__name__}, dataset, labels.shape[1], batch_size,
                         device, None, None, 1, {"worst_case_only": False, "norms": None, "attacks": None,
                                                 "epsilons": None})
     rows = []
+    num_classes = DATASETS[dataset].num_classes
     for name, images in tqdm(corruptions.items(), desc="corruptions", unit="corruption", disable=not progress,
                              file=sys.stderr):
-        accuracy = [(clean_predictions(model, images[s].to(device), batch_size) == labels[s]).float().mean().item()
-                    for s in range(SEVERITIES)]
+        accuracy = [(clean_predictions(model, images[s].to(device), batch_size, num_classes) == labels[s])
+                    .float().mean().item() for s in range(SEVERITIES)]
         rows.append({"corruption": name, "accuracy": accuracy, "mean": sum(accuracy) / SEVERITIES})
     severity_means = [sum(r["accuracy"][s] for r in rows) / len(rows) for s in range(SEVERITIES)]
     report["corruptions"] = {

@@ -10,12 +10,14 @@ from data import DATASETS
 from .checks import constant_predictor_check, masking_checks, sweep_checks
 from .suite import (FAMILY_SHAPES, SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
                     plan_sweep, plan_threat_models, run_order)
-from .units import Job, Runner, as_float, clean_predictions, default_batch_size, device_of, stream_seed
+from .units import (Job, Runner, as_float, clean_predictions, default_batch_size, device_of, evaluates_models,
+                    stream_seed)
 
 
-def check_inputs(images, labels, dataset):
-    """Images N x C x H x W of the data set's family (uint8, or float in [0, 1]) and N integer labels in
-    range; raises ValueError with one sentence otherwise."""
+def check_inputs(images, labels, dataset, batch_size=None):
+    """Images N x C x H x W of the data set's family (uint8, or float in [0, 1]), N integer labels in range
+    and a positive batch size (or None); raises ValueError with one sentence otherwise."""
+    check_batch_size(batch_size)
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     spec = DATASETS[dataset]
@@ -38,7 +40,25 @@ def check_inputs(images, labels, dataset):
         if not images.dtype.is_floating_point:
             raise ValueError(f"images must be uint8 or float in [0, 1], not {images.dtype}")
         if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-            raise ValueError("float images must lie in [0, 1] (the model normalises them itself)")
+            raise ValueError("float images must lie in [0, 1]: the model is given them as they are, so pass "
+                             "uint8 images or floats divided by 255 (a model that needs normalised inputs "
+                             "normalises them in its forward)")
+
+
+def as_list(selection):
+    """A selection (norms, attacks, epsilons) as a list: one name or number alone reads as a list of one;
+    None stays None (everything)."""
+    if selection is None or isinstance(selection, list):
+        return selection
+    if isinstance(selection, (str, int, float)):
+        return [selection]
+    return list(selection)
+
+
+def check_batch_size(batch_size):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer (or None for the default), not {batch_size!r}")
 
 
 def new_report(model_info, dataset, n, batch_size, device, seed, aa_version, processes, selection):
@@ -63,7 +83,6 @@ class Session:
                  model_info, runner, progress, on_progress, norm_epsilons):
         self.model, self.dataset, self.seed, self.on_progress = model, dataset, seed, on_progress
         self.device = device_of(model)
-        model.eval()
         self.images, self.labels = images.to(self.device), labels.to(self.device).long()
         self.n = len(labels)
         self.batch_size = batch_size or default_batch_size(self.device)
@@ -71,7 +90,8 @@ class Session:
         self.report = new_report(model_info or {"model": type(model).__name__}, dataset, self.n, self.batch_size,
                                  self.device, seed, aa_version, self.runner.world_size, selection)
         self.report["warnings"] += epsilon_warnings(norm_epsilons, FAMILY_SHAPES[DATASETS[dataset].family])
-        self.predicted = clean_predictions(model, self.images, self.batch_size)
+        self.num_classes = DATASETS[dataset].num_classes
+        self.predicted = clean_predictions(model, self.images, self.batch_size, self.num_classes)
         self.correct = self.predicted == self.labels.cpu()
         self.report["clean"] = {"correct": int(self.correct.sum()), "accuracy": int(self.correct.sum()) / self.n}
 
@@ -93,7 +113,7 @@ class Session:
                         on_job=lambda i, outcome: jobs_and_handlers[i][1](outcome))
 
     def constant_predictor_check(self):
-        return constant_predictor_check(torch.bincount(self.predicted, minlength=DATASETS[self.dataset].num_classes))
+        return constant_predictor_check(torch.bincount(self.predicted, minlength=self.num_classes))
 
     def finish(self, checks):
         self.report["masking_checks"] = [check.as_json() for check in checks]
@@ -147,9 +167,11 @@ class Table:
 
 
 def grey_image_class(model, images):
-    """The class the model gives the uniform grey image, which lies within linf 0.5 of every image."""
+    """The class the model gives the uniform grey image, which lies within linf 0.5 of every image; -1 where
+    its logits are not finite (no class: the grey image then fools every sample, as in run_unit)."""
     with torch.no_grad():
-        return model(torch.full_like(as_float(images[:1]), 0.5)).argmax(1).item()
+        logits = model(torch.full_like(as_float(images[:1]), 0.5))
+    return logits.argmax(1).item() if torch.isfinite(logits).all() else -1
 
 
 def sanity_job(session):
@@ -196,6 +218,7 @@ def run_tables(session, plan, worst_case_only, into, model=None, judge=None, rol
     return tables
 
 
+@evaluates_models("model")
 def evaluate(model, images, labels, dataset="cifar10", norms=None, attacks=None, epsilons=None, *,
              aa_version="standard", seed=0, batch_size=None, worst_case_only=False, progress=False,
              model_info=None, on_progress=None, runner=None):
@@ -207,7 +230,8 @@ def evaluate(model, images, labels, dataset="cifar10", norms=None, attacks=None,
     share the work out over processes, or keep it in a store), by default one in this process. Returns
     the report; raises ValueError for bad input and ThreatModelViolation for an attack that leaves its
     threat model."""
-    check_inputs(images, labels, dataset)
+    norms, attacks, epsilons = as_list(norms), as_list(attacks), as_list(epsilons)
+    check_inputs(images, labels, dataset, batch_size)
     plan = plan_threat_models(DATASETS[dataset].family, norms, attacks, epsilons, aa_version)
     session = Session(model, images, labels, dataset, seed=seed, batch_size=batch_size, aa_version=aa_version,
                       selection={"worst_case_only": worst_case_only, "norms": norms, "attacks": attacks,
@@ -223,22 +247,25 @@ def evaluate(model, images, labels, dataset="cifar10", norms=None, attacks=None,
                                            report["sanity"], session.n)])
 
 
+@evaluates_models("source", "target")
 def evaluate_transfer(source, target, images, labels, dataset="cifar10", norms=None, attacks=None,
                       epsilons=None, *, seed=0, batch_size=None, worst_case_only=False, progress=False,
                       source_info=None, target_info=None, on_progress=None, runner=None):
     """Transfer attacks: adversarial examples made on `source` with the suite's white-box attacks, accuracy
     measured on `target` (both on the same device). Only samples the target classifies correctly are
     attacked. Returns the report, its tables under report["transfer"]["threat_models"]."""
-    check_inputs(images, labels, dataset)
+    norms, attacks, epsilons = as_list(norms), as_list(attacks), as_list(epsilons)
+    check_inputs(images, labels, dataset, batch_size)
     plan = plan_threat_models(DATASETS[dataset].family, norms, attacks, epsilons, white_box_only=True)
     session = Session(target, images, labels, dataset, seed=seed, batch_size=batch_size, aa_version=None,
                       selection={"worst_case_only": worst_case_only, "norms": norms, "attacks": attacks,
                                  "epsilons": epsilons},
                       model_info=target_info, runner=runner, progress=progress, on_progress=on_progress,
                       norm_epsilons=[(norm, label, eps) for norm, label, eps, _ in plan])
-    source = source.to(session.device).eval()
+    source = source.to(session.device)
     source_info = source_info or {"model": type(source).__name__}
-    source_correct = clean_predictions(source, session.images, session.batch_size) == session.labels.cpu()
+    source_correct = (clean_predictions(source, session.images, session.batch_size, session.num_classes)
+                      == session.labels.cpu())
     report = session.report
     report["transfer"] = {
         "source": {"checkpoint": source_info.get("checkpoint"), "model": source_info.get("model"),
@@ -262,13 +289,15 @@ def grey_image_bound(model, images, labels, correct, norm, epsilons, batch_size)
     return [int((correct & ((distance > eps) | keeps)).sum()) / len(labels) for eps in epsilons]
 
 
+@evaluates_models("model")
 def evaluate_sweep(model, images, labels, dataset="cifar10", norm="linf", epsilons=(), attacks=None, *,
                    aa_version="standard", seed=0, batch_size=None, progress=False, model_info=None,
                    on_progress=None, runner=None):
     """Robust accuracy at each epsilon of `epsilons` ([(label, value)], increasing) under each selected
     attack of the norm's suite (default: its PGDs). At epsilon 0 the accuracy is the clean accuracy.
     Returns the report, the curves under report["sweep"], its checks in masking_checks."""
-    check_inputs(images, labels, dataset)
+    attacks = as_list(attacks)
+    check_inputs(images, labels, dataset, batch_size)
     sweep_attacks = plan_sweep(DATASETS[dataset].family, norm, attacks, aa_version)
     epsilons = list(epsilons)
     values = [eps for _, eps in epsilons]

@@ -1,6 +1,7 @@
 """The report as people read it: markdown tables, the masking checks, the sweep's plot; and as JSON, written
 through the same atomic, fsync'd write as checkpoints."""
 import json
+import os
 
 from attacks.common import NORMS
 from utils import write_atomically
@@ -55,8 +56,12 @@ def format_transfer_table(table, report):
     """Made on the source, measured on the target: both named, with their clean accuracies; the attacks'
     figures are the target's."""
     source, target = report["transfer"]["source"], report["transfer"]["target"]
-    def name(side):
-        return f"{side['model']} ({side['checkpoint']})" if side.get("checkpoint") else str(side["model"])
+    def name(side):  # the file and its folder (the run's name): eval.py prints the full paths once, above
+        path = side.get("checkpoint")
+        if not path:
+            return str(side["model"])
+        folder, file = os.path.split(str(path))
+        return f"{side['model']} ({os.path.join(os.path.basename(folder), file)})"
     header = [NORM_SYMBOLS[table["norm"]], "Source", "Target", "Source Nat(%)", "Nat(%)",
               *map(_column, table["attacks"]), "Worst"]
     row = [table["epsilon_label"], name(source), name(target), _accuracy(source["clean_accuracy"]),
@@ -96,7 +101,8 @@ def format_corruptions(corruptions):
 def format_checks(checks):
     lines = ["Gradient-masking checks (a flag is a warning sign, not proof):"]
     for c in checks:
-        status = "not run" if c["flagged"] is None else "FLAG" if c["flagged"] else "ok"
+        status = ("not run" if c["flagged"] is None else "info" if c.get("kind") == "information"
+                  else "FLAG" if c["flagged"] else "ok")
         rule = f" ({c['rule']})" if c["rule"] else ""
         lines.append(f"  [{status}] {c['check']} at {c['where']}: {c['message']}{rule}")
     flagged = sum(bool(c["flagged"]) for c in checks)
@@ -106,8 +112,10 @@ def format_checks(checks):
     return "\n".join(lines)
 
 
-def plot_sweep(report, path):
-    """Accuracy vs epsilon, one line per attack, with the clean accuracy and the grey-image bound marked."""
+def sweep_figure(report):
+    """Accuracy vs epsilon, one line per attack, with the clean accuracy and the grey-image bound marked.
+    The bound equals the clean accuracy at small epsilons: it is drawn dashed with hollow markers, above
+    the dotted clean line, so that it stays visible where the two coincide."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -118,8 +126,8 @@ def plot_sweep(report, path):
     for curve in sweep["curves"]:
         ax.plot(sweep["epsilons"], [100 * a for a in curve["robust_accuracy"]], marker="o", label=curve["label"])
     ax.plot(sweep["epsilons"], [100 * b for b in sweep["grey_image_bound"]], linestyle="--", color="grey",
-            label="grey-image bound")
-    ax.axhline(100 * sweep["clean_accuracy"], linestyle=":", color="black",
+            marker="s", markerfacecolor="none", zorder=3, label="grey-image bound")
+    ax.axhline(100 * sweep["clean_accuracy"], linestyle=":", color="black", zorder=1,
                label=f"clean {_percent(sweep['clean_accuracy'])}")
     ax.set_xlabel(f"ε ({symbol} radius, pixels scaled to [0, 1])")
     ax.set_ylabel("robust accuracy (%)")
@@ -130,8 +138,17 @@ def plot_sweep(report, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_sweep(report, path):
+    """sweep_figure, written to `path` as a PNG."""
+    import matplotlib.pyplot as plt
+    fig = sweep_figure(report)
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def write_json(report, path):

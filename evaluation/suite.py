@@ -137,16 +137,19 @@ def plan_threat_models(family, norms=None, attack_names=None, epsilons=None, aa_
     if unknown_norms:
         raise ValueError(f"unknown norm {', '.join(unknown_norms)} (choose from {', '.join(NORMS)})")
     family_suite = SUITES[family]
+    requested_norms = bool(norms)
     norms = [norm for norm in NORMS if norm in (norms or NORMS)]
     labels = [str(e) for e in epsilons] if epsilons else None
     for label in labels or ():
         parse_epsilon(label)
-    plan, used = [], set()
+    plan, used, empty = [], set(), []
     for norm in norms:
         attacks = [a for a in family_suite[norm]["attacks"]
                    if (attack_names is None or cli_name(a[0]) in attack_names)
                    and not (white_box_only and is_autoattack(a[1]))]
         used.update(cli_name(a[0]) for a in attacks)
+        if not attacks:
+            empty.append(norm)
         for label in labels or family_suite[norm]["epsilons"]:
             if attacks:
                 plan.append((norm, label, parse_epsilon(label), with_aa_version(attacks, aa_version)))
@@ -155,7 +158,19 @@ def plan_threat_models(family, norms=None, attack_names=None, epsilons=None, aa_
         offered = sorted({cli_name(a[0]) for norm in norms for a in family_suite[norm]["attacks"]})
         raise ValueError(f"{', '.join(unknown)}: not in the {family} suite for {' '.join(norms)} "
                          f"(it has {', '.join(offered)})")
+    # An attack name can exist at several norms (pgd-50): a requested norm that none of the named attacks
+    # reaches would silently drop out of the evaluation.
+    if requested_norms and empty:
+        norm = empty[0]
+        raise ValueError(f"{norm} gets none of the selected attacks ({', '.join(attack_names)}); the {family} "
+                         f"suite has {', '.join(cli_name(a[0]) for a in family_suite[norm]['attacks'])} there")
     return plan
+
+
+def plan_summary(plan):
+    """What a plan runs, per table, in one line: 'ℓ∞ 0.3: FGSM, PGD-50; ℓ1 10: PGD-50'."""
+    return "; ".join(f"{NORM_SYMBOLS[norm]} {label}: {', '.join(a[0] for a in attacks)}"
+                     for norm, label, _, attacks in plan)
 
 
 def plan_sweep(family, norm, attack_names=None, aa_version="standard"):

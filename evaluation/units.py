@@ -8,7 +8,9 @@ does not depend on which process runs it or on what ran before. That is what let
 over the processes of torch.distributed, and keep finished ones in a UnitStore, from which a killed
 evaluation continues.
 """
+import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -58,12 +60,69 @@ def as_float(images):
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
-def clean_predictions(model, images, batch_size):
-    """The model's class for each image (on the CPU): computed once, shared by every attack."""
-    predicted = []
+def check_model(model):
+    """Raises TypeError for what the attacks cannot work on: not an nn.Module, or weights that are not
+    float32 (the attacks' images are float32; a bf16 model fails deep inside the first attack)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"the model must be a torch.nn.Module, not {type(model).__name__}")
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise TypeError(f"the model's weights are {', '.join(sorted(str(d) for d in dtypes))}: the attacks "
+                        f"work in float32, so pass model.float() (autocast inside its forward is fine)")
+
+
+@contextmanager
+def in_eval_mode(models):
+    """The models in eval mode while the block runs, and each module's own mode restored afterwards: the
+    caller's model comes back as it was given."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:  # parents first: a child's own mode is set after its parent's
+            module.train(training)
+
+
+def evaluates_models(*names):
+    """An entry point whose model arguments `names` are checked (check_model) and evaluated in eval mode."""
+    def decorate(entry_point):
+        signature = inspect.signature(entry_point)
+
+        @functools.wraps(entry_point)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs).arguments
+            models = [bound[name] for name in names]
+            for model in models:
+                check_model(model)
+            with in_eval_mode(models):
+                return entry_point(*args, **kwargs)
+        return run
+    return decorate
+
+
+def not_classified(logits):
+    """Samples whose logits are not all finite: argmax would give them class 0, and a sample of class 0
+    would count as correct, and as unbreakable, however broken the model is."""
+    return ~torch.isfinite(logits).all(1)
+
+
+def clean_predictions(model, images, batch_size, num_classes=None):
+    """The model's class for each image (on the CPU): computed once, shared by every attack. Raises
+    ValueError for logits that are not one finite score per class (num_classes, when given)."""
+    predicted, not_finite = [], 0
     with torch.no_grad():
         for begin in range(0, len(images), batch_size):
-            predicted.append(model(as_float(images[begin:begin + batch_size])).argmax(1).cpu())
+            logits = model(as_float(images[begin:begin + batch_size]))
+            if num_classes is not None and (logits.dim() != 2 or logits.shape[1] != num_classes):
+                raise ValueError(f"the model gives logits of shape {tuple(logits.shape)} per batch, "
+                                 f"{logits.shape[-1]} per image, but the data set has {num_classes} classes")
+            not_finite += int(not_classified(logits).sum())
+            predicted.append(logits.argmax(1).cpu())
+    if not_finite:
+        raise ValueError(f"the model's logits are not finite (NaN or inf) for {not_finite} of {len(images)} "
+                         f"images: check its weights and its forward")
     return torch.cat(predicted)
 
 
@@ -156,7 +215,8 @@ def run_unit(job, position, images, labels, batch_size):
         x_adv = attack(job.model, x, y)
         check_in_threat_model(job.label, x, x_adv, job.norm, job.epsilon)
         with torch.no_grad():
-            fooled = (job.judge or job.model)(x_adv).argmax(1) != y
+            logits = (job.judge or job.model)(x_adv)
+            fooled = (logits.argmax(1) != y) | not_classified(logits)
         delta = (x_adv - x)[fooled].double()
         sizes = torch.stack([flat_norm(delta, norm) for norm in NORMS], dim=1).tolist() if len(delta) else []
         fooled = fooled.tolist()  # waits for the device: timing is honest

@@ -53,6 +53,23 @@ def synthetic_mnist_root(tmp_path_factory):
 
 # --- a trained MNIST-net checkpoint and its data, shared by the evaluation tests (CPU) ---------------------
 
+def run_eval(capsys, *argv):
+    """eval.py's main in-process on the CPU (a subprocess costs ~6 s of imports): (exit status, stdout,
+    stderr)."""
+    import eval as eval_script
+    try:
+        eval_script.main(["--device", "cpu", *map(str, argv)])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, says):
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """Synthetic digits; every 8th test label is wrong, so that some samples are misclassified clean."""

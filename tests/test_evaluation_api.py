@@ -1,7 +1,9 @@
 """evaluation.py as a library, all on the CPU: evaluate() on a plain torch model, the same figures as the
 CLI, input validation, per-attack random streams, the constant-predictor, sweep and ε-size checks, the
 default batch size and AutoAttack's version."""
+import copy
 import json
+import re
 
 import pytest
 import torch
@@ -187,7 +189,7 @@ def test_epsilons_beyond_the_image_diameter_are_warned_about(norm, epsilon, warn
 @pytest.mark.parametrize("free_gib, expected", [(0.1, 50), (2, 128), (80, 1000)])
 def test_default_batch_size_is_small_on_cpu_and_follows_free_memory_on_cuda(free_gib, expected, monkeypatch):
     """The CUDA branch with mem_get_info stubbed: runs on a CPU-only machine too."""
-    assert evaluation.default_batch_size(CPU) == evaluation.CPU_BATCH_SIZE <= 16
+    assert evaluation.default_batch_size(CPU) <= 16  # a progress bar moves every few seconds, even under C&W
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2 ** 30), 80 * 2 ** 30))
     assert evaluation.default_batch_size(torch.device("cuda")) == expected
 
@@ -225,3 +227,75 @@ def test_sweep_epsilons_are_a_range_or_a_list(text, expected):
 def test_a_sweep_below_zero_is_refused():
     with pytest.raises(ValueError, match="at least 0"):
         eval_script.parse_sweep("-0.1,0.1")
+
+
+# --- faulty models and misuse: one clear error, never figures ---------------------------------------------
+
+class Faulty(nn.Module):
+    """Another model's logits, NaN for every third image, or for every image off the 8-bit grid (an
+    adversarial example: the clean images are uint8 / 255)."""
+
+    def __init__(self, model, where):
+        super().__init__()
+        self.model, self.where = model, where
+
+    def forward(self, x):
+        logits = self.model(x).clone()
+        if self.where == "every third image":
+            logits[::3] = float("nan")
+        else:
+            off_grid = ((x * 255 - (x * 255).round()).abs().flatten(1).amax(1) > 1e-3)
+            logits[off_grid] = float("nan")
+        return logits
+
+
+def test_nan_logits_on_clean_images_are_refused_saying_how_many(plain_model, digits):
+    with pytest.raises(ValueError, match=r"logits are not finite \(NaN or inf\) for 8 of 24 images"):
+        evaluation.evaluate(Faulty(plain_model, "every third image"), *digits, dataset="mnist", **SELECTION,
+                            batch_size=N)  # one batch: 8 of its 24
+
+
+def test_nan_logits_on_adversarial_examples_count_as_broken(plain_model, digits):
+    report = evaluation.evaluate(Faulty(plain_model, "off the 8-bit grid"), *digits, dataset="mnist",
+                                 norms="linf", attacks="fgsm", epsilons=0.1, batch_size=8)
+    (fgsm,) = report["threat_models"][0]["attacks"]
+    assert fgsm["attacked"] == report["clean"]["correct"] > 0 and fgsm["broken"] == fgsm["attacked"]
+    assert report["sanity"]["grey_image_class"] == -1 and report["sanity"]["grey_image_accuracy"] == 0  # 127.5/255
+
+
+@pytest.mark.parametrize("classes", [5, 20])
+def test_logits_for_another_number_of_classes_are_refused_naming_both(classes, digits):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, classes)).to(CPU)
+    with pytest.raises(ValueError, match=f"{classes} per image, but the data set has 10 classes"):
+        evaluation.evaluate(model, *digits, dataset="mnist", **SELECTION)
+
+
+def test_one_norm_attack_or_epsilon_alone_reads_as_a_list_of_one(plain_model, digits):
+    alone = evaluation.evaluate(plain_model, *digits, dataset="mnist", norms="linf", attacks="fgsm",
+                                epsilons=0.1, batch_size=8)
+    listed = evaluation.evaluate(plain_model, *digits, dataset="mnist", norms=["linf"], attacks=["fgsm"],
+                                 epsilons=["0.1"], batch_size=8)
+    assert [(t["norm"], t["epsilon"]) for t in alone["threat_models"]] == [("linf", 0.1)]
+    assert [t["worst_case"] for t in alone["threat_models"]] == [t["worst_case"] for t in listed["threat_models"]]
+
+
+@pytest.mark.parametrize("change, error, says", [
+    ({"batch_size": -4}, ValueError, "batch_size must be a positive integer"),
+    ({"batch_size": 2.5}, ValueError, "batch_size must be a positive integer"),
+    ({"model": "bf16"}, TypeError, "weights are torch.bfloat16: the attacks work in float32"),
+    ({"model": "a function"}, TypeError, "must be a torch.nn.Module, not function"),
+])
+def test_misuse_of_the_api_gets_one_clear_error(change, error, says, plain_model, digits):
+    model = {"bf16": lambda: copy.deepcopy(plain_model).bfloat16(), "a function": lambda: lambda x: x,
+             None: lambda: plain_model}[change.get("model")]()
+    options = {**SELECTION, "batch_size": change.get("batch_size", 8)}
+    with pytest.raises(error, match=re.escape(says)):
+        evaluation.evaluate(model, *digits, dataset="mnist", **options)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_gives_the_callers_model_back_in_its_own_mode(training, plain_model, digits):
+    model = copy.deepcopy(plain_model).train(training)
+    model[1].train(not training)  # a submodule in the other mode stays so too
+    evaluation.evaluate(model, *digits, dataset="mnist", norms="linf", attacks="fgsm", epsilons=0.1)
+    assert model.training == training and model[1].training == (not training)

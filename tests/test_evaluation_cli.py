@@ -10,32 +10,18 @@ import torch
 
 import eval as eval_script
 from checkpoints import checkpoint_meta, save_checkpoint
+from data import data_digest, train_val_splits
 from weights import build_model, model_from_file
-from conftest import train_on_digits
+from conftest import assert_one_line_error, run_eval as run, train_on_digits
 
 CPU = torch.device("cpu")
 FAST = ("--norms", "linf", "--attacks", "fgsm", "pgd-50", "--n", "16", "-b", "8")
 
 
-def run(capsys, *argv):
-    """eval.main in-process on the CPU: (exit status, stdout, stderr)."""
-    try:
-        eval_script.main(["--device", "cpu", *map(str, argv)])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, says):
-    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
-
-
-def write(path, model_name, dataset, state_dict=None, training_args=None):
+def write(path, model_name, dataset, state_dict=None, training_args=None, digest=None):
     state_dict = state_dict or build_model(model_name, dataset).to(CPU).state_dict()
     save_checkpoint({"model": state_dict, "epoch": 1,
-                     "meta": checkpoint_meta(model_name, dataset, training_args or {})}, path)
+                     "meta": checkpoint_meta(model_name, dataset, training_args or {}, digest)}, path)
     return path
 
 
@@ -62,7 +48,8 @@ def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(caps
                          "--json", tmp_path / "transfer.json")
     assert code == 0, err
     assert "| ℓ∞ | Source | Target | Source Nat(%) | Nat(%) | FGSM | PGD-50 | Worst |" in out
-    assert f"| 0.3 | mnist ({source}) | mnist ({checkpoint}) |" in out
+    assert f"| 0.3 | mnist ({source.parent.name}/source.pt) | mnist ({checkpoint.parent.name}/last.pt) |" in out
+    assert f"made on {source} " in out and f"measured on {checkpoint}" in out  # the full paths, once
     report = json.loads((tmp_path / "transfer.json").read_text())
     transfer = report["transfer"]
     assert report["complete"] and transfer["source"]["checkpoint"] == str(source)
@@ -89,6 +76,31 @@ def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoin
     cifar = write(tmp_path / "cifar.pt", "resnet20", "cifar10")
     code, _, err = run(capsys, checkpoint, "--transfer-from", cifar, "--data-root", data_root, *FAST)
     assert_one_line_error(code, err, "a transfer attack needs both models for the same data set")
+
+
+def test_transfers_from_two_runs_best_checkpoints_get_their_own_json_files():
+    def name(source):
+        requested = {"n": None, "norms": None, "attacks": None, "epsilons": None, "seed": 0,
+                     "worst_case_only": False, "aa_version": "standard", "transfer_from": source,
+                     "sweep": None, "corruptions": None}
+        return eval_script.default_json_path("/runs/target/best_robust.pt", requested)
+    assert name("/runs/a/best_robust.pt") == "/runs/target/best_robust.eval.from-a-best_robust.json"
+    assert name("/runs/b/best_robust.pt") != name("/runs/a/best_robust.pt")
+
+
+def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_clean_line():
+    report = {"model": "m", "dataset": "mnist", "evaluation": {"n": 8},
+              "sweep": {"norm": "linf", "epsilons": [0, 0.1, 0.5], "clean_accuracy": 0.9,
+                        "grey_image_bound": [0.9, 0.9, 0.1], "curves": [{"label": "PGD-50",
+                                                                         "robust_accuracy": [0.9, 0.5, 0.0]}]}}
+    import matplotlib.pyplot as plt
+    from evaluation import sweep_figure
+    fig = sweep_figure(report)
+    lines = {line.get_label().split()[0]: line for line in fig.axes[0].get_lines()}
+    plt.close(fig)
+    grey, clean = lines["grey-image"], lines["clean"]
+    assert grey.get_marker() not in (None, "None", "") and grey.get_linestyle() != clean.get_linestyle()
+    assert grey.get_zorder() > clean.get_zorder()
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -162,11 +174,11 @@ PER_SEVERITY = 4
 
 def write_corruptions(folder, names=("fog", "gaussian_noise"), shape=(32, 32, 3), labels=None):
     """CIFAR-10-C's layout in miniature: <name>.npy of 5 x 4 uint8 HWC images, severity 1 first, and
-    labels.npy of the 20 labels."""
+    labels.npy of the 20 labels (the same 4 per severity)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     count = 5 * PER_SEVERITY
-    np.save(folder / "labels.npy", rng.integers(0, 10, count) if labels is None else labels)
+    np.save(folder / "labels.npy", np.tile(rng.integers(0, 10, PER_SEVERITY), 5) if labels is None else labels)
     for name in names:
         np.save(folder / f"{name}.npy", rng.integers(0, 256, (count, *shape), dtype=np.uint8))
     return folder
@@ -207,6 +219,7 @@ def test_corruptions_give_accuracy_per_corruption_and_severity(capsys, cifar_che
     ("no labels", "has no labels.npy"),
     ("grey images", "must hold 20 x 32 x 32 x 3 uint8 images"),
     ("labels not 5 x M", "must hold 5 x M integer labels"),
+    ("4 severities of 5", "labels.npy holds 20 labels that are not 5 repeats of one block of 4"),
     ("labels of another data set", "labels outside 0..9"),
     ("not npy", "is not a readable .npy file"),
     ("no corruptions", "holds no <corruption>.npy files"),
@@ -219,6 +232,8 @@ def test_unusable_corruption_folders_exit_2_in_one_line(damage, says, capsys, ci
         write_corruptions(folder, shape=(28, 28, 1))
     elif damage == "labels not 5 x M":
         write_corruptions(folder, labels=np.zeros(19, dtype=np.int64))
+    elif damage == "4 severities of 5":  # 20 images, as 5 severities of 4 would have
+        write_corruptions(folder, labels=np.tile(np.arange(5), 4))
     elif damage == "labels of another data set":
         write_corruptions(folder, labels=np.full(20, 57))
     elif damage == "not npy":
@@ -275,6 +290,40 @@ def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint
     assert report["evaluation"]["data_root"] == str(data_root)
     assert eval_script.choose_data_root(None, {"data_root": str(tmp_path / "moved")}) == "./data"
     assert eval_script.choose_data_root("given", {"data_root": str(data_root)}) == "given"
+
+
+def test_data_other_than_the_checkpoints_training_data_is_warned_about(capsys, checkpoint, data_root,  # noqa: F811
+                                                                       synthetic_mnist_root, tmp_path):
+    training = {"ratio": 0.0, "subset": None, "seed": 1, "data_root": str(data_root)}
+    train, val = train_val_splits("mnist", str(data_root), 0.0, None, 1)
+    trained = write(tmp_path / "trained.pt", "mnist", "mnist", torch.load(checkpoint, weights_only=True)["model"],
+                    training, data_digest(*train, *val))
+    for root, warns in ((data_root, False), (synthetic_mnist_root, True)):
+        out_json = tmp_path / f"warns-{warns}.json"
+        code, _, err = run(capsys, trained, "--data-root", root, "--norms", "linf", "--attacks", "fgsm", "--n", 8,
+                           "--json", out_json)
+        assert code == 0, err
+        says = "is not the data the checkpoint was trained and validated on"
+        assert (says in err) == warns and len(err.strip().splitlines()) == warns
+        assert any(says in w for w in json.loads(out_json.read_text())["warnings"]) == warns
+
+
+@pytest.mark.parametrize("flag, terminal, shown", [(None, True, True), (None, False, False),
+                                                   ("--progress", False, True), ("--no-progress", True, False)])
+def test_progress_bars_show_on_a_terminal_unless_told_otherwise(flag, terminal, shown, monkeypatch):
+    monkeypatch.setattr(eval_script.sys.stderr, "isatty", lambda: terminal)
+    assert eval_script.parse_args(["ckpt.pt", *([flag] if flag else [])]).progress is shown
+
+
+def test_a_progress_bar_gives_its_rate_and_time_left(capsys):
+    from evaluation import Job
+    from evaluation.units import JobBar
+    job = Job("PGD-50", "pgd-linf", {}, "linf", 0.3, torch.arange(8), seed=0, model=torch.nn.Identity())
+    bar = JobBar(job, [4, 4], 8, enabled=True)
+    bar.update([True, False, False, False])
+    bar.close()
+    err = capsys.readouterr().err
+    assert "img/s" in err and "<" in err and "robust=" in err  # rate, elapsed<left, running accuracy
 
 
 @pytest.mark.slow
