@@ -64,7 +64,9 @@ def test_evaluate_gives_the_figures_of_the_command_line(checkpoint, data_root, d
                       "--norms", "linf", "--attacks", "fgsm", "pgd-50", "--epsilon", "0.1"])
     cli = json.loads(out.read_text())
     model, _ = load_model(str(checkpoint))
+    model = model.to(memory_format=torch.channels_last)  # as eval.py evaluates on the CPU: the same float rounding
     api = evaluation.evaluate(model, *digits, dataset="mnist", **SELECTION, batch_size=8)
+
     def figures(report):
         return ([(a["label"], a["attacked"], a["broken"], a["mean_perturbation"]) for t in report["threat_models"]
                  for a in t["attacks"]], [t["worst_case"] for t in report["threat_models"]],
