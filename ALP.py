@@ -235,7 +235,7 @@ def main(argv=None):
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.kept()}: the same command with --resume "
                 f"continues from there")
         run.release()
-        sys.exit(130)
+        sys.exit(stop.exit_status)
     run.finish(title=run_name(vars(args)))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 
 import torch
@@ -33,7 +32,7 @@ from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, at
                         plan_threat_models, plot_sweep, suite_summary, write_json)
 from models import MODELS
 from training import setup_process
-from utils import CLIParser, default_device, fail
+from utils import CLIParser, Interrupted, default_device, fail, interruptible
 from weights import model_from_file
 
 
@@ -393,32 +392,21 @@ def reporter(args, device, json_path, evaluation_record, warnings):
     return on_progress
 
 
-class Stopped(Exception):
-    """SIGTERM, raised where the process is, as Ctrl-C raises KeyboardInterrupt."""
-
-
-def stop_on_sigterm(signum, frame):
-    raise Stopped
-
-
 def stopped(stop, how_to_continue):
-    """Ctrl-C or SIGTERM: one line (none where how_to_continue is None: another process says it), and the
-    exit status of a process ended by that signal."""
+    """Ctrl-C or SIGTERM (utils.Interrupted): one line (none where how_to_continue is None: another process
+    says it), and the exit status of a process ended by that signal."""
     if how_to_continue is not None:
-        signal_name = "SIGTERM" if isinstance(stop, Stopped) else "Ctrl-C"
-        print(f"{os.path.basename(sys.argv[0])}: stopped by {signal_name}; {how_to_continue}", file=sys.stderr)
-    sys.exit(143 if isinstance(stop, Stopped) else 130)
+        print(f"{os.path.basename(sys.argv[0])}: stopped by {stop}; {how_to_continue}", file=sys.stderr)
+    sys.exit(stop.exit_status)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        evaluate_checkpoint(args)
-    except (KeyboardInterrupt, Stopped) as stop:  # outside the attacks, which say more
+        with interruptible():
+            evaluate_checkpoint(args)
+    except Interrupted as stop:  # outside the attacks, which say more
         stopped(stop, "run the same command to continue")
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def evaluate_checkpoint(args):
@@ -464,7 +452,8 @@ def evaluate_checkpoint(args):
             report = evaluate(model, images, labels, dataset, args.norms, args.attacks, args.epsilon,
                               aa_version=args.aa_version, worst_case_only=args.worst_case_only,
                               model_info=model_info, **common)
-    except (KeyboardInterrupt, Stopped) as stop:
+    except (KeyboardInterrupt, Interrupted) as stop:
+        stop = stop if isinstance(stop, Interrupted) else Interrupted("Ctrl-C")
         stopped(stop, f"{store.kept()} finished units of work are kept in {units}: run the same command"
                       f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:

@@ -99,20 +99,25 @@ def number(text):
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM inside `interruptible()`; str() names which."""
+    """Ctrl-C or SIGTERM inside `interruptible()`: str() names which, exit_status is the shell's for it."""
+
+    @property
+    def exit_status(self):
+        return 143 if str(self) == "SIGTERM" else 130  # 128 + the signal's number
 
 
 @contextmanager
 def interruptible():
     """Ctrl-C and SIGTERM (a cluster's pre-emption, `kill`) raise Interrupted inside the block, so that a
     script can end with one line saying how to continue instead of a traceback."""
-    def on_sigterm(signum, frame):
-        raise Interrupted("SIGTERM")
+    def raise_interrupted(signum, frame):
+        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {signum: signal.signal(signum, raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # raised by code rather than by the signal
         raise Interrupted("Ctrl-C") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
