@@ -38,15 +38,6 @@ from weights import model_from_file
 
 # --- command line ------------------------------------------------------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown where there is one (not "None" or "False"); docstring and epilog kept as written."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def epsilon_argument(text):
     try:
         parse_epsilon(text)
@@ -92,7 +83,7 @@ def positive_int(text):
 
 
 def build_parser():
-    parser = CLIParser(description=__doc__, formatter_class=HelpFormatter,
+    parser = CLIParser(description=__doc__,
                        epilog="The suite, per data-set family (--attacks names):\n" + suite_summary())
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by ALP.py, or a bare "
                                                                   "state_dict with --model and --dataset")
