@@ -75,8 +75,7 @@ class RunFolder:
             self._refuse_if_locked()
         if not resume:
             if self.is_main:
-                if os.path.exists(self.last):
-                    fail(f"{self.path} already holds a run: pass --resume to continue it, or remove the folder")
+                self._refuse_if_taken()
             return None
         if not os.path.isfile(self.last):
             fail(f"--resume: nothing to resume, no checkpoint at {self.last} "
@@ -118,16 +117,23 @@ class RunFolder:
             return "the run stopped before its first epoch ended: start it again without --resume"
         return "no run was started with these arguments: start it without --resume"
 
+    def _refuse_if_taken(self):
+        if os.path.exists(self.last):
+            fail(f"{self.path} already holds a run: pass --resume to continue it, or remove the folder")
+
     def _refuse_if_locked(self):
         holder = lock_holder(self.path)
         if holder is not None:
-            fail(f"{self.path} is in use by a running process (PID {holder}); wait for it to end, or stop it")
+            self._in_use(holder)
+
+    def _in_use(self, pid):
+        fail(f"{self.path} is in use by a running process (PID {pid}); wait for it to end, or stop it")
 
     def _lock(self):
         try:
             self.lock = RunLock(self.path)
         except RunLockHeld as held:
-            fail(f"{self.path} is in use by a running process (PID {held.args[0]}); wait for it to end, or stop it")
+            self._in_use(held.args[0])
         except OSError as e:
             what = "lock" if os.path.isdir(self.path) else "create"
             fail(f"cannot {what} the run folder {self.path} ({e.strerror or e}): it must be writable")
@@ -155,8 +161,7 @@ class RunFolder:
             except OSError as e:
                 fail(f"cannot create the run folder {self.path} ({e.strerror or e})")
             self._lock()
-            if os.path.exists(self.last):
-                fail(f"{self.path} already holds a run: pass --resume to continue it, or remove the folder")
+            self._refuse_if_taken()
         self._write_args(resume, in_force)
         self._log_file = open(self.file("log.txt"), "a")
         if resume:
