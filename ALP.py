@@ -28,7 +28,7 @@ from runs import RunFolder, get_rng_state, in_force, run_name
 from training import (HYP, TRAINING_ATTACKS, EpochTally, barrier, gather_over_processes, mixed_precision,
                       setup_process, speed_options, stop_unless_finite, train_step, validate,
                       validation_batch_size)
-from utils import CLIParser, Interrupted, default_device, fail, interruptible, number
+from utils import CLIParser, Interrupted, default_device, fail, interruptible, number, progress_wanted
 from weights import build_model
 
 
@@ -123,8 +123,7 @@ def parse_args(argv=None):
     if args.steps > 1000:
         print(f"warning: --steps {args.steps} makes every batch run {args.steps} forward and backward passes "
               f"before its step (the reference uses 10 for CIFAR, 40 for MNIST)", file=sys.stderr)
-    if args.progress is None:
-        args.progress = sys.stderr.isatty()
+    args.progress = progress_wanted(args.progress)
     return args
 
 

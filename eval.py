@@ -28,11 +28,11 @@ from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
                         default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
                         format_checks, format_corruptions, format_details, format_sweep, format_table,
-                        format_transfer_table, parse_epsilon, parse_number, plan_summary, plan_sweep,
+                        format_transfer_table, parse_epsilon, plan_summary, plan_sweep,
                         plan_threat_models, plot_sweep, suite_summary, write_json)
 from models import MODELS
 from training import setup_process
-from utils import CLIParser, Interrupted, default_device, fail, interruptible
+from utils import CLIParser, Interrupted, default_device, fail, interruptible, parse_number, progress_wanted
 from weights import model_from_file
 
 
@@ -138,8 +138,7 @@ def build_parser():
 
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
-    if args.progress is None:  # bars for a person watching, none in a log file
-        args.progress = sys.stderr.isatty()
+    args.progress = progress_wanted(args.progress)
     return args
 
 

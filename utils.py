@@ -88,14 +88,27 @@ def update_digest(sha, tensor):
     sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def number(text):
-    """A command-line number that may also be written as a fraction, as papers write ε: "8/255"."""
+def parse_number(text):
+    """A number that may also be written as a fraction, as papers write ε: "8/255". ValueError otherwise."""
     numerator, _, denominator = str(text).partition("/")
     try:
-        value = float(numerator) / float(denominator) if denominator else float(numerator)
+        return float(numerator) / float(denominator) if denominator else float(numerator)
     except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or fraction: {text}") from None
+
+
+def number(text):
+    """parse_number as an argparse type."""
+    try:
+        return parse_number(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number or a fraction such as 8/255, not {text!r}") from None
-    return value
+
+
+def progress_wanted(flag):
+    """--progress/--no-progress as given, else bars only for a person watching (stderr a terminal), none in a
+    log file or CI."""
+    return sys.stderr.isatty() if flag is None else flag
 
 
 class Interrupted(Exception):

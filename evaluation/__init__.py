@@ -26,7 +26,7 @@ from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_boun
 from .report import (format_checks, format_corruptions, format_details, format_sweep, format_table,
                      format_transfer_table, plot_sweep, sweep_figure, write_json)
 from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
-                    cli_name, parse_epsilon, parse_number, plan_summary, plan_sweep, plan_threat_models,
+                    cli_name, parse_epsilon, plan_summary, plan_sweep, plan_threat_models,
                     suite_summary, epsilon_warnings)
 from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
                     clean_predictions, default_batch_size, flat_norm, random_stream, run_unit, stream_seed)

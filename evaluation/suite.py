@@ -4,6 +4,7 @@ import math
 
 from attacks.common import NORMS
 from data import DATASETS
+from utils import parse_number
 
 # A column of a table: (label, registry name, options). Step sizes are relative to epsilon, as in foolbox,
 # which produced the reference numbers. C&W stops searching a sample once it holds an adversarial example
@@ -65,15 +66,6 @@ def attack_names(family=None):
     """The selection names of one family's suite (or of all)."""
     families = [family] if family else list(SUITES)
     return sorted({cli_name(a[0]) for f in families for norm in SUITES[f].values() for a in norm["attacks"]})
-
-
-def parse_number(text):
-    """A number or a fraction such as 8/255."""
-    numerator, _, denominator = str(text).partition("/")
-    try:
-        return float(numerator) / float(denominator) if denominator else float(numerator)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"not a number or fraction: {text}") from None
 
 
 def parse_epsilon(text):
