@@ -234,7 +234,7 @@ def check_output(path, requested, force):
             same = False
         if not same:
             fail(f"{path} holds a different evaluation; pass --force to overwrite it, or choose another --json")
-    probe = f"{path}.tmp"
+    probe = f"{path}.{os.getpid()}.tmp"  # every process of a torchrun probes: each with a file of its own
     try:
         with open(probe, "w"):
             pass
