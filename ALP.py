@@ -142,6 +142,10 @@ def load_data(args, device, rank, world_size, channels_last):
         barrier()
     if args.subset and args.subset > len(train_y):
         fail(f"--subset {args.subset} is more than the {len(train_y)} training images there are")
+    if args.subset and len(train_y) < world_size * args.batch_size:
+        per = f" per process, {world_size} processes" if world_size > 1 else ""
+        fail(f"--subset {args.subset} is fewer training images than one batch of {args.batch_size} (-b){per}: "
+             f"raise --subset or lower -b")
     if len(train_y) < world_size * args.batch_size or len(val_y) == 0:
         fail(f"--ratio {args.ratio:g} leaves {len(train_y)} training and {len(val_y)} validation images: too few "
              f"for a batch of {args.batch_size} per process and a validation")
@@ -160,6 +164,8 @@ def main(argv=None):
     rank, world_size, device = setup_process(args.device)
     args.amp, args.channels_last, args.cudnn_benchmark = speed_options(  # what holds here: args.json says
         device, args.amp, args.channels_last, args.cudnn_benchmark)
+    graph_refusal = cuda_graph_refusal(device, world_size, args.compile) if args.cuda_graph else None
+    args.cuda_graph = args.cuda_graph and graph_refusal is None
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     autocast = mixed_precision(device.type, args.amp)
     run = RunFolder(os.path.join(args.out, run_name(vars(args))), vars(args), is_main=rank == 0)
@@ -178,11 +184,9 @@ def main(argv=None):
     model = build_model(args.model, args.dataset).to(device)  # the network itself: what checkpoints hold
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    graph_refusal = cuda_graph_refusal(device, world_size, args.compile) if args.cuda_graph else None
-    use_graph = args.cuda_graph and graph_refusal is None
     own_options = {"sgd": {"momentum": args.momentum}, "adam": {"betas": (args.beta1, args.beta2)}}
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                           fused=use_graph, **own_options[args.optimizer])
+                                           fused=args.cuda_graph, **own_options[args.optimizer])
     scheduler = LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
     start_epoch = run.restore(resumed, data_id, rank, world_size, model, optimizer, scheduler) if resumed else 0
 
@@ -190,7 +194,7 @@ def main(argv=None):
     ddp_net = DistributedDataParallel(net) if world_size > 1 else net  # its backward averages the gradients
     attack = ATTACKS[args.attack](args.epsilon, steps=args.steps, stepsize=args.stepsize)
     validation_attack = ATTACKS["pgd-linf"](**HYP["validation_attack"][spec.family])
-    if use_graph:  # the same iteration, recorded once and replayed
+    if args.cuda_graph:  # the same iteration, recorded once and replayed
         step = GraphedStep(ddp_net, net, attack, optimizer, args.leverage, autocast, args.batch_size,
                           log=run.log)
     else:  # the PGD pair, the ALP loss (training.alp_loss), the optimiser step
@@ -231,8 +235,7 @@ def main(argv=None):
                 run.save_epoch(model, optimizer, scheduler, meta, row, gather_over_processes(get_rng_state()),
                                args.epochs, HYP["snapshot_every"], class_counts=counts)
     except Interrupted as stop:
-        run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.kept()}: the same command with --resume "
-                f"continues from there")
+        run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.how_to_continue()}")
         run.release()
         sys.exit(stop.exit_status)
     run.finish(title=run_name(vars(args)))

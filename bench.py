@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections import namedtuple
 
@@ -33,7 +34,7 @@ from evaluation import SUITES, cli_name, parse_epsilon
 from cuda_graph import GraphedStep
 from training import cpu_computes_bf16_natively, mixed_precision, train_step
 from optimization import OPTIMIZERS
-from utils import CLIParser, default_device
+from utils import CLIParser, Interrupted, default_device, interruptible
 from weights import build_model
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
@@ -193,6 +194,27 @@ def bench_attacks(args, device):
     return rows
 
 
+def run_benchmarks(args, device, results, save):
+    """The training figures, then the attacks', into results (save() writes what there is)."""
+    if not args.skip_training:
+        print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
+        bench_training(args, device, results["training"], save)
+        seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
+        for config in args.configs:
+            if device.type == "cpu":
+                ours, baseline = (seconds[config, v.label] for v in CPU_VARIANTS[:2])
+                fastest = min(s for (c, label), s in seconds.items() if c == config and "backward-every" not in label)
+                print(f"  {config}: input-grad PGD is {baseline / ours:.2f}x faster than backward-every-step; the "
+                      f"fastest options {ours / fastest:.2f}x faster than plain float32")
+            else:
+                graph, eager = (seconds[config, v.label] for v in CUDA_VARIANTS[:2])
+                print(f"  {config}: the CUDA graph is {eager / graph:.2f}x faster than the eager step (bf16 options)")
+    if not args.skip_attacks:
+        print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
+              f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")
+        results["attacks"] = bench_attacks(args, device)
+
+
 def main(argv=None):
     p = CLIParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", choices=TRAINING_CONFIGS, default=list(TRAINING_CONFIGS),
@@ -224,23 +246,13 @@ def main(argv=None):
     def save():
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-    if not args.skip_training:
-        print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
-        bench_training(args, device, results["training"], save)
-        seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
-        for config in args.configs:
-            if device.type == "cpu":
-                ours, baseline = (seconds[config, v.label] for v in CPU_VARIANTS[:2])
-                fastest = min(s for (c, label), s in seconds.items() if c == config and "backward-every" not in label)
-                print(f"  {config}: input-grad PGD is {baseline / ours:.2f}x faster than backward-every-step; the "
-                      f"fastest options {ours / fastest:.2f}x faster than plain float32")
-            else:
-                graph, eager = (seconds[config, v.label] for v in CUDA_VARIANTS[:2])
-                print(f"  {config}: the CUDA graph is {eager / graph:.2f}x faster than the eager step (bf16 options)")
-    if not args.skip_attacks:
-        print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
-              f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")
-        results["attacks"] = bench_attacks(args, device)
+    try:
+        with interruptible():
+            run_benchmarks(args, device, results, save)
+    except Interrupted as stop:
+        save()
+        print(f"stopped by {stop}; the figures measured so far are in {args.json}")
+        sys.exit(stop.exit_status)
     save()
     print(f"written: {args.json}")
 

@@ -95,7 +95,11 @@ def read_pt_file(path, device="cpu"):
     a PyTorch file, damaged (the zip container's CRC-32 sums are checked before unpickling). No content
     digest or layout is required: for bare state_dicts from elsewhere. load_checkpoint checks both."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+        folder = os.path.dirname(path) or "."
+        others = sorted(f for f in os.listdir(folder) if f.endswith(".pt")) if os.path.isdir(folder) else []
+        # a run whose model gave one class at every validation leaves last.pt and no best_*.pt
+        raise CheckpointError(f"no checkpoint at {path}" + (f" (that folder holds {', '.join(others)})"
+                                                            if others else ""))
     size = os.path.getsize(path)
     if size == 0:
         raise _damaged(path, "the file is empty")

@@ -112,7 +112,7 @@ def build_parser():
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress bar per attack, moving per batch, with its rate, time left and running "
                              "robust accuracy (default: on when stderr is a terminal)")
-    parser.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:1...")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if present, else cpu)")
     parser.add_argument("--worst-case-only", action="store_true",
                         help="attack only the samples that earlier attacks of the table left robust; "
                              "report only the worst case")
@@ -401,7 +401,7 @@ def main(argv=None):
 
 def evaluate_checkpoint(args):
     # Under torchrun: one process per GPU (gloo on CPU); rank 0 alone prints and writes.
-    rank, world_size, device = setup_process(resolve_device(args.device))
+    rank, world_size, device = setup_process(resolve_device(args.device or default_device()))
     lead = rank == 0
     model, meta = load(args.checkpoint, args.model, args.dataset, device)
     dataset = meta["dataset"]

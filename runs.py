@@ -275,6 +275,12 @@ class RunFolder:
         """What a run stopped now leaves to continue from."""
         return f"last good checkpoint: {self.last if os.path.exists(self.last) else 'none written yet'}"
 
+    def how_to_continue(self):
+        """What a run interrupted now leaves, and the command that continues it."""
+        if os.path.exists(self.last):
+            return f"{self.kept()}: the same command with --resume continues from there"
+        return "no checkpoint written yet: the same command without --resume starts the run again"
+
     # --- after training ----------------------------------------------------------------------------------------
 
     @_one_line_on_write_errors

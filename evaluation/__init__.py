@@ -19,8 +19,8 @@ The modules: suite (the tables as data, and the selection), units (how an attack
 store, and a runner that shares them out over processes), engine (the entry points), checks (the
 gradient-masking checks), corruptions, report (markdown, plot, JSON).
 """
-from .checks import (AA_ONLY_MAX, CONSTANT_PREDICTOR_SHARE, FGSM_ONLY_MAX, SWEEP_GREY_SLACK, Check,
-                     constant_predictor_check, masking_checks, sweep_checks)
+from .checks import (CONSTANT_PREDICTOR_SHARE, HEALTHY_SHARE, SIGNIFICANCE, SWEEP_GREY_SLACK, Check,
+                     chance_of_at_least, constant_predictor_check, masking_checks, sweep_checks)
 from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
 from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
 from .report import (format_checks, format_corruptions, format_details, format_sweep, format_table,

@@ -1,4 +1,5 @@
 """Gradient-masking checks: warning signs that the accuracies overstate robustness (a flag is not proof)."""
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -7,19 +8,25 @@ from attacks.common import NORMS
 
 from .suite import NORM_SYMBOLS, SANITY, is_autoattack, is_one_step, is_pgd
 
-# What a flag means, per threat model: it fires where a healthy model (honest gradients, attacks as strong
-# as they should be) stays below its threshold, so that it points at masked gradients or a broken attack.
-# Thresholds are shares of the evaluated samples; None: the check is no masking sign at that threat model,
-# and its figure is reported as information, never as a flag.
-# FGSM is one step of PGD without the random start; on a model with honest gradients it should break
-# (almost) nothing that PGD misses. (FGSM runs at linf only.)
-FGSM_ONLY_MAX = 0.005
-# AutoAttack (APGD-CE, APGD-T, FAB-T and the black-box Square) usually beats plain PGD by 1-3 points at linf
-# and l2 on adversarially trained models (its DLR and targeted losses); a wider lead over every white-box
-# attack of the table suggests that their gradients lead nowhere. At l1 APGD-L1 (Croce & Hein 2021) is far
-# stronger than PGD-l1 and SLIDE on every model, masked or not (its sparse steps fit the l1 ball; PGD's
-# steps do not): its lead there measures how weak those two are, not masking.
-AA_ONLY_MAX = {"linf": 0.03, "l2": 0.03, "l1": None}
+# What a share check means: some attacks (the suspects) broke samples that the others, which should be at
+# least as strong on a model with honest gradients, all missed. A healthy model leaves a small share of
+# such samples, HEALTHY_SHARE below; the check fires only when there are more than that share could give
+# by chance on the samples evaluated (a one-sided binomial test at SIGNIFICANCE). That one rule serves
+# every share check and threat model, so that a flag means the same on 32 samples as on 10,000: one or
+# two samples never fire on their own, and the share a flag needs falls towards HEALTHY_SHARE as n grows.
+SIGNIFICANCE = 0.01
+HEALTHY_SHARE = {
+    # FGSM is one step of PGD without the random start; with honest gradients PGD breaks (almost) all
+    # that FGSM breaks. (FGSM runs at linf only.)
+    "fgsm-beats-pgd": {"linf": 0.005},
+    # AutoAttack (APGD-CE, APGD-T with its targeted DLR loss, FAB-T, the black-box Square) beats the
+    # reference's white-box attacks on sound models too. Largest leads on the healthy checkpoints of the
+    # README (Measured results): linf 0.3 and l2 2 on MNIST. Masked gradients leave leads of tens of
+    # points. At l1, APGD-L1 (Croce & Hein 2021) is far stronger than PGD-l1 and SLIDE on every model,
+    # masked or not (its sparse steps fit the l1 ball; theirs do not): its lead there measures how weak
+    # those two are, not masking, and it is reported as information (None), never as a flag.
+    "autoattack-beats-white-box": {"linf": 0.05, "l2": 0.05, "l1": None},
+}
 INFORMATION_AT = {"l1": "APGD-L1 is known to be far stronger than PGD-ℓ1 and SLIDE, so its lead is no "
                         "masking sign at ℓ1: reported as information, not a flag"}
 # An ε sweep should fall at least as low as moving every sample to the uniform grey image would (where
@@ -44,16 +51,19 @@ class Check:
     message: str
     kind: str = "flag"  # or "information": a figure that is no warning sign where it was measured
     smaller_epsilon: float = None  # larger-epsilon-not-lower only: the epsilon compared with
+    chance: float = None  # share checks only: how often a healthy model shows as many samples (the p-value)
 
     def as_json(self):
-        fields = asdict(self)
-        if self.smaller_epsilon is None:
-            del fields["smaller_epsilon"]
-        return fields
+        return {key: value for key, value in asdict(self).items()
+                if value is not None or key not in ("smaller_epsilon", "chance")}
 
 
 def _percent(fraction):
     return f"{100 * fraction:.2f}%"
+
+
+def _chance(probability):
+    return f"{100 * probability:.3g}%" if probability >= 1e-4 else "under 0.01%"
 
 
 def constant_predictor_check(class_counts):
@@ -78,10 +88,28 @@ def broken_only_by(suspects, others, broken_by):
     return int(mask.sum())
 
 
-def _share_check(check, table, suspects, others, broken_by, n, threshold, what):
-    """Flag when the `suspects` alone broke more than `threshold` of the n samples; threshold None: report
-    the share as information (INFORMATION_AT says why)."""
-    where = {"norm": table["norm"], "epsilon": table["epsilon"], "threshold": threshold,
+def chance_of_at_least(count, n, share):
+    """P(X >= count) for X ~ Binomial(n, share): how often a model whose true share is `share` would show
+    `count` or more of n samples. Summed in log space, so that n = 10,000 neither overflows nor underflows."""
+    if count <= 0:
+        return 1.0
+    if share <= 0:
+        return 0.0
+    if share >= 1:
+        return 1.0
+    log_share, log_rest = math.log(share), math.log1p(-share)
+    terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_share
+             + (n - k) * log_rest for k in range(count, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def _share_check(check, table, suspects, others, broken_by, n, what):
+    """Flag when the `suspects` alone broke more samples than the check's healthy share could give by chance
+    (HEALTHY_SHARE, SIGNIFICANCE); a healthy share of None: report the share as information (INFORMATION_AT
+    says why)."""
+    healthy = HEALTHY_SHARE[check][table["norm"]]
+    where = {"norm": table["norm"], "epsilon": table["epsilon"], "threshold": healthy,
              "where": f"{NORM_SYMBOLS[table['norm']]} {table['epsilon_label']}"}
     if not others:
         return Check(check=check, **where, rule="",
@@ -89,11 +117,16 @@ def _share_check(check, table, suspects, others, broken_by, n, threshold, what):
     count = broken_only_by(suspects, others, broken_by)
     missed = f"{others[0]} did not break" if len(others) == 1 else f"none of {', '.join(others)} broke"
     found = f"{'/'.join(suspects)} broke {count} of {n} samples ({_percent(count / n)}) that {missed}"
-    if threshold is None:
+    if healthy is None:
         return Check(check=check, **where, value=count / n, flagged=False, kind="information",
                      rule=INFORMATION_AT[table["norm"]], message=found)
-    return Check(check=check, **where, value=count / n, flagged=count / n > threshold,
-                 rule=f"flag above {_percent(threshold)} of the samples", message=f"{found}: {what}")
+    chance = chance_of_at_least(count, n, healthy)
+    flagged = chance < SIGNIFICANCE
+    return Check(check=check, **where, value=count / n, flagged=flagged, chance=chance,
+                 rule=f"flag when a healthy model's {_percent(healthy)} would give that many with a chance "
+                      f"under {SIGNIFICANCE:.0%}",
+                 message=f"{found}; a healthy {_percent(healthy)} gives as many with a chance of "
+                         f"{_chance(chance)}" + (f": {what}" if flagged else ""))
 
 
 def masking_checks(tables, broken_by_table, sanity, n):
@@ -108,12 +141,11 @@ def masking_checks(tables, broken_by_table, sanity, n):
         white_box = [label for label in names if label not in autoattacks]
         if one_step:
             checks.append(_share_check(
-                "fgsm-beats-pgd", table, one_step, pgds, broken_by, n, FGSM_ONLY_MAX,
+                "fgsm-beats-pgd", table, one_step, pgds, broken_by, n,
                 "a one-step attack beating its multi-step versions"))
         if autoattacks:
             checks.append(_share_check(
                 "autoattack-beats-white-box", table, autoattacks, white_box, broken_by, n,
-                AA_ONLY_MAX[table["norm"]],
                 "AutoAttack (APGD-CE, APGD-T, FAB-T and the black-box Square) beating the white-box attacks: "
                 "their gradients may be masked, or they are too weak to trust"))
     for norm in NORMS:

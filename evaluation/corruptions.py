@@ -13,6 +13,7 @@ from .suite import FAMILY_SHAPES
 from .units import clean_predictions, default_batch_size, device_of, evaluates_models
 
 SEVERITIES = 5  # severities 1..5, one block of images each, in that order
+PUBLISHED_FOR = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}  # the data sets whose layout this reads
 
 
 def _load_npy(path):
@@ -29,6 +30,9 @@ def load_corruptions(folder, dataset, n=None):
     images, severity 1 first, and labels.npy of 5 * M labels. n keeps the first n images of each severity.
     Raises ValueError naming the file for anything else."""
     spec = DATASETS[dataset]
+    if dataset not in PUBLISHED_FOR:
+        raise ValueError(f"--corruptions reads {' / '.join(PUBLISHED_FOR.values())} folders, for "
+                         f"{' and '.join(PUBLISHED_FOR)} models; this one is for {dataset}")
     if not os.path.isdir(folder):
         raise ValueError(f"--corruptions {folder}: no such folder")
     labels_path = os.path.join(folder, "labels.npy")

@@ -5,6 +5,7 @@ A small model is trained for a few seconds on synthetic digits written in MNIST'
 accuracies are neither 0 nor 100%. Most runs are in-process (main(argv)): a subprocess costs ~6 s of
 imports; the command line itself is exercised by a few subprocess runs."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -200,6 +201,15 @@ def test_unusable_checkpoint_is_refused_in_one_line(case, says, capsys, checkpoi
     assert str(path) in err
 
 
+def test_a_missing_best_checkpoint_is_refused_naming_what_its_folder_holds(capsys, checkpoint, data_root, tmp_path):
+    """A quick trial whose model gave one class at every validation leaves last.pt and no best_*.pt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(checkpoint.read_bytes())
+    code, _, err = run_eval(capsys, run / "best_robust.pt", "--data-root", data_root, "--attacks", "fgsm")
+    assert_one_line_error(code, err, f"no checkpoint at {run / 'best_robust.pt'} (that folder holds last.pt)")
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--attacks", "fgsm", "bim"], "invalid choice: 'bim'"),
     (["--attacks", "pgd-10"], "pgd-10: not in the mnist suite"),  # a cifar column
@@ -283,30 +293,79 @@ def masks(n, broken):
     return out
 
 
+LINF_TABLE = {"norm": "linf", "epsilon": 0.3, "epsilon_label": "0.3", "worst_case": {"robust_accuracy": 0.5},
+              "attacks": [{"label": "FGSM", "attack": "fgsm"}, {"label": "PGD-50", "attack": "pgd-linf"},
+                          {"label": "DeepFool", "attack": "deepfool-linf"}, {"label": "AA", "attack": "aa-linf"}]}
+
+
+def linf_checks(broken_by, n, sanity=None):
+    return {c.check: c.as_json() for c in evaluation.masking_checks([LINF_TABLE], [broken_by], sanity, n)}
+
+
 def test_masking_checks_flag_fgsm_beating_pgd_and_autoattack_beating_white_box():
     n = 100
-    table = {"norm": "linf", "epsilon": 0.3, "epsilon_label": "0.3", "worst_case": {"robust_accuracy": 0.5},
-             "attacks": [{"label": "FGSM", "attack": "fgsm"}, {"label": "PGD-50", "attack": "pgd-linf"},
-                         {"label": "DeepFool", "attack": "deepfool-linf"}, {"label": "AA", "attack": "aa-linf"}]}
-    broken_by = {"FGSM": masks(n, range(0, 12)),     # 2 samples (2%) no PGD broke
+    broken_by = {"FGSM": masks(n, range(0, 14)),     # 4 samples (4%) no PGD broke
                  "PGD-50": masks(n, range(0, 10)),
                  "DeepFool": masks(n, range(0, 11)),
-                 "AA": masks(n, range(0, 20))}       # 8 (8%) nothing else broke
+                 "AA": masks(n, range(0, 26))}       # 12 (12%) nothing else broke
     sanity = {"norm": "linf", "epsilon": 0.5, "epsilon_label": "0.5", "label": "PGD-20", "robust_accuracy": 0.3,
               "grey_image_accuracy": 0.1}
-    def checks(broken_by, sanity):
-        return {c.check: c.as_json() for c in evaluation.masking_checks([table], [broken_by], sanity, n)}
 
-    masked = checks(broken_by, sanity)
-    assert masked["fgsm-beats-pgd"]["value"] == 0.02 and masked["fgsm-beats-pgd"]["flagged"]
-    assert masked["autoattack-beats-white-box"]["value"] == 0.08
+    masked = linf_checks(broken_by, n, sanity)
+    assert masked["fgsm-beats-pgd"]["value"] == 0.04 and masked["fgsm-beats-pgd"]["flagged"]
+    assert masked["autoattack-beats-white-box"]["value"] == 0.12
     assert masked["autoattack-beats-white-box"]["flagged"] and masked["large-epsilon-sanity"]["flagged"]
+    assert masked["autoattack-beats-white-box"]["chance"] < evaluation.SIGNIFICANCE
 
     honest = {**broken_by, "FGSM": masks(n, range(0, 5)), "AA": masks(n, range(0, 12))}
-    assert not any(c["flagged"] for c in checks(honest, {**sanity, "robust_accuracy": 0.0}).values())
+    assert not any(c["flagged"] for c in linf_checks(honest, n, {**sanity, "robust_accuracy": 0.0}).values())
     # a model that predicts one class everywhere (13% of the labels) is useless, not masked
     constant = {**sanity, "robust_accuracy": 0.13, "grey_image_accuracy": 0.13}
-    assert not checks(honest, constant)["large-epsilon-sanity"]["flagged"]
+    assert not linf_checks(honest, n, constant)["large-epsilon-sanity"]["flagged"]
+
+
+def test_a_share_check_needs_more_samples_than_chance_gives_a_healthy_model():
+    """One rule for every n: the same 9% AutoAttack lead is within what a healthy model's share gives by
+    chance on 100 samples, and far beyond it on 1,000; one sample of 32 never fires."""
+    healthy = evaluation.HEALTHY_SHARE["autoattack-beats-white-box"]["linf"]
+
+    def aa_lead(n, count):
+        broken_by = {"FGSM": masks(n, []), "PGD-50": masks(n, range(10)), "DeepFool": masks(n, range(10)),
+                     "AA": masks(n, range(10 + count))}
+        return linf_checks(broken_by, n)["autoattack-beats-white-box"]
+
+    small, large, single = aa_lead(100, 9), aa_lead(1000, 90), aa_lead(32, 1)
+    assert small["value"] == large["value"] == 0.09 > healthy
+    assert not small["flagged"] and large["flagged"] and not single["flagged"]
+    assert large["chance"] < evaluation.SIGNIFICANCE <= small["chance"]
+    assert "chance" in small["message"] and "gradients may be masked" not in small["message"]
+    assert "gradients may be masked" in large["message"]
+    assert aa_lead(100, 0)["message"].endswith(f"a healthy {100 * healthy:.2f}% gives as many with a chance of 100%")
+    # the flag needs fewer extra samples, as a share, the more samples there are
+    def smallest_flagged_share(n):
+        return next(k for k in range(n + 1) if aa_lead(n, k)["flagged"]) / n
+    assert smallest_flagged_share(32) > smallest_flagged_share(100) > smallest_flagged_share(1000) > healthy
+
+
+def test_the_readme_states_how_many_samples_flag_autoattack():
+    """The README's counts follow from HEALTHY_SHARE and SIGNIFICANCE; change those and this says so."""
+    healthy = evaluation.HEALTHY_SHARE["autoattack-beats-white-box"]["linf"]
+    def fewest_flagged(n):
+        return next(k for k in range(n + 1) if evaluation.chance_of_at_least(k, n, healthy) < evaluation.SIGNIFICANCE)
+    counts = [fewest_flagged(n) for n in (32, 100, 1000, 10000)]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{counts[0]} or more of 32 samples, {counts[1]} of 100, {counts[2]} of 1,000, "
+            f"{counts[3]:,} of 10,000") in readme
+    assert f"{100 * healthy:g}% for AutoAttack" in readme
+
+
+def test_chance_of_at_least_is_the_binomial_tail():
+    for n, share in ((10, 0.05), (37, 0.3), (200, 0.005)):
+        for count in (0, 1, 3, n):
+            exact = sum(math.comb(n, k) * share ** k * (1 - share) ** (n - k) for k in range(count, n + 1))
+            assert evaluation.chance_of_at_least(count, n, share) == pytest.approx(exact, rel=1e-9)
+    assert evaluation.chance_of_at_least(600, 10000, 0.05) < 1e-4  # large n: finite, no overflow
+    assert evaluation.chance_of_at_least(1, 5, 0.0) == 0.0
 
 
 def test_autoattack_beating_pgd_and_slide_at_l1_is_information_not_a_flag():

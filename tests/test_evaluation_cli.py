@@ -244,6 +244,13 @@ def test_unusable_corruption_folders_exit_2_in_one_line(damage, says, capsys, ci
     assert_one_line_error(code, err, says)
 
 
+def test_corruptions_of_a_data_set_without_a_published_set_are_refused(capsys, own_checkpoint, tmp_path):  # noqa: F811
+    folder = write_corruptions(tmp_path / "CIFAR-10-C")
+    code, _, err = run(capsys, own_checkpoint, "--corruptions", folder, "--json", tmp_path / "c.json")
+    assert_one_line_error(code, err, "--corruptions reads CIFAR-10-C / CIFAR-100-C folders, for cifar10 and "
+                                     "cifar100 models; this one is for mnist")
+
+
 # --- AutoAttack version, JSON file, data root, warnings, help ------------------------------------------------
 
 def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root):  # noqa: F811

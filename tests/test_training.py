@@ -1,6 +1,7 @@
 """cuda_graph.GraphedStep's plumbing without a graph, on the CPU (DEVICE) on every machine: static buffers,
 copy-in, the eager last batch, the tensor learning rate, resume; the optimisers' kernels on resume; and
 --cuda-graph where no graph can run. The captured graph itself is tested in tests/test_cuda.py."""
+import json
 from contextlib import nullcontext
 
 import pytest
@@ -145,3 +146,5 @@ def test_cuda_graph_flag_on_the_cpu_says_so_and_trains_eagerly(synthetic_mnist_r
     out = capsys.readouterr().out
     assert "--cuda-graph: CUDA graphs need a CUDA device; the eager step runs instead" in out
     assert "epoch   1/1" in out
+    (record,) = tmp_path.glob("*/args.json")
+    assert json.loads(record.read_text())["runs"][0]["args"]["cuda_graph"] is False  # what ran, not what was asked

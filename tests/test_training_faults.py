@@ -157,6 +157,19 @@ def test_ctrl_c_and_sigterm_end_training_in_one_line_that_says_how_to_continue(
     assert load_checkpoint(os.path.join(run_folder_of(argv), "last.pt"))["epoch"] == 2
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again_not_to_resume(
+        synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    stop_at_step(monkeypatch, 1, "Ctrl-C")  # epoch 1, batch 1: no last.pt yet
+    with pytest.raises(SystemExit):
+        ALP.main(argv)
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.endswith("no checkpoint written yet: the same command without --resume starts the run again")
+    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    ALP.main(argv)  # as the line says: the folder it left takes the same command again
+    assert load_checkpoint(os.path.join(run_folder_of(argv), "last.pt"))["epoch"] == 1
+
+
 # --- flags -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [
@@ -171,6 +184,7 @@ def test_flags_refused_before_anything_runs(extra, message, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--subset=100000"], "--subset 100000 is more than the 600 training images there are"),
     (["--ratio=0.99999"], "--ratio 0.99999 leaves 0 training and 600 validation images"),
+    (["--subset=20"], "--subset 20 is fewer training images than one batch of 50 (-b): raise --subset or lower -b"),
 ])
 def test_flags_that_do_not_fit_the_data_are_refused_before_a_run_folder_exists(extra, message, synthetic_mnist_root,
                                                                                tmp_path, capsys):
