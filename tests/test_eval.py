@@ -350,8 +350,15 @@ def test_a_share_check_needs_more_samples_than_chance_gives_a_healthy_model():
 def test_the_readme_states_how_many_samples_flag_autoattack():
     """The README's counts follow from HEALTHY_SHARE and SIGNIFICANCE; change those and this says so."""
     healthy = evaluation.HEALTHY_SHARE["autoattack-beats-white-box"]["linf"]
-    def fewest_flagged(n):
-        return next(k for k in range(n + 1) if evaluation.chance_of_at_least(k, n, healthy) < evaluation.SIGNIFICANCE)
+    def fewest_flagged(n):  # the chance falls as the count grows: bisect
+        low, high = 0, n
+        while low < high:
+            middle = (low + high) // 2
+            if evaluation.chance_of_at_least(middle, n, healthy) < evaluation.SIGNIFICANCE:
+                high = middle
+            else:
+                low = middle + 1
+        return low
     counts = [fewest_flagged(n) for n in (32, 100, 1000, 10000)]
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert (f"{counts[0]} or more of 32 samples, {counts[1]} of 100, {counts[2]} of 1,000, "
