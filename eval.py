@@ -13,10 +13,8 @@ killed, the same command continues where it stopped. The engine is the evaluatio
 takes any model.
 """
 import argparse
-import json
 import os
 import re
-import shutil
 import sys
 
 import torch
@@ -25,14 +23,16 @@ import torch.distributed as dist
 from checkpoints import CheckpointError
 from data import DATASETS, DataError, data_digest, load_split, train_val_splits
 from attacks.common import NORMS
-from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_sweep_epsilons,
-                        default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep, evaluate_transfer,
-                        format_checks, format_corruptions, format_details, format_sweep, format_table,
-                        format_transfer_table, parse_epsilon, plan_summary, plan_sweep,
-                        plan_threat_models, plot_sweep, suite_summary, write_json)
+from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_report,
+                        check_sweep_epsilons, default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep,
+                        evaluate_transfer, evaluation_identity, format_checks, format_corruptions, format_details,
+                        format_sweep, format_table, format_transfer_table, open_units, parse_epsilon,
+                        plan_summary, plan_sweep, plan_threat_models, plot_sweep, recorded_batch_size, remove,
+                        shared, suite_summary, units_folder, write_json)
 from models import MODELS
 from training import setup_process
-from utils import CLIParser, Interrupted, default_device, fail, interruptible, parse_number, progress_wanted
+from utils import (CLIParser, Interrupted, default_device, describe_os_error, fail, interruptible, parse_number,
+                   progress_wanted)
 from weights import model_from_file
 
 
@@ -219,34 +219,28 @@ def default_json_path(checkpoint, requested):
     return f"{os.path.splitext(checkpoint)[0]}.eval{'.' + tag if tag else ''}.json"
 
 
-def check_output(path, requested, force):
-    """Refuse, before any work, a JSON path that cannot be written or holds a different evaluation. Returns
-    the report the file holds if it is this very evaluation, complete (None otherwise)."""
-    if os.path.isdir(path):
-        fail(f"--json {path} is a folder")
-    earlier = None
-    if os.path.exists(path) and not force:
-        try:
-            with open(path) as f:
-                earlier = json.load(f)
-            same = earlier["evaluation"]["requested"] == json.loads(json.dumps(requested))
-        except (OSError, ValueError, KeyError, TypeError):
-            same = False
-        if not same:
-            fail(f"{path} holds a different evaluation; pass --force to overwrite it, or choose another --json")
-    probe = f"{path}.{os.getpid()}.tmp"  # every process of a torchrun probes: each with a file of its own
+def checked_report(json_path, requested, identity, force):
+    """evaluation.check_report, its refusals as one line."""
     try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        fail(f"--json {path} cannot be written ({e.strerror or type(e).__name__})")
-    return earlier if earlier and earlier.get("complete") else None
+        return check_report(json_path, requested, identity, force)
+    except ValueError as e:
+        fail(str(e))
 
 
-def units_folder(json_path):
-    """Where the finished units of work wait until the evaluation completes: beside its JSON."""
-    return os.path.splitext(json_path)[0] + ".units"
+def estimate_printer():
+    """on_estimate for the Runner: the time a round of attacks should still take, as measured on the
+    first batch of each of its attacks."""
+    def on_estimate(seconds):
+        print(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
+              f"each)", flush=True)
+    return on_estimate
+
+
+def duration(seconds):
+    """Seconds as people read a duration: 45 s, 12 min, 3.4 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def save(report, path):
@@ -294,13 +288,13 @@ def load_source(args, dataset, device):
     return source, {"checkpoint": args.transfer_from, "model": meta.get("model"), "epoch": meta.get("epoch")}
 
 
-def run_corruptions(args, model, model_info, dataset, requested, json_path):
+def run_corruptions(args, model, model_info, dataset, requested, identity, json_path):
     try:
         report = evaluate_corruptions(model, args.corruptions, dataset, args.n, batch_size=args.batch_size,
                                       progress=args.progress, model_info=model_info)
     except ValueError as e:
         fail(str(e))
-    report["evaluation"]["requested"] = requested
+    report["evaluation"].update(requested=requested, identity=identity)
     save(report, json_path)
     print(f"{args.checkpoint}: {model_info['model']} on {dataset}, "
           f"{report['corruptions']['images_per_severity']} images per severity from {args.corruptions}\n",
@@ -399,6 +393,15 @@ def main(argv=None):
         stopped(stop, "run the same command to continue")
 
 
+def corruption_files(folder):
+    """[(file name, size)] of a corruption folder: what its report is recognised by ([] if unreadable)."""
+    try:
+        return sorted((name, os.path.getsize(os.path.join(folder, name)))
+                      for name in os.listdir(folder) if name.endswith(".npy"))
+    except OSError:
+        return []
+
+
 def evaluate_checkpoint(args):
     # Under torchrun: one process per GPU (gloo on CPU); rank 0 alone prints and writes.
     rank, world_size, device = setup_process(resolve_device(args.device or default_device()))
@@ -409,27 +412,43 @@ def evaluate_checkpoint(args):
     source, source_info = load_source(args, dataset, device) if args.transfer_from else (None, None)
     requested = requested_evaluation(args)
     json_path = args.json or default_json_path(args.checkpoint, requested)
-    finished = check_output(json_path, requested, args.force)
-    if finished:
-        return print_finished(finished, json_path) if lead else None
     model_info = {"checkpoint": args.checkpoint, "model": meta.get("model"), "epoch": meta.get("epoch"),
                   "args": meta.get("args")}
     if args.corruptions:
-        return run_corruptions(args, model, model_info, dataset, requested, json_path) if lead else None
+        identity = evaluation_identity(model, meta["model"], dataset, device,
+                                       corruption_files=corruption_files(args.corruptions))
+        finished = checked_report(json_path, requested, identity, args.force)
+        if finished:
+            return print_finished(finished, json_path) if lead else None
+        return run_corruptions(args, model, model_info, dataset, requested, identity, json_path) if lead else None
+
+    images, labels, data_root, warnings = load_test_images(args, meta)
+    batch_size = shared(args.batch_size or recorded_batch_size(json_path, device) or default_batch_size(device),
+                        world_size)
+    identity = evaluation_identity(model, meta["model"], dataset, device, images=images, labels=labels,
+                                   batch_size=batch_size, source=source, source_name=(source_info or {}).get("model"))
+    finished = checked_report(json_path, requested, identity, args.force)
+    if finished:
+        return print_finished(finished, json_path) if lead else None
 
     units = units_folder(json_path)
-    if args.force and lead:
-        shutil.rmtree(units, ignore_errors=True)  # another evaluation's units
-    store = UnitStore(units)
-    runner = Runner(store, rank, world_size, progress=args.progress)
-    if lead and store.outcomes:
-        print(f"continuing: {store.kept()} finished units of work in {units}", flush=True)
-    images, labels, data_root, warnings = load_test_images(args, meta)
-    common = {"seed": args.seed, "batch_size": runner.shared(args.batch_size or default_batch_size(device)),
-              "runner": runner, "on_progress": None}
     if lead:
-        common["on_progress"] = reporter(args, device, json_path, {"data_root": data_root, "requested": requested},
-                                         warnings)
+        try:
+            store, notes = open_units(units, identity, args.force)
+        except OSError as e:
+            fail(f"cannot keep the finished units of work in {units} ({e.strerror or type(e).__name__})")
+        for line in notes:
+            warn(line)
+        if store.outcomes:
+            print(f"continuing: {len(store.outcomes)} finished units of work in {units}", flush=True)
+    shared(None, world_size)  # the other processes read the folder once rank 0 has set it up
+    if not lead:
+        store = UnitStore(units)
+    runner = Runner(store, rank, world_size, progress=args.progress, on_estimate=estimate_printer() if lead else None)
+    common = {"seed": args.seed, "batch_size": batch_size, "runner": runner, "on_progress": None}
+    if lead:
+        common["on_progress"] = reporter(args, device, json_path, {"data_root": data_root, "requested": requested,
+                                                                   "identity": identity}, warnings)
     try:
         if args.transfer_from:
             report = evaluate_transfer(source, model, images, labels, dataset, args.norms, args.attacks,
@@ -448,6 +467,9 @@ def evaluate_checkpoint(args):
                       f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)
+    except OSError as e:  # a unit that cannot be written: a full disk, a folder made read-only
+        fail(f"{describe_os_error(e)}; the {store.kept()} finished units of work are kept in {units}: "
+             f"run the same command to continue once it can be written")
     except ValueError as e:
         fail(str(e))
     if world_size > 1:
@@ -463,7 +485,7 @@ def evaluate_checkpoint(args):
         report["sweep"]["plot"] = plot_path
         print(format_sweep(report["sweep"]), f"\nPlot: {plot_path}\n", sep="\n")
     save(report, json_path)
-    shutil.rmtree(units, ignore_errors=True)  # the JSON holds every figure now
+    remove(units)  # the JSON holds every figure now
     print(format_checks(report["masking_checks"]), f"\nAll figures: {json_path}", sep="\n")
 
 

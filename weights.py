@@ -47,6 +47,7 @@ def put_weights(model, weights, path):
     if not is_bare_state_dict(weights):
         raise CheckpointError(f"{path}: its 'model' entry is not a state_dict")
     _refuse_old_layout(path, weights)
+    _refuse_wrapper_prefix(path, weights)
     problems = _key_mismatches(model.state_dict(), weights)
     if problems:
         raise CheckpointError(f"{path}: its weights do not fit the network ({type(model).__name__}): {problems}")
@@ -96,6 +97,7 @@ OLD_LAYOUT_PREFIXES = ("stem.", "stages.", "features.", "classifier.")
 
 def _model_from_reference(path, weights, model_name, dataset):
     _refuse_old_layout(path, weights)
+    _refuse_wrapper_prefix(path, weights)
     if model_name is None or dataset is None:
         raise CheckpointError(f"{path} is a bare state_dict (the reference's paras.pt format), which does not "
                               f"say what network it holds: give its model and data set (eval.py: --model and "
@@ -115,6 +117,22 @@ def _model_from_reference(path, weights, model_name, dataset):
 
 def _normalize_buffers(model):
     return {k: v for k, v in model.state_dict().items() if k.startswith(NORMALIZE_PREFIX)}
+
+
+# What wrappers put before every key of the network they wrap: DistributedDataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _refuse_wrapper_prefix(what, state):
+    """A state_dict saved from a wrapper rather than from the network: say how to strip the prefix (doing it
+    here unasked would hide which object was saved)."""
+    prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+    if prefix:
+        raise CheckpointError(
+            f"{what}: every key starts with '{prefix}' (the state_dict of a DistributedDataParallel or "
+            f"torch.compile wrapper, not of the network): save the network's own state_dict "
+            f"(model.module.state_dict() for DDP), or strip the prefix: "
+            f"{{k.removeprefix('{prefix}'): v for k, v in state_dict.items()}}")
 
 
 def _refuse_old_layout(what, state):

@@ -17,7 +17,8 @@ attacks or tables were selected nor on which process ran it.
 
 The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, their
 store, and a runner that shares them out over processes), engine (the entry points), checks (the
-gradient-masking checks), corruptions, report (markdown, plot, JSON).
+gradient-masking checks), corruptions, report (markdown, plot, JSON), files (eval.py's JSON report and units
+folder, recognised by the digests of what they evaluated).
 """
 from .checks import (CONSTANT_PREDICTOR_SHARE, HEALTHY_SHARE, SIGNIFICANCE, SWEEP_GREY_SLACK, Check,
                      chance_of_at_least, constant_predictor_check, masking_checks, sweep_checks)
@@ -29,4 +30,6 @@ from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, at
                     cli_name, parse_epsilon, plan_summary, plan_sweep, plan_threat_models,
                     suite_summary, epsilon_warnings)
 from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
-                    clean_predictions, default_batch_size, flat_norm, random_stream, run_unit, stream_seed)
+                    clean_predictions, default_batch_size, evaluation_digests, flat_norm, random_stream, run_unit,
+                    shared, stream_seed, weights_digest)
+from .files import check_report, evaluation_identity, open_units, recorded_batch_size, remove, units_folder

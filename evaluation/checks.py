@@ -71,16 +71,24 @@ def _chance(probability):
     return f"{100 * probability:.3g}%" if probability >= 1e-4 else "under 0.01%"
 
 
-def constant_predictor_check(class_counts):
+def constant_predictor_check(class_counts, label_counts=None):
     """Flag a model that gives one class to most samples: every accuracy it gets is that class's share.
-    class_counts: how many samples the model gives each class (torch.bincount of its predictions)."""
+    class_counts: how many samples the model gives each class (torch.bincount of its predictions);
+    label_counts: how many samples each class has (default: as many of each). Like the share checks, it
+    fires only when that many could not come by chance (SIGNIFICANCE) from a model that gives the class no
+    more often than the labels hold it, or than 1/classes: one or two images of one class never fire."""
+    n = max(int(class_counts.sum()), 1)
     top = int(class_counts.argmax())
-    share = class_counts[top].item() / max(int(class_counts.sum()), 1)
-    flagged = share > CONSTANT_PREDICTOR_SHARE
+    count = int(class_counts[top])
+    share = count / n
+    label_share = label_counts[top].item() / max(int(label_counts.sum()), 1) if label_counts is not None else 0.0
+    chance = chance_of_at_least(count, n, max(label_share, 1 / len(class_counts)))
+    flagged = share > CONSTANT_PREDICTOR_SHARE and chance < SIGNIFICANCE
     return Check(check="constant-predictor", where="clean predictions", value=share,
-                 threshold=CONSTANT_PREDICTOR_SHARE, flagged=flagged,
-                 rule=f"flag when one class gets more than {_percent(CONSTANT_PREDICTOR_SHARE)} of the samples",
-                 message=f"the model predicts class {top} for {_percent(share)} of the samples"
+                 threshold=CONSTANT_PREDICTOR_SHARE, flagged=flagged, chance=chance,
+                 rule=f"flag when one class gets more than {_percent(CONSTANT_PREDICTOR_SHARE)} of the samples, "
+                      f"more than its share of the labels could give by chance (under {SIGNIFICANCE:.0%})",
+                 message=f"the model predicts class {top} for {_percent(share)} of the {n} samples"
                          + (": it has learnt (almost) nothing, and its accuracies are that class's share"
                             if flagged else ""))
 

@@ -11,7 +11,7 @@ from .checks import constant_predictor_check, masking_checks, sweep_checks
 from .suite import (FAMILY_SHAPES, SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
                     plan_sweep, plan_threat_models, run_order)
 from .units import (Job, Runner, as_float, clean_predictions, default_batch_size, device_of, evaluates_models,
-                    stream_seed)
+                    evaluation_digests, stream_seed, unit_context)
 
 
 def check_inputs(images, labels, dataset, batch_size=None):
@@ -61,9 +61,17 @@ def check_batch_size(batch_size):
         raise ValueError(f"batch_size must be a positive integer (or None for the default), not {batch_size!r}")
 
 
+# The JSON report's format: raised whenever its keys change meaning, or figures computed before the change
+# cannot stand beside later ones (an attack's definition changed). eval.py refuses a report of a newer
+# format, and does not reuse an older one. 1: reports without this key; 2: reports that record the digests
+# of what they evaluated.
+REPORT_FORMAT = 2
+
+
 def new_report(model_info, dataset, n, batch_size, device, seed, aa_version, processes, selection):
     """The JSON report's skeleton: every key present from the start, filled in as results arrive."""
     return {
+        "format": REPORT_FORMAT,
         "checkpoint": model_info.get("checkpoint"), "epoch": model_info.get("epoch"),
         "model": model_info.get("model"), "dataset": dataset, "num_classes": DATASETS[dataset].num_classes,
         "training_args": model_info.get("args"),
@@ -80,7 +88,7 @@ class Session:
     size chosen, the report begun, the clean predictions made. Then it runs rounds of jobs."""
 
     def __init__(self, model, images, labels, dataset, *, seed, batch_size, aa_version, selection,
-                 model_info, runner, progress, on_progress, norm_epsilons):
+                 model_info, runner, progress, on_progress, norm_epsilons, source=None):
         self.model, self.dataset, self.seed, self.on_progress = model, dataset, seed, on_progress
         self.device = device_of(model)
         self.images, self.labels = images.to(self.device), labels.to(self.device).long()
@@ -89,6 +97,9 @@ class Session:
         self.runner = runner or Runner(progress=progress)
         self.report = new_report(model_info or {"model": type(model).__name__}, dataset, self.n, self.batch_size,
                                  self.device, seed, aa_version, self.runner.world_size, selection)
+        digests = evaluation_digests(model, images, labels, source)
+        self.report["evaluation"]["digests"] = digests
+        self.context = unit_context(digests, self.device)
         self.report["warnings"] += epsilon_warnings(norm_epsilons, FAMILY_SHAPES[DATASETS[dataset].family])
         self.num_classes = DATASETS[dataset].num_classes
         self.predicted = clean_predictions(model, self.images, self.batch_size, self.num_classes)
@@ -104,7 +115,7 @@ class Session:
     def job(self, label, name, options, norm, epsilon, attacked, model=None, judge=None, role=""):
         """A Job on the samples where the bool mask `attacked` holds, with the attack's own stream."""
         return Job(label, name, options, norm, epsilon, attacked.nonzero().flatten(),
-                   stream_seed(self.seed, norm, epsilon, label), model or self.model, judge, role)
+                   stream_seed(self.seed, norm, epsilon, label), model or self.model, judge, role, self.context)
 
     def run(self, jobs_and_handlers):
         """Runs [(job, handler)] as one round; handler(outcome) gets each job's outcome, in order."""
@@ -113,7 +124,8 @@ class Session:
                         on_job=lambda i, outcome: jobs_and_handlers[i][1](outcome))
 
     def constant_predictor_check(self):
-        return constant_predictor_check(torch.bincount(self.predicted, minlength=self.num_classes))
+        return constant_predictor_check(torch.bincount(self.predicted, minlength=self.num_classes),
+                                        torch.bincount(self.labels.cpu(), minlength=self.num_classes))
 
     def finish(self, checks):
         self.report["masking_checks"] = [check.as_json() for check in checks]
@@ -261,9 +273,13 @@ def evaluate_transfer(source, target, images, labels, dataset="cifar10", norms=N
                       selection={"worst_case_only": worst_case_only, "norms": norms, "attacks": attacks,
                                  "epsilons": epsilons},
                       model_info=target_info, runner=runner, progress=progress, on_progress=on_progress,
-                      norm_epsilons=[(norm, label, eps) for norm, label, eps, _ in plan])
+                      norm_epsilons=[(norm, label, eps) for norm, label, eps, _ in plan], source=source)
     source = source.to(session.device)
     source_info = source_info or {"model": type(source).__name__}
+    digests = session.report["evaluation"]["digests"]
+    if digests["source_weights"] == digests["weights"]:
+        session.report["warnings"].append("the source and the target hold the same weights: these transfer "
+                                          "attacks are white-box attacks on the target")
     source_correct = (clean_predictions(source, session.images, session.batch_size, session.num_classes)
                       == session.labels.cpu())
     report = session.report

@@ -11,6 +11,7 @@ evaluation continues.
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
-from utils import write_atomically
+from utils import update_digest, write_atomically
 
 from .suite import is_autoattack
 
@@ -56,8 +57,9 @@ def device_of(model):
 
 
 def as_float(images):
-    """Float images in [0, 1], whether stored as uint8 or float."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    """Float images in [0, 1], whether stored as uint8 or float: always a new tensor, so that a model that
+    writes into its input never reaches the caller's images."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
 
 
 def check_model(model):
@@ -115,6 +117,9 @@ def clean_predictions(model, images, batch_size, num_classes=None):
     with torch.no_grad():
         for begin in range(0, len(images), batch_size):
             logits = model(as_float(images[begin:begin + batch_size]))
+            if not isinstance(logits, torch.Tensor):
+                raise ValueError(f"the model returns a {type(logits).__name__}, not a tensor of logits: evaluate "
+                                 f"a module whose forward returns the logits alone")
             if num_classes is not None and (logits.dim() != 2 or logits.shape[1] != num_classes):
                 raise ValueError(f"the model gives logits of shape {tuple(logits.shape)} per batch, "
                                  f"{logits.shape[-1]} per image, but the data set has {num_classes} classes")
@@ -124,6 +129,43 @@ def clean_predictions(model, images, batch_size, num_classes=None):
         raise ValueError(f"the model's logits are not finite (NaN or inf) for {not_finite} of {len(images)} "
                          f"images: check its weights and its forward")
     return torch.cat(predicted)
+
+
+# --- what is evaluated ----------------------------------------------------------------------------------------
+
+def weights_digest(model):
+    """SHA-256 of a model's class name and state_dict (every parameter and buffer, by name), whatever the
+    memory layout its tensors are held in: two models with the same digest give the same figures."""
+    sha = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        sha.update(name.encode())
+        update_digest(sha, tensor)
+    return sha.hexdigest()
+
+
+def images_digest(images, labels):
+    """SHA-256 of the evaluated images (as given: uint8 or float) and their labels (as class indices)."""
+    sha = hashlib.sha256()
+    update_digest(sha, images)
+    update_digest(sha, labels.long())
+    return sha.hexdigest()
+
+
+def evaluation_digests(model, images=None, labels=None, source=None):
+    """{"weights", "images", "source_weights"}: the digests of what an evaluation evaluates (those given)."""
+    digests = {"weights": weights_digest(model)}
+    if images is not None:
+        digests["images"] = images_digest(images, labels)
+    if source is not None:
+        digests["source_weights"] = weights_digest(source)
+    return digests
+
+
+def unit_context(digests, device):
+    """What a unit's outcome depends on besides its job: the weights and images (their digests) and the kind
+    of device (CPU and CUDA kernels round differently). Part of every unit's key, so that a stored unit is
+    never taken for an evaluation of other weights or images."""
+    return hashlib.sha256(json.dumps([digests, torch.device(device).type], sort_keys=True).encode()).hexdigest()
 
 
 # --- random streams ------------------------------------------------------------------------------------------
@@ -189,6 +231,7 @@ class Job:
     model: torch.nn.Module
     judge: torch.nn.Module = None
     role: str = ""  # tells apart jobs that share everything else (a table's column and a transfer's)
+    context: str = ""  # unit_context: the weights, images and device the job's outcome belongs to
 
     def units(self, batch_size):
         return math.ceil(len(self.indices) / batch_size)
@@ -197,9 +240,9 @@ class Job:
         return self.indices[position * batch_size:(position + 1) * batch_size]
 
     def key(self, batch_size, position):
-        """What fixes a unit's outcome, besides the model and the images: its name in a UnitStore."""
-        return json.dumps([self.role, self.label, self.name, self.options, self.norm, float(self.epsilon),
-                           self.seed, batch_size, position], sort_keys=True)
+        """What fixes a unit's outcome: its name in a UnitStore."""
+        return json.dumps([self.context, self.role, self.label, self.name, self.options, self.norm,
+                           float(self.epsilon), self.seed, batch_size, position], sort_keys=True)
 
 
 def run_unit(job, position, images, labels, batch_size):
@@ -242,27 +285,47 @@ def combine(units):
 
 # --- finished units on disk, and units shared out over processes ---------------------------------------------
 
+MANIFEST = "manifest.json"  # in a units folder: what evaluation its units belong to (eval.py writes it)
+
+
+def is_outcome(outcome):
+    """Whether a stored unit's outcome has run_unit's shape: a file edited by hand, or written by another
+    release, is recomputed rather than trusted."""
+    try:
+        n, broken, sizes = len(outcome["indices"]), outcome["broken"], outcome["sizes"]
+        return (all(isinstance(i, int) for i in outcome["indices"]) and len(broken) == n
+                and all(isinstance(b, bool) for b in broken) and len(sizes) == sum(broken)
+                and all(len(size) == len(NORMS) and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                        for v in size) for size in sizes)
+                and isinstance(outcome["seconds"], (int, float)) and math.isfinite(outcome["seconds"]))
+    except (KeyError, TypeError):
+        return False
+
+
 class UnitStore:
     """Finished units' outcomes, one small JSON file each in `folder`, written atomically as each unit
-    finishes: a killed evaluation loses only the units in flight."""
+    finishes: a killed evaluation loses only the units in flight. Files that cannot be read, or do not hold
+    a unit's outcome, are counted in `unreadable`, and their units run again."""
 
     def __init__(self, folder):
-        self.folder, self.outcomes = folder, {}
+        self.folder, self.outcomes, self.unreadable = folder, {}, 0
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
-                if name.endswith(".json"):
+                if name.endswith(".json") and name != MANIFEST:
                     try:
                         with open(os.path.join(folder, name)) as f:
                             saved = json.load(f)
+                        if not (isinstance(saved["key"], str) and is_outcome(saved["outcome"])):
+                            raise ValueError("not a unit's outcome")
                         self.outcomes[saved["key"]] = saved["outcome"]
                     except (OSError, ValueError, KeyError, TypeError):
-                        pass  # unreadable: that unit runs again
+                        self.unreadable += 1
 
     def kept(self):
         """How many units the folder holds: under torch.distributed, other processes' too."""
         if not os.path.isdir(self.folder):
             return 0
-        return sum(name.endswith(".json") for name in os.listdir(self.folder))
+        return sum(name.endswith(".json") and name != MANIFEST for name in os.listdir(self.folder))
 
     def get(self, key, indices):
         """The outcome stored for `key`, if it attacked these very samples."""
@@ -270,6 +333,7 @@ class UnitStore:
         return outcome if outcome is not None and outcome["indices"] == indices else None
 
     def put(self, key, outcome, write=True):
+        """Keeps the outcome; raises OSError where the folder cannot be written (a full disk)."""
         self.outcomes[key] = outcome
         if write:
             os.makedirs(self.folder, exist_ok=True)
@@ -277,23 +341,45 @@ class UnitStore:
             write_atomically(os.path.join(self.folder, name), json.dumps({"key": key, "outcome": outcome}))
 
 
+def shared(value, world_size):
+    """Rank 0's value, in every process of torch.distributed (with world_size > 1): a point every process
+    reaches before any goes on."""
+    if world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class Runner:
     """Runs jobs unit by unit: in this process, or, with world_size > 1 (torch.distributed initialised),
-    the units not yet in the store dealt out over the processes in turn and the outcomes gathered, so that
-    every process returns the same outcomes as one process alone would. progress: a bar per job."""
+    the units not yet in the store dealt out over the processes and the outcomes gathered, so that every
+    process returns the same outcomes as one process alone would. progress: a bar per job. on_estimate
+    (seconds): called in rank 0 once the first unit of every job has run, with the time the rest of the
+    round should take, measured on those units (not called where nothing is left)."""
 
-    def __init__(self, store=None, rank=0, world_size=1, progress=False):
+    def __init__(self, store=None, rank=0, world_size=1, progress=False, on_estimate=None):
         self.store, self.rank, self.world_size, self.progress = store, rank, world_size, progress
+        self.on_estimate = on_estimate
         if store is not None:
             store.outcomes = self.shared(store.outcomes)  # what rank 0 read: every process deals the same
 
     def shared(self, value):
-        """Rank 0's value, in every process."""
-        if self.world_size == 1:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return shared(value, self.world_size)
+
+    def deal(self, todo):
+        """(this process's first units, the rest of its units): each process takes one of the first units
+        of every job, so that every job's cost is measured early (in rank 0 above all, which estimates);
+        the rest are dealt out in turn."""
+        first = {}
+        for j, p in todo:
+            first.setdefault(j, [])
+            if len(first[j]) < self.world_size:
+                first[j].append((j, p))
+        mine_first = [units[self.rank] for units in first.values() if self.rank < len(units)]
+        taken = {u for units in first.values() for u in units}
+        rest = [u for u in todo if u not in taken]
+        return mine_first, rest[self.rank::self.world_size], rest
 
     def run(self, jobs, images, labels, batch_size, on_job=None):
         """[Outcome per job]. on_job(i, outcome) is called for each job in order, as soon as its units
@@ -304,7 +390,8 @@ class Runner:
             stored = self.store and self.store.get(jobs[j].key(batch_size, p), jobs[j].samples(batch_size, p).tolist())
             if stored:
                 done[j, p] = stored
-        mine = [u for u in units if u not in done][self.rank::self.world_size]
+        mine_first, mine_rest, rest = self.deal([u for u in units if u not in done])
+        mine = mine_first + mine_rest
         announced = 0
 
         def announce():
@@ -315,17 +402,30 @@ class Runner:
                     on_job(announced, combine([done[announced, p] for p in range(jobs[announced].units(batch_size))]))
                 announced += 1
 
+        def size(unit):
+            return len(jobs[unit[0]].samples(batch_size, unit[1]))
+
+        def estimate():
+            if rest and self.rank == 0 and self.on_estimate:
+                self.on_estimate(self.seconds_left(rest, done, size))
+
+        if not mine_first:  # every job's first units were kept from an earlier run
+            estimate()
         bar = None
-        for j, p in mine:
+        for k, (j, p) in enumerate(mine):
             if self.world_size == 1:
                 announce()
             if bar is None or bar.job is not jobs[j]:
-                bar = JobBar(jobs[j], [len(jobs[j].samples(batch_size, q)) for i, q in mine if i == j], len(labels),
-                             self.progress and self.rank == 0, previous=bar)
+                following = [size(u) for u in itertools.takewhile(lambda u: u[0] == j, mine[k:])]
+                bar = JobBar(jobs[j], following, len(labels), self.progress and self.rank == 0, previous=bar)
             done[j, p] = run_unit(jobs[j], p, images, labels, batch_size)
             if self.store is not None:
                 self.store.put(jobs[j].key(batch_size, p), done[j, p])
             bar.update(done[j, p]["broken"])
+            if k + 1 == len(mine_first):
+                bar.close()  # the estimate's line, printed under a finished bar
+                bar = None
+                estimate()
         if bar is not None:
             bar.close()
         if self.world_size > 1:
@@ -338,6 +438,15 @@ class Runner:
                         self.store.put(jobs[j].key(batch_size, p), outcome, write=False)
         announce()
         return [combine([done[j, p] for p in range(job.units(batch_size))]) for j, job in enumerate(jobs)]
+
+    def seconds_left(self, rest, done, size):
+        """The wall time the units `rest` should take over the processes: each job's seconds per sample in
+        the units of it done so far (here, or kept from an earlier run) times its samples still to attack."""
+        spent, seen = {}, {}
+        for (j, p), outcome in done.items():
+            spent[j] = spent.get(j, 0.0) + outcome["seconds"]
+            seen[j] = seen.get(j, 0) + len(outcome["indices"])
+        return sum(spent[j] / seen[j] * size((j, p)) for j, p in rest if seen.get(j)) / self.world_size
 
 
 class JobBar:

@@ -301,3 +301,81 @@ def test_evaluate_gives_the_callers_model_back_in_its_own_mode(training, plain_m
     model[1].train(not training)  # a submodule in the other mode stays so too
     evaluation.evaluate(model, *digits, dataset="mnist", norms="linf", attacks="fgsm", epsilons=0.1)
     assert model.training == training and model[1].training == (not training)
+
+
+class WritesIntoItsInput(nn.Module):
+    """A faulty forward: it zeroes its input in place, then returns a tuple instead of the logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        x.zero_()
+        return logits, None
+
+
+@pytest.mark.parametrize("as_floats", [False, True])
+def test_a_forward_that_writes_into_its_input_never_reaches_the_callers_images(as_floats, plain_model, digits):
+    images, labels = digits
+    images = images.float() / 255 if as_floats else images
+    before = images.clone()
+    with pytest.raises(ValueError, match="the model returns a tuple, not a tensor of logits"):
+        evaluation.evaluate(WritesIntoItsInput(plain_model), images, labels, dataset="mnist", **SELECTION)
+    assert torch.equal(images, before)
+
+
+def test_one_image_of_a_good_model_is_no_constant_predictor(plain_model, digits):
+    """A model that predicts its one image's class gives that class 100% of the predictions: chance."""
+    images, labels = digits
+    report = evaluation.evaluate(plain_model, images[:1], labels[:1], dataset="mnist", **SELECTION)
+    check = next(c for c in report["masking_checks"] if c["check"] == "constant-predictor")
+    assert check["value"] == 1.0 and not check["flagged"] and check["chance"] > 0.01
+
+
+def test_the_constant_predictor_check_needs_more_samples_than_chance_gives():
+    """Ten classes, labels balanced unless given: 4 of 4 in one class is a 1-in-10,000 event for a model that
+    spreads its predictions like the labels, 2 of 2 is not."""
+    assert not evaluation.constant_predictor_check(torch.tensor([0, 2, 0, 0, 0, 0, 0, 0, 0, 0])).flagged
+    assert evaluation.constant_predictor_check(torch.tensor([0, 4, 0, 0, 0, 0, 0, 0, 0, 0])).flagged
+    same_labels = torch.tensor([0, 4, 0, 0, 0, 0, 0, 0, 0, 0])  # the four images are all of class 1
+    assert not evaluation.constant_predictor_check(torch.tensor([0, 4, 0, 0, 0, 0, 0, 0, 0, 0]), same_labels).flagged
+
+
+def test_a_transfer_between_identical_weights_is_named_a_white_box_attack(plain_model, digits):
+    report = evaluation.evaluate_transfer(plain_model, copy.deepcopy(plain_model), *digits, dataset="mnist",
+                                          **SELECTION, batch_size=8)
+    assert any("the source and the target hold the same weights" in w for w in report["warnings"])
+    other = copy.deepcopy(plain_model)
+    with torch.no_grad():
+        other[1].bias.add_(1e-3)
+    report = evaluation.evaluate_transfer(plain_model, other, *digits, dataset="mnist", **SELECTION, batch_size=8)
+    assert not report["warnings"]
+
+
+def test_a_units_key_names_the_weights_and_images_it_was_computed_on(plain_model, digits, tmp_path, monkeypatch):
+    """Through the API too: a store's units of one model are not taken for another's, nor for other images."""
+    images, labels = digits
+    store = evaluation.UnitStore(str(tmp_path / "units"))
+    first = evaluation.evaluate(plain_model, images, labels, dataset="mnist", **SELECTION, batch_size=8,
+                                runner=evaluation.Runner(store))
+    units = len(store.outcomes)
+    assert units > 0 and first["evaluation"]["digests"]["weights"] == evaluation.weights_digest(plain_model)
+    ran = []
+    real = evaluation.units.run_unit
+    monkeypatch.setattr(evaluation.units, "run_unit", lambda *a, **k: ran.append(1) or real(*a, **k))
+    other = copy.deepcopy(plain_model)
+    with torch.no_grad():
+        other[1].bias.add_(1e-3)  # the same predictions, nearly: other weights all the same
+    evaluation.evaluate(other, images, labels, dataset="mnist", **SELECTION, batch_size=8,
+                        runner=evaluation.Runner(store))
+    assert len(ran) == units
+    shifted = images.clone()
+    shifted[0, 0, 0, 0] ^= 1  # one pixel of one image, by one grey level
+    evaluation.evaluate(plain_model, shifted, labels, dataset="mnist", **SELECTION, batch_size=8,
+                        runner=evaluation.Runner(store))
+    assert len(ran) == 2 * units
+    again = evaluation.evaluate(plain_model, images, labels, dataset="mnist", **SELECTION, batch_size=8,
+                                runner=evaluation.Runner(store))
+    assert len(ran) == 2 * units and again["threat_models"] == first["threat_models"]

@@ -379,3 +379,18 @@ def test_a_reference_paras_pt_evaluates_to_the_figures_of_the_same_weights_in_ou
             == [a["broken"] for t in ours["threat_models"] for a in t["attacks"]])
     code, _, err = run(capsys, paras, *FAST, "--data-root", data_root, "--json", tmp_path / "x.json")
     assert_one_line_error(code, err, "--model and --dataset")
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_weights_saved_from_a_ddp_or_compile_wrapper_are_refused_saying_how_to_strip_the_prefix(
+        prefix, capsys, checkpoint, data_root, tmp_path):
+    """CPU. A bare state_dict and one of our checkpoints whose weights carry the wrapper's prefix."""
+    from weights import to_reference_state_dict
+    model, meta = model_from_file(str(checkpoint))
+    bare = tmp_path / "paras.pt"
+    torch.save({prefix + k: v for k, v in to_reference_state_dict(model).items()}, bare)
+    ours = write(tmp_path / "ours.pt", "mnist", "mnist", {prefix + k: v for k, v in model.state_dict().items()})
+    for path, extra in ((bare, ("--model", "mnist", "--dataset", "mnist")), (ours, ())):
+        code, _, err = run(capsys, path, *extra, *FAST, "--data-root", data_root, "--json", tmp_path / "x.json")
+        assert_one_line_error(code, err, f"every key starts with '{prefix}'")
+        assert f"k.removeprefix('{prefix}')" in err

@@ -1,0 +1,151 @@
+"""An evaluation's files: its JSON report and, while it is unfinished, the folder of finished units of work
+beside it. Both are recognised by what was evaluated, never by their names alone: an identity (the digests of
+the weights and of the test images and labels, the model and data set, the device, the batch size and the
+report format) is stored with each, and whatever was written for another identity is refused or set aside,
+never reused and never mixed with this evaluation's figures.
+
+    identity = evaluation_identity(model, images, labels, ...)
+    finished = check_report(json_path, requested, identity, force)   # a finished report of this evaluation
+    store, notes = open_units(units_folder(json_path), identity, force)
+"""
+import json
+import os
+import shutil
+
+from utils import write_atomically
+
+from .engine import REPORT_FORMAT
+from .units import MANIFEST, UnitStore, evaluation_digests
+
+# How each part of an identity is named where two differ ("a finished evaluation of other weights").
+DIFFERENCES = {
+    "format": "another release of this project (report format {then} then, {now} now)",
+    "model": "another model ({then} then, {now} now)",
+    "dataset": "another data set ({then} then, {now} now)",
+    "weights": "other weights",
+    "source_model": "another source model ({then} then, {now} now)",
+    "source_weights": "another source's weights",
+    "images": "other test images or labels",
+    "corruption_files": "other corruption files",
+    "device": "another kind of device ({then} then, {now} now)",
+    "batch_size": "another batch size (-b {then} then, -b {now} now)",
+}
+
+
+def evaluation_identity(model, model_name, dataset, device, *, images=None, labels=None, batch_size=None,
+                        source=None, source_name=None, corruption_files=None):
+    """What an evaluation's figures depend on besides its selection (eval.py's `requested`): JSON-able.
+    corruption_files: for --corruptions, [(file name, size in bytes)] of the corruption folder, which is
+    too large to digest at every start."""
+    identity = {"format": REPORT_FORMAT, "model": model_name, "dataset": dataset, "device": device.type,
+                **evaluation_digests(model, images, labels, source)}
+    if source is not None:
+        identity["source_model"] = source_name
+    if batch_size is not None:
+        identity["batch_size"] = batch_size
+    if corruption_files is not None:
+        identity["corruption_files"] = [list(entry) for entry in corruption_files]
+    return identity
+
+
+def differences(then, now):
+    """What differs between two identities, as a phrase: "other weights and another batch size (-b 8 then, -b 16 now)"."""
+    parts = [text.format(then=then.get(key), now=now.get(key)) for key, text in DIFFERENCES.items() if then.get(key) != now.get(key)]
+    parts = parts or ["another evaluation"]
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def units_folder(json_path):
+    """Where the finished units of work wait until the evaluation completes: beside its JSON, named from the
+    JSON's whole name, so that report.json and report.txt never share one."""
+    return json_path + ".units"
+
+
+def read_json(path):
+    """A JSON file's content, or None where it is absent, unreadable or not a JSON object."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def recorded_batch_size(json_path, device):
+    """The batch size of the evaluation that json_path (or its units folder) holds, if it ran on the same kind
+    of device: without -b, a continued evaluation keeps its own batch size (the default on CUDA follows the
+    free memory, which changes) so that its finished units still count."""
+    for path in (json_path, os.path.join(units_folder(json_path), MANIFEST)):
+        content = read_json(path) or {}
+        identity = content.get("identity") or (content.get("evaluation") or {}).get("identity") or {}
+        if identity.get("device") == device.type and isinstance(identity.get("batch_size"), int):
+            return identity["batch_size"]
+    return None
+
+
+def check_report(path, requested, identity, force):
+    """The report at `path` if it is this very evaluation, finished; None where there is nothing to keep
+    (no file, an unfinished one, or force). Raises ValueError, one sentence, for a path that is a folder or
+    cannot be written, for a report from a newer release, and, without force, for a report of another
+    evaluation: another selection, or a finished one of other weights, images, options..."""
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path} is a folder")
+    earlier = None if force or not os.path.exists(path) else read_json(path)
+    if os.path.exists(path) and not force:
+        version = earlier.get("format", 1) if earlier else None
+        if isinstance(version, int) and version > REPORT_FORMAT:
+            raise ValueError(f"{path} was written by a newer release of this project (report format {version}; "
+                             f"this code reads up to {REPORT_FORMAT}): update the code, or choose another --json")
+        if not earlier or (earlier.get("evaluation") or {}).get("requested") != json.loads(json.dumps(requested)):
+            raise ValueError(f"{path} holds a different evaluation; pass --force to overwrite it, or choose "
+                             f"another --json")
+    probe = f"{path}.{os.getpid()}.tmp"  # every process of a torchrun probes: each with a file of its own
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--json {path} cannot be written ({e.strerror or type(e).__name__})") from None
+    if not earlier or not earlier.get("complete"):
+        return None
+    stored = earlier["evaluation"].get("identity")
+    if stored != identity:
+        what = (differences(stored, identity) if stored else
+                "unknown weights and images (written by an earlier release, which kept no digests of them)")
+        raise ValueError(f"{path} holds a finished evaluation of {what}, not of what is evaluated now; pass "
+                         f"--force to evaluate again, or choose another --json")
+    return earlier
+
+
+def remove(folder):
+    """A units folder gone, or the link that stands for it (not the folder it points to)."""
+    if os.path.islink(folder) or os.path.isfile(folder):
+        os.remove(folder)
+    elif os.path.isdir(folder):
+        shutil.rmtree(folder)
+
+
+def open_units(folder, identity, force):
+    """(UnitStore of this evaluation's finished units, [lines to print]). With force an earlier folder is
+    removed (a link to one: the link). A folder that holds the units of another identity, or of an unknown
+    one, is set aside as <folder>.stale-N, never read: a line says what differed. Raises OSError where the
+    folder cannot be made."""
+    notes = []
+    if force:
+        remove(folder)
+    elif os.path.lexists(folder):
+        stored = (read_json(os.path.join(folder, MANIFEST)) or {}).get("identity")
+        if stored != identity:
+            aside = next(f"{folder}.stale-{k}" for k in range(1, 10 ** 6) if not os.path.lexists(f"{folder}.stale-{k}"))
+            os.rename(folder, aside)
+            what = differences(stored, identity) if stored else "an unknown evaluation (it holds no manifest)"
+            notes.append(f"{folder} held the units of an evaluation of {what}: set aside as {aside}, and "
+                         f"not used; this evaluation starts afresh")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        write_atomically(os.path.join(folder, MANIFEST), json.dumps({"identity": identity}, indent=2))
+    store = UnitStore(folder)
+    if store.unreadable:
+        notes.append(f"{store.unreadable} files in {folder} hold no unit of work that can be read (damaged or "
+                     f"edited?): those units run again")
+    return store, notes
