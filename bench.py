@@ -143,6 +143,13 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     return seconds, step.capture_failure if variant.graph else None
 
 
+def ran_config(config, steps=None):
+    """A configuration's name as it ran: with --steps, the PGD steps it names are the ones that ran, so that
+    neither its row nor its projected epoch reads as the reference configuration's."""
+    model_name, dataset, batch_size, config_steps, *_ = TRAINING_CONFIGS[config]
+    return config if not steps or steps == config_steps else f"{model_name}/{dataset} b{batch_size} PGD-{steps}"
+
+
 def bench_training(args, device, rows, save):
     """Appends a row to `rows` per figure and calls save() after each, so a run stopped early keeps what it
     timed."""
@@ -156,12 +163,13 @@ def bench_training(args, device, rows, save):
             torch.backends.cudnn.benchmark = cuda and variant.channels_last
             seconds, capture_failure = time_training(config, device, args.repeats, args.iterations, variant,
                                                      args.steps)
-            rows.append({"config": config, "variant": variant.label, "pgd_steps": args.steps or steps,
+            rows.append({"config": ran_config(config, args.steps), "variant": variant.label,
+                         "pgd_steps": args.steps or steps,
                          "capture_failure": capture_failure, "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
             save()
-            print(f"  {config:30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
+            print(f"  {ran_config(config, args.steps):30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
                   f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch"
                   + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else ""),
                   flush=True)
@@ -200,7 +208,7 @@ def run_benchmarks(args, device, results, save):
         print("ALP training, one iteration = PGD pair + 2 forward passes + 1 backward:")
         bench_training(args, device, results["training"], save)
         seconds = {(r["config"], r["variant"]): r["seconds_per_iteration"] for r in results["training"]}
-        for config in args.configs:
+        for config in (ran_config(c, args.steps) for c in args.configs):
             if device.type == "cpu":
                 ours, baseline = (seconds[config, v.label] for v in CPU_VARIANTS[:2])
                 fastest = min(s for (c, label), s in seconds.items() if c == config and "backward-every" not in label)

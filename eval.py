@@ -26,7 +26,7 @@ from attacks.common import NORMS
 from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, attack_names, check_report,
                         check_sweep_epsilons, default_batch_size, evaluate, evaluate_corruptions, evaluate_sweep,
                         evaluate_transfer, evaluation_identity, format_checks, format_corruptions, format_details,
-                        format_sweep, format_table, format_transfer_table, open_units, parse_epsilon,
+                        format_legend, format_sweep, format_table, format_transfer_table, open_units, parse_epsilon,
                         plan_summary, plan_sweep, plan_threat_models, plot_sweep, recorded_batch_size, remove,
                         shared, suite_summary, units_folder, write_json)
 from models import MODELS
@@ -227,12 +227,17 @@ def checked_report(json_path, requested, identity, force):
         fail(str(e))
 
 
+# Rounds that end sooner than this get no estimate: the line would be read after the round was over.
+ESTIMATE_FROM_SECONDS = 30
+
+
 def estimate_printer():
     """on_estimate for the Runner: the time a round of attacks should still take, as measured on the
     first batch of each of its attacks."""
     def on_estimate(seconds):
-        print(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
-              f"each)", flush=True)
+        if seconds >= ESTIMATE_FROM_SECONDS:
+            print(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
+                  f"each)", flush=True)
     return on_estimate
 
 
@@ -336,12 +341,15 @@ def load_test_images(args, meta):
 
 def print_table(table, report):
     table_format = format_transfer_table if report["transfer"] else format_table
-    print(table_format(table, report), "", format_details(table), "", sep="\n", flush=True)
+    print(table_format(table, report), "", format_details(table, report["evaluation"]["worst_case_only"]), "",
+          sep="\n", flush=True)
 
 
 def print_finished(report, json_path):
     """A finished evaluation is not run again: its tables, from its JSON."""
     print(f"{json_path} holds this evaluation, complete (--force runs it again)\n")
+    if report["threat_models"] or report["transfer"]:
+        print(format_legend(report), "", sep="\n")
     for table in report["threat_models"] + ((report["transfer"] or {}).get("threat_models") or []):
         print_table(table, report)
     if report["sweep"]:
@@ -369,6 +377,8 @@ def reporter(args, device, json_path, evaluation_record, warnings):
                       f"{100 * source['clean_accuracy']:.2f}%), measured on {args.checkpoint}", flush=True)
             elif report["aa_version"] != "standard":
                 print(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
+            if not report["sweep"]:
+                print(format_legend(report), flush=True)
             print(flush=True)
         elif kind == "table":
             print_table(record, report)

@@ -24,8 +24,8 @@ from .checks import (CONSTANT_PREDICTOR_SHARE, HEALTHY_SHARE, SIGNIFICANCE, SWEE
                      chance_of_at_least, constant_predictor_check, masking_checks, sweep_checks)
 from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
 from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
-from .report import (format_checks, format_corruptions, format_details, format_sweep, format_table,
-                     format_transfer_table, plot_sweep, sweep_figure, write_json)
+from .report import (format_checks, format_corruptions, format_details, format_legend, format_sweep,
+                     format_table, format_transfer_table, plot_sweep, sweep_figure, write_json)
 from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
                     cli_name, parse_epsilon, plan_summary, plan_sweep, plan_threat_models,
                     suite_summary, epsilon_warnings)

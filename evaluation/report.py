@@ -1,7 +1,6 @@
 """The report as people read it: markdown tables, the masking checks, the sweep's plot; and as JSON, written
 through the same atomic, fsync'd write as checkpoints."""
 import json
-import os
 
 from attacks.common import NORMS
 from utils import write_atomically
@@ -53,23 +52,30 @@ def format_table(table, report):
 
 
 def format_transfer_table(table, report):
-    """Made on the source, measured on the target: both named, with their clean accuracies; the attacks'
-    figures are the target's."""
+    """Made on the source, measured on the target: their clean accuracies and the attacks' figures, which are
+    the target's. The two are named above the table (format_legend), where their paths fit."""
     source, target = report["transfer"]["source"], report["transfer"]["target"]
-    def name(side):  # the file and its folder (the run's name): eval.py prints the full paths once, above
-        path = side.get("checkpoint")
-        if not path:
-            return str(side["model"])
-        folder, file = os.path.split(str(path))
-        return f"{side['model']} ({os.path.join(os.path.basename(folder), file)})"
-    header = [NORM_SYMBOLS[table["norm"]], "Source", "Target", "Source Nat(%)", "Nat(%)",
-              *map(_column, table["attacks"]), "Worst"]
-    row = [table["epsilon_label"], name(source), name(target), _accuracy(source["clean_accuracy"]),
+    header = [NORM_SYMBOLS[table["norm"]], "Source Nat(%)", "Nat(%)", *map(_column, table["attacks"]), "Worst"]
+    row = [table["epsilon_label"], _accuracy(source["clean_accuracy"]),
            *_accuracy_cells(table, target["clean_accuracy"])]
     return markdown(header, [row])
 
 
-def format_details(table):
+def format_legend(report):
+    """What the tables' columns are, once, above the first table."""
+    if report["transfer"]:
+        columns = ("Source Nat(%) is the source's clean accuracy and Nat(%) the target's; each attack's column "
+                   "is the target's robust accuracy (%) on the examples made on the source")
+    else:
+        columns = ("leverage (the weight of the logit-pairing term) and LP (the learning-rate policy) are the "
+                   "checkpoint's training arguments, Net its network; Nat(%) is the clean accuracy and each "
+                   "attack's column its robust accuracy (%)")
+    return (f"Columns: {columns}; Worst counts a sample robust only if every attack of its row failed. Every "
+            f"percentage is of all {report['evaluation']['n']} images: a sample misclassified clean is never "
+            f"attacked and counts as broken.")
+
+
+def format_details(table, worst_case_only=False):
     """Per attack, in the order they ran: accuracy, samples attacked and broken, mean size of the successful
     perturbations, seconds."""
     records = sorted(table["attacks"], key=lambda a: table["run_order"].index(a["label"]))
@@ -78,8 +84,12 @@ def format_details(table):
         sizes = r["mean_perturbation"] or dict.fromkeys(NORMS)
         rows.append([_column(r), _accuracy(r["robust_accuracy"]), str(r["attacked"]), str(r["broken"]),
                      *("–" if sizes[k] is None else f"{sizes[k]:.4g}" for k in NORMS), f"{r['seconds']:.1f}"])
-    return markdown(["attack", "robust(%)", "attacked", "broken", "mean ℓ∞", "mean ℓ2", "mean ℓ1", "seconds"],
-                    rows, [":--"] + ["--:"] * 7)
+    attacked = ("the samples still robust after the attacks before it" if worst_case_only
+                else "the samples classified correctly clean")
+    return (markdown(["attack", "robust(%)", "attacked", "broken", "mean ℓ∞", "mean ℓ2", "mean ℓ1", "seconds"],
+                     rows, [":--"] + ["--:"] * 7)
+            + f"\n\n(attacked: {attacked}; mean ℓp: the size of the successful perturbations; seconds: the "
+              f"attack's compute time)")
 
 
 def format_sweep(sweep):
@@ -98,6 +108,23 @@ def format_corruptions(corruptions):
                     [":--", *["--:"] * (SEVERITIES + 1)])
 
 
+# What to do once a check fires: the next step a flag asks for, by check.
+NEXT_STEPS = {
+    "constant-predictor": "train longer or on more images (--subset), then evaluate again",
+    "fgsm-beats-pgd": "PGD fails to follow the gradient here: quote the Worst column (or AutoAttack's), not PGD's, "
+                      "and look for masking with --sweep",
+    "autoattack-beats-white-box": "the white-box figures overstate robustness: quote AutoAttack's or the Worst "
+                                  "column, never the white-box attacks' alone",
+    "larger-epsilon-not-lower": "an attack fails at the larger ε: evaluate more images (--images), and run "
+                                "--sweep to see where accuracy rises",
+    "large-epsilon-sanity": "gradient attacks fail even where every image can be turned grey: the gradients are "
+                            "masked; quote AutoAttack's (its black-box Square) or the Worst column",
+    "sweep-accuracy-rises": "the attack fails at the larger ε: quote the lowest accuracy at or above each ε",
+    "sweep-above-grey-bound": "the attack is weaker than moving each sample to a grey image: the gradients are "
+                              "masked; quote AutoAttack's figures (--attacks aa)",
+}
+
+
 def format_checks(checks):
     lines = ["Gradient-masking checks (a flag is a warning sign, not proof):"]
     for c in checks:
@@ -105,6 +132,8 @@ def format_checks(checks):
                   else "FLAG" if c["flagged"] else "ok")
         rule = f" ({c['rule']})" if c["rule"] else ""
         lines.append(f"  [{status}] {c['check']} at {c['where']}: {c['message']}{rule}")
+        if c["flagged"] and c.get("kind") != "information" and c["check"] in NEXT_STEPS:
+            lines.append(f"      next: {NEXT_STEPS[c['check']]}")
     flagged = sum(bool(c["flagged"]) for c in checks)
     if flagged:
         lines.append(f"{flagged} flag(s): the accuracies above may overstate robustness; attack harder "

@@ -38,6 +38,9 @@ def test_cpu_form_reports_every_part_and_exits_1_on_a_failed_test(synthetic_mnis
     variants = {row["variant"] for row in parts["timings"]["rows"]}
     assert parts["timings"]["ok"] and {"float32, input-grad PGD", "float32, backward-every-step PGD"} <= variants
     assert all(row["ms_per_iteration"] > 0 and row["pgd_steps"] == 2 for row in parts["timings"]["rows"])
+    # the reduced form's rows say the steps that ran, not the reference configuration's PGD-40
+    assert {row["config"] for row in parts["timings"]["rows"]} == {"mnist/mnist b50 PGD-2"}
+    assert "PGD-40" not in (out / "acceptance.md").read_text()
 
     training = parts["training"]
     assert training["ok"] and training["agree"] and training["gap_points"] == {"clean_percent": 0.0,

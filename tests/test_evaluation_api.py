@@ -379,3 +379,14 @@ def test_a_units_key_names_the_weights_and_images_it_was_computed_on(plain_model
     again = evaluation.evaluate(plain_model, images, labels, dataset="mnist", **SELECTION, batch_size=8,
                                 runner=evaluation.Runner(store))
     assert len(ran) == 2 * units and again["threat_models"] == first["threat_models"]
+
+
+def test_a_flag_says_what_to_do_next_and_a_passed_check_does_not():
+    flagged = evaluation.Check(check="autoattack-beats-white-box", where="ℓ∞ 0.3", value=0.2, threshold=0.05,
+                               flagged=True, rule="r", message="m").as_json()
+    passed = {**flagged, "flagged": False}
+    assert "next: the white-box figures overstate robustness" in evaluation.format_checks([flagged])
+    assert "next:" not in evaluation.format_checks([passed])
+    assert set(evaluation.report.NEXT_STEPS) >= {"constant-predictor", "fgsm-beats-pgd", "large-epsilon-sanity",
+                                                 "larger-epsilon-not-lower", "sweep-accuracy-rises",
+                                                 "sweep-above-grey-bound"}

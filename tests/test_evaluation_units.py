@@ -97,3 +97,26 @@ def test_the_constant_predictor_check_reads_class_counts(counts, flagged):
     check = evaluation.constant_predictor_check(torch.tensor(counts, device=CPU))
     assert check.flagged == flagged and "class 1" in check.message
     assert check.as_json()["check"] == "constant-predictor" and "smaller_epsilon" not in check.as_json()
+
+
+def test_the_estimate_is_each_jobs_measured_seconds_per_sample_times_its_samples_left(model_and_digits,
+                                                                                     monkeypatch):
+    """Two jobs whose units take 1 s and 0.1 s per sample (a stand-in for run_unit): once the first unit of
+    each has run, the rest should take 10 x 1 + 10 x 0.1 seconds, and the estimate says so before it runs."""
+    model, images, labels = model_and_digits
+    per_sample = {"slow": 1.0, "fast": 0.1}
+    ran, estimates = [], []
+
+    def run_unit(job, position, images, labels, batch_size):
+        index = job.samples(batch_size, position).tolist()
+        ran.append((job.label, position))
+        return {"indices": index, "broken": [False] * len(index), "sizes": [],
+                "seconds": per_sample[job.label] * len(index)}
+    monkeypatch.setattr(evaluation.units, "run_unit", run_unit)
+    jobs = [evaluation.Job(label, "fgsm", {}, "linf", 0.1, torch.arange(16), seed=0, model=model)
+            for label in per_sample]
+    runner = evaluation.Runner(on_estimate=lambda seconds: estimates.append((seconds, len(ran))))
+    runner.run(jobs, images, labels, batch_size=6)  # units of 6, 6 and 4 samples
+    assert ran[:2] == [("slow", 0), ("fast", 0)]  # the first unit of every job first
+    (seconds, after), = estimates
+    assert after == 2 and seconds == pytest.approx(10 * 1.0 + 10 * 0.1)
