@@ -23,9 +23,21 @@ part's output), rewritten after each part: a run cut short still leaves what it 
 every part ran and passed, 1 if a test failed, the two runs disagree or a part failed or ran out of time,
 2 on bad input.
 
---prepare-device fills the folder that the GPU command carries (git ignores it): the unpacked wheels of
-the packages that the GPU machine's image lacks (pyautoattack without its examples, foolbox and its own
-dependencies), the offline data tool and the CIFAR-10 stand-in from ../shared, and prints their sizes.
+On a lent GPU machine without a network (it has torch, torchvision, scipy, pytest and pytest-xdist, but no
+pyautoattack or foolbox, and carries only the working tree and the folders named, 64 MiB in all):
+  1. here, on a networked machine: `python acceptance.py --prepare-device` fills `.device/` (git ignores it)
+     with the unpacked wheels of the packages that machine's image lacks, at the versions installed here
+     (pyautoattack without its 44 MB examples/, foolbox and its own dependencies), and copies the offline
+     data tool and the CIFAR-10 stand-in from ../shared (`tools/offline_data.py`, `data/cifar10-jpeg.npz`);
+     it prints their sizes against the 64 MiB;
+  2. there, carrying `.device`, with a time limit that leaves a minute beyond --budget:
+       export PYTHONPATH=$PWD/.device/site; python3 acceptance.py $OUT --data-root /tmp/cifar10 \
+           --offline-data .device/tools/offline_data.py --work /tmp/acceptance
+     It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
+     which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
+     on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
+How the budget is shared out between the parts (SHARES) is an estimate until a GPU run has timed them: set
+it from each part's seconds in acceptance.json.
 """
 import argparse
 import csv
