@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
+from data import data_digest
 from utils import update_digest, write_atomically
 
 from .suite import is_autoattack
@@ -145,10 +146,7 @@ def weights_digest(model):
 
 def images_digest(images, labels):
     """SHA-256 of the evaluated images (as given: uint8 or float) and their labels (as class indices)."""
-    sha = hashlib.sha256()
-    update_digest(sha, images)
-    update_digest(sha, labels.long())
-    return sha.hexdigest()
+    return data_digest(images, labels.long())
 
 
 def evaluation_digests(model, images=None, labels=None, source=None):
