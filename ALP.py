@@ -7,6 +7,11 @@ Train on each clean batch and its PGD adversarial twin, and pull the two sets of
 One process:  python ALP.py resnet32 cifar10 -lp=AT --epochs=200 -wd=0.0002 --leverage=0.5
 K processes:  torchrun --nproc_per_node=K ALP.py resnet32 cifar10 ...   (one per GPU; gloo on CPU)
 """
+from interrupts import stop_in_one_line
+
+if __name__ == "__main__":
+    stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
+
 import argparse
 import functools
 import math
@@ -188,7 +193,7 @@ def main(argv=None):
     optimizer = OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                            fused=args.cuda_graph, **own_options[args.optimizer])
     scheduler = LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
-    start_epoch = run.restore(resumed, data_id, rank, world_size, model, optimizer, scheduler) if resumed else 0
+    start_epoch = run.restore(resumed, rank, model, optimizer, scheduler) if resumed else 0
 
     net = torch.compile(model) if args.compile else model  # what the attacks, the loss and validation call
     ddp_net = DistributedDataParallel(net) if world_size > 1 else net  # its backward averages the gradients

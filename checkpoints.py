@@ -2,8 +2,9 @@
 
 A checkpoint of this project is a dict with at least "model" (the network's state_dict) and "meta" (what
 rebuilds the network without the command line: checkpoint_meta); `last.pt` adds the optimiser, scheduler,
-metrics and random-number states that --resume needs (runs.py). save_checkpoint adds "digest", a SHA-256 of
-the content that load_checkpoint recomputes. Rebuilding the network a file holds is weights.py's work.
+metrics and random-number states that --resume needs (runs.py). save_checkpoint adds "format_version"
+(FORMAT_VERSION) and "digest", a SHA-256 of the rest, version included; load_checkpoint refuses a version newer
+than it reads, then recomputes the digest. Rebuilding the network a file holds is weights.py's work.
 """
 import glob
 import hashlib
@@ -21,6 +22,14 @@ from utils import short_reason, update_digest, write_atomically
 
 class CheckpointError(Exception):
     """A checkpoint cannot be used: the message names the file and says why."""
+
+
+# The layout of what save_checkpoint writes. Raise it when a change would make this code misread a newer file
+# or a newer code misread this one: an entry renamed or given another meaning, another digest, another way of
+# storing tensors; not for an entry added that older code can ignore. Files from before the version existed
+# have no "format_version" and read as version 0. load_checkpoint refuses a version above FORMAT_VERSION
+# before it checks the digest, which a newer format may compute otherwise.
+FORMAT_VERSION = 1
 
 
 # --- integrity ---------------------------------------------------------------------------------------------
@@ -81,9 +90,10 @@ def _damaged(path, reason):
 # --- writing and reading -------------------------------------------------------------------------------------
 
 def save_checkpoint(state, path):
-    """Write `state` with its content digest. Serialised in memory first, then written to a temporary file
-    and renamed: a kill at any moment leaves the previous file intact, and a full disk raises OSError
-    (see utils.write_atomically) with no temporary file left behind."""
+    """Write `state` with its format version and the content digest of both. Serialised in memory first, then
+    written to a temporary file and renamed: a kill at any moment leaves the previous file intact, and a full
+    disk raises OSError (see utils.write_atomically) with no temporary file left behind."""
+    state = {**state, "format_version": FORMAT_VERSION}
     buffer = io.BytesIO()
     torch.save({**state, "digest": content_digest(state)}, buffer)
     write_atomically(path, buffer.getbuffer())
@@ -127,13 +137,20 @@ def read_pt_file(path, device="cpu"):
 
 
 def load_checkpoint(path, device="cpu", require_meta=True):
-    """A checkpoint's dict (see read_pt_file), its content digest checked. A file without a digest
-    (written before digests existed) is accepted: its zip checksums were still checked. require_meta:
-    it must be a checkpoint of this project, with "model" and "meta" entries."""
+    """A checkpoint's dict as save_checkpoint was given it (see read_pt_file): a format version newer than
+    FORMAT_VERSION refused, the content digest checked. A file without a digest or a version (written before
+    they existed) is accepted: its zip checksums were still checked. require_meta: it must be a checkpoint of
+    this project, with "model" and "meta" entries."""
     state = read_pt_file(path, device)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (it holds a {type(state).__name__}, "
                               f"not a dict)")
+    version = state.get("format_version", 0)
+    if type(version) is not int:
+        raise _damaged(path, f"its format version is {version!r}, not a whole number")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer release of this project (checkpoint format "
+                              f"{version}; this code reads up to {FORMAT_VERSION}): update the code")
     if "digest" in state:
         stored = state.pop("digest")
         try:
@@ -142,6 +159,7 @@ def load_checkpoint(path, device="cpu", require_meta=True):
             raise _damaged(path, str(e)) from None
         if not matches:
             raise _damaged(path, "its content does not match the digest stored with it")
+    state.pop("format_version", None)
     if require_meta and ("model" not in state or "meta" not in state):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' and 'meta' entries)")
     return state

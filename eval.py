@@ -12,6 +12,11 @@ progress bars to stderr. Finished units of work are kept beside the JSON until t
 killed, the same command continues where it stopped. The engine is the evaluation package; its evaluate()
 takes any model.
 """
+from interrupts import stop_in_one_line
+
+if __name__ == "__main__":
+    stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
+
 import argparse
 import os
 import re

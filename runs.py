@@ -3,31 +3,44 @@
 What a run folder holds (ALP.py writes it through RunFolder):
     run.lock        the PID of the process that runs it (an flock: a killed run's lock is stale by construction)
     args.json       {"runs": [{"args": ..., "in_force": ...}, ...]}: one record per start and per --resume
+                    (and "epochs_changed" where --resume grew the run: see RunFolder.open)
     log.txt         what the run printed; metrics.csv: one row per epoch; curves.png: validation accuracies
     last.pt         the last epoch: weights, optimiser, scheduler, metrics, best figures, every process's RNG
     best_clean.pt, best_robust.pt, epoch_NNN.pt   weights only (checkpoints.py says what a checkpoint is)
 Every file is written through a temporary file and a rename, so a kill leaves the previous one; a full disk
-or a folder turned read-only ends the run with one line (exit status 2).
+or a folder turned read-only ends the run with one line (exit status 2). A Ctrl-C or SIGTERM outside the
+training loop's own handling ends it with one line saying how to continue (interrupts.stop_in_one_line).
 """
 import csv
 import datetime
 import functools
 import io
 import json
+import math
 import os
+import re
+import sys
 import textwrap
+import warnings
 
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint, other_checkpoints, save_checkpoint
 from evaluation import constant_predictor_check
+from interrupts import say_on_stop
+from optimization import LEARNING_POLICIES
 from utils import describe_os_error, fail, write_atomically
 from weights import put_weights
 
 # Arguments that may change between a run and its --resume: where things are and how fast they run. Every
-# other argument must be what the run started with, or the resumed run would be another run.
+# other argument must be what the run started with, or the resumed run would be another run. --epochs is in
+# the folder's name; it may change where the learning-rate schedule allows (see RunFolder.open).
 MAY_CHANGE_ON_RESUME = {"resume", "progress", "data_root", "out", "device", "amp", "channels_last",
-                        "cudnn_benchmark", "compile", "cuda_graph"}
+                        "cudnn_benchmark", "compile", "cuda_graph", "epochs"}
+# The speed options above that change the arithmetic (beside the device type): a run may continue with
+# other ones (moved from a CPU to a GPU, say), with a warning that it will not equal an uninterrupted run.
+# cudnn.benchmark picks among kernels that differ run to run anyway, and --cuda-graph replays the eager step.
+CHANGE_THE_ARITHMETIC = {"amp": "bf16 autocast", "channels_last": "channels_last", "compile": "torch.compile"}
 RESUME_KEYS = ("optimizer", "scheduler", "metrics", "best", "rng", "epoch")  # what last.pt holds beyond weights
 BEST = ("clean_accuracy", "robust_accuracy")  # a best_*.pt file per figure
 
@@ -56,10 +69,16 @@ class RunFolder:
     """
 
     def __init__(self, path, args, is_main=True):
-        self.path, self.args, self.is_main = path, dict(args), is_main
-        self.last = os.path.join(path, "last.pt")
+        self.args, self.is_main = dict(args), is_main
+        self._at(path)
+        self.target = path  # the run's folder once take() is done: self.path is its folder now, another
+        # one's (named for the old count) while --resume changes the run's --epochs, until take() renames it
+        self.epochs_before = None  # the epoch count a run had before this --resume changed it
         self.metrics, self.best = [], {key: -1.0 for key in BEST}
         self.lock, self._log_file = None, None
+
+    def _at(self, path):
+        self.path, self.last = path, os.path.join(path, "last.pt")
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -69,8 +88,8 @@ class RunFolder:
     def open(self, resume):
         """Refuses what the folder does not allow. A new run needs a free folder without a run in it (it is
         created by take(), once the data has loaded). --resume takes the lock at once, reads last.pt (once)
-        and checks it and the arguments against the run's own record; returns its state (None for a new
-        run)."""
+        and checks it and the arguments against the run's own record, and the schedule where --epochs
+        changes; returns its state (None for a new run)."""
         if self.is_main:
             self._refuse_if_locked()
         if not resume:
@@ -78,8 +97,7 @@ class RunFolder:
                 self._refuse_if_taken()
             return None
         if not os.path.isfile(self.last):
-            fail(f"--resume: nothing to resume, no checkpoint at {self.last} "
-                 f"({self._why_nothing_to_resume()})")
+            self._turn_to_the_run_with_other_epochs()
         if self.is_main:
             self._lock()
         try:
@@ -96,26 +114,59 @@ class RunFolder:
         if changed:
             fail(f"--resume: {', '.join(f'--{k} {self.args[k]} (the run has {recorded[k]})' for k in changed)};"
                  f" resume with the run's own arguments (see {self.file('args.json')})")
+        if self.epochs_before is not None:
+            self._refuse_unless_the_epochs_may_change(state["epoch"])
         return state
 
-    def _why_nothing_to_resume(self):
-        """A run asked to resume in a folder without last.pt: never started, stopped in its first epoch, or
-        (often) a finished run asked for more epochs, whose folder has another name."""
+    def _turn_to_the_run_with_other_epochs(self):
+        """--resume where the folder holds no last.pt. Often a run asked for another --epochs, whose folder has
+        another name: it continues in its own folder, renamed by take(), if open() finds that the schedule
+        allows it. Otherwise the run never started, or stopped in its first epoch: one line says so."""
+        new = self.args.get("epochs")
+        others = self._runs_with_other_epochs()
+        if not others:
+            reason = ("the run stopped before its first epoch ended: start it again without --resume"
+                      if os.path.isdir(self.path) else "no run was started with these arguments: start it "
+                                                        "without --resume")
+            fail(f"--resume: nothing to resume, no checkpoint at {self.last} ({reason})")
+        if len(others) > 1:
+            fail(f"--resume --epochs {new}: the runs with these arguments and other --epochs are "
+                 f"{', '.join(folder for folder, _ in others)}; resume one of them with its own --epochs")
+        (folder, epochs), = others
+        if os.path.exists(self.path):
+            fail(f"--resume --epochs {new}: {self.path} is there without a last.pt (a run with --epochs {new} "
+                 f"that stopped in its first epoch), so the run at {folder} cannot take that name: remove it "
+                 f"to continue that run with --epochs {new}, or start it again without --resume")
+        self.epochs_before = epochs
+        self._at(folder)
+
+    def _runs_with_other_epochs(self):
+        """[(folder, its --epochs)] of the runs beside this folder whose names differ only in --epochs and
+        that hold a last.pt."""
         parent, name = os.path.split(self.path)
         epochs = f"-ep{self.args.get('epochs')}-"
-        siblings = []
-        if epochs in name and os.path.isdir(parent or "."):
-            stem, tail = name.split(epochs, 1)
-            siblings = sorted(other for other in os.listdir(parent or ".") if other != name
-                              and other.startswith(stem + "-ep") and other.endswith("-" + tail)
-                              and os.path.isfile(os.path.join(parent, other, "last.pt")))
-        if siblings:
-            return (f"the run with these arguments and another --epochs is {os.path.join(parent, siblings[0])}; "
-                    f"--epochs cannot change on --resume, since the learning-rate schedule depends on it: "
-                    f"start a new run")
-        if os.path.isdir(self.path):
-            return "the run stopped before its first epoch ended: start it again without --resume"
-        return "no run was started with these arguments: start it without --resume"
+        if epochs not in name or not os.path.isdir(parent or "."):
+            return []
+        stem, tail = name.split(epochs, 1)
+        pattern = re.compile(re.escape(stem) + r"-ep(\d+)-" + re.escape(tail))
+        return [(os.path.join(parent, other), int(match.group(1))) for other in sorted(os.listdir(parent or "."))
+                if other != name and (match := pattern.fullmatch(other))
+                and os.path.isfile(os.path.join(parent, other, "last.pt"))]
+
+    def _refuse_unless_the_epochs_may_change(self, done):
+        """A run may grow (or be cut, down to the epochs it has done) only where the learning rate of every
+        epoch done, and the schedule's state that restore() loads, are what they would be in a run started
+        with the new --epochs: then it continues as that run would."""
+        before, new = self.epochs_before, self.args["epochs"]
+        if done >= new:
+            fail(f"--resume --epochs {new}: the run at {self.path} has done {done} epochs already, and a run "
+                 f"cannot shrink (its last.pt holds the weights after epoch {done}); for --epochs {new}, start a "
+                 f"new run")
+        refusal = schedule_change_refusal(self.args["learning_policy"], self.args["lr"], done, before, new)
+        if refusal:
+            fail(f"--resume --epochs {new}: {refusal}, so the run at {self.path} ({before} epochs, "
+                 f"{'all' if done == before else done} done) "
+                 f"cannot {'grow' if new > before else 'be cut'} to {new} epochs: start a new run")
 
     def _refuse_if_taken(self):
         if os.path.exists(self.last):
@@ -149,12 +200,19 @@ class RunFolder:
 
     @_one_line_on_write_errors
     def take(self, state, in_force, epochs):
-        """Create and lock the folder for a new run (state None; a resumed run holds its lock since open()),
-        re-check it under the lock (another run may have taken it while the data loaded), append this start to
-        args.json, open the log, and for a resumed run repair what a kill left."""
-        if not self.is_main:
-            return
+        """For a resumed run, check that its last.pt fits the data and processes (in_force says what they
+        are) before anything is written. Create and lock the folder for a new run (state None; a resumed run
+        holds its lock since open()), re-check it under the lock (another run may have taken it while the
+        data loaded), remove the temporary files a kill left, append this start to args.json, open the log,
+        rename the folder of a run whose --epochs changes, and for a resumed run repair what a kill left and
+        warn if it computes otherwise than its last epoch did."""
         resume = state is not None
+        if resume:
+            self._refuse_unless_it_fits(state, in_force["data_digest"], in_force["world_size"])
+        if not self.is_main:
+            self._at(self.target)  # rank 0 renames it; every process has read last.pt (load_data's barrier)
+            return
+        say_on_stop(self.how_to_continue)
         if not resume:
             try:
                 os.makedirs(self.path, exist_ok=True)
@@ -162,10 +220,51 @@ class RunFolder:
                 fail(f"cannot create the run folder {self.path} ({e.strerror or e})")
             self._lock()
             self._refuse_if_taken()
+        self._remove_temporary_files()
         self._write_args(resume, in_force)
         self._log_file = open(self.file("log.txt"), "a")
+        if self.target != self.path:
+            self._move_to_target(state["epoch"])
         if resume:
             self._repair_after_kill(state["metrics"], epochs)
+            changes = arithmetic_changes(state["meta"].get("args") or {}, in_force)
+            if changes:
+                self.warn(f"this --resume computes otherwise than the epochs in {self.last}: {', '.join(changes)}; "
+                          f"the resumed run will not equal an uninterrupted one")
+
+    def _refuse_unless_it_fits(self, state, data_id, world_size):
+        trained_on = state["meta"].get("data_digest")
+        if trained_on is not None and trained_on != data_id:
+            fail(f"--resume: the data loaded now differs from the data {self.last} was trained on (digest "
+                 f"{data_id[:12]} vs {trained_on[:12]}): same data set files, --subset, --ratio and --seed?")
+        if len(state["rng"]) != world_size:
+            fail(f"--resume: {self.last} was written by {len(state['rng'])} processes; resume it with as many")
+
+    def _remove_temporary_files(self):
+        """What a kill in the middle of a write left (an interrupted write removes its own)."""
+        for name in os.listdir(self.path):
+            if name.endswith(".tmp"):
+                os.remove(self.file(name))
+
+    def _move_to_target(self, done):
+        """Rename the folder of a run whose --epochs changed to the name of its new epoch count, under its
+        lock: args.json already records the change, so a kill before the rename leaves the run as it was
+        (the same command does it again), and one after leaves it under its new name."""
+        before, new = self.epochs_before, self.args["epochs"]
+        old = self.path
+        try:
+            os.rename(old, self.target)
+        except OSError as e:
+            fail(f"cannot rename {old} to {self.target} ({e.strerror or e}); the run is unchanged there")
+        self._at(self.target)
+        every = self.args.get("eval_freq") or 1
+        note = (f"; its epoch {done} was validated as the last one, which a {new}-epoch run does not do, and "
+                f"the random starts of that validation's PGD leave the random streams elsewhere: the epochs to "
+                f"come will not equal those of a run started with --epochs {new}"
+                if new > before and done == before and done % every else "")
+        self.log(f"--epochs {new}: the run {'grows' if new > before else 'is cut'} from {before} to {new} epochs "
+                 f"(the {self.args['learning_policy']} schedule is the same for both over the {done} epochs "
+                 f"done); {old} is now {self.target}{note}")
 
     def _write_args(self, resume, in_force):
         path = self.file("args.json")
@@ -177,18 +276,17 @@ class RunFolder:
                 runs = old["runs"] if "runs" in old else [{"args": old}]
             except (OSError, ValueError, KeyError, TypeError):
                 runs = []  # unreadable: last.pt is what counts; the record starts again
-        runs.append({"args": self.args, "in_force": in_force})
+        record = {"args": self.args, "in_force": in_force}
+        if self.epochs_before is not None:
+            record["epochs_changed"] = {"from": self.epochs_before, "to": self.args["epochs"],
+                                        "folder_was": self.path}
+        runs.append(record)
         write_atomically(path, json.dumps({"runs": runs}, indent=2) + "\n")
 
-    def restore(self, state, data_id, rank, world_size, model, optimizer, scheduler):
-        """The run's last epoch from its last.pt state: weights, optimiser, schedule, metrics, best figures,
-        and this process's random streams. Returns the number of epochs done."""
-        trained_on = state["meta"].get("data_digest")
-        if trained_on is not None and trained_on != data_id:
-            fail(f"--resume: the data loaded now differs from the data {self.last} was trained on (digest "
-                 f"{data_id[:12]} vs {trained_on[:12]}): same data set files, --subset, --ratio and --seed?")
-        if len(state["rng"]) != world_size:
-            fail(f"--resume: {self.last} was written by {len(state['rng'])} processes; resume it with as many")
+    def restore(self, state, rank, model, optimizer, scheduler):
+        """The run's last epoch from its last.pt state (take() checked that it fits): weights, optimiser,
+        schedule, metrics, best figures, and this process's random streams. Returns the number of epochs
+        done."""
         try:
             put_weights(model, state["model"], self.last)  # names the keys that do not fit, if any
         except CheckpointError as e:
@@ -210,29 +308,25 @@ class RunFolder:
 
     def _repair_after_kill(self, metrics, epochs):
         """A kill between the last.pt rename and the writes after it leaves metrics.csv and log.txt an epoch
-        short, and leaves temporary files: metrics.csv is rewritten from last.pt's metrics, missing epoch
-        lines are added to the log, leftovers removed."""
-        for name in os.listdir(self.path):
-            if name.endswith(".tmp"):
-                os.remove(self.file(name))
+        short: metrics.csv is rewritten from last.pt's metrics, missing epoch lines are added to the log."""
         if metrics:
             write_csv(metrics, self.file("metrics.csv"))
         with open(self.file("log.txt")) as f:
-            logged = set(f.read().splitlines())
+            logged = {without_epoch_count(line) for line in f.read().splitlines()}
         for row in metrics:
             line = epoch_line(row, epochs)
-            if line not in logged:
+            if without_epoch_count(line) not in logged:  # logged as "epoch 2/2" by a run grown since
                 self.log(f"(epoch {row['epoch']}'s line, restored from last.pt: the run was stopped before it "
                          f"was logged)")
                 self.log(line)
 
     # --- during training ---------------------------------------------------------------------------------------
 
-    def log(self, line):
-        """Printed and appended to log.txt (main process only)."""
+    def log(self, line, file=None):
+        """Printed (to stdout, or `file`) and appended to log.txt (main process only)."""
         if not self.is_main:
             return
-        print(line, flush=True)
+        print(line, file=file or sys.stdout, flush=True)
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")
@@ -240,6 +334,10 @@ class RunFolder:
             except OSError as e:
                 e.filename = self.file("log.txt")
                 fail(describe_os_error(e))
+
+    def warn(self, line):
+        """`warning: line` on stderr and in log.txt (main process only)."""
+        self.log(f"warning: {line}", file=sys.stderr)
 
     @_one_line_on_write_errors
     def save_epoch(self, model, optimizer, scheduler, meta, row, rng_states, epochs, snapshot_every,
@@ -301,6 +399,7 @@ class RunFolder:
 
     def release(self):
         """The lock (and the log) let go: for a process that goes on after the run, such as a notebook's."""
+        say_on_stop(None)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -321,6 +420,47 @@ def run_name(args):
             + (f"-subset{args['subset']}" if args["subset"] else ""))
 
 
+def schedule_change_refusal(policy, lr, done, epochs, new_epochs):
+    """Why a run of `done` epochs under the learning-rate policy `policy` cannot go on as a run of
+    `new_epochs` epochs instead of `epochs` (None where it can): the learning rate of an epoch done, or the
+    schedule's state that --resume restores, would not be that of a run started with new_epochs. Both
+    schedules are built and stepped through the epochs done."""
+    def stepped(total):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+        scheduler = LEARNING_POLICIES[policy](optimizer, total)
+        rates = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler stepped before optimizer.step()": nothing trains here
+            for _ in range(done):
+                rates.append(optimizer.param_groups[0]["lr"])
+                scheduler.step()
+        return rates, scheduler.state_dict()
+
+    (rates, state), (new_rates, new_state) = stepped(epochs), stepped(new_epochs)
+    for epoch, (rate, new_rate) in enumerate(zip(rates, new_rates), 1):
+        if not math.isclose(rate, new_rate, rel_tol=1e-9):
+            return (f"the {policy} schedule's learning rate depends on --epochs (epoch {epoch} ran at {rate:.4g} "
+                    f"and would run at {new_rate:.4g} under --epochs {new_epochs})")
+    differing = sorted(key for key in state.keys() | new_state.keys() if state.get(key) != new_state.get(key))
+    if differing:
+        return (f"the state of the {policy} schedule, which --resume restores, depends on --epochs ("
+                + ", ".join(f"{key} {state.get(key)} vs {new_state.get(key)}" for key in differing) + ")")
+    return None
+
+
+def arithmetic_changes(before, now):
+    """What differs, among the device type and the CHANGE_THE_ARITHMETIC options, between `before` (the
+    arguments last.pt was written with) and `now` (what is in force): ["bf16 autocast off (was on)", ...].
+    Settings `before` does not record are not compared."""
+    changes = []
+    if before.get("device") and str(before["device"]).split(":")[0] != str(now["device"]).split(":")[0]:
+        changes.append(f"device {str(now['device']).split(':')[0]} (was {str(before['device']).split(':')[0]})")
+    for key, name in CHANGE_THE_ARITHMETIC.items():
+        if key in before and bool(before[key]) != bool(now[key]):
+            changes.append(f"{name} {'on' if now[key] else 'off'} (was {'on' if before[key] else 'off'})")
+    return changes
+
+
 def best_file_name(key):
     return f"best_{key.split('_')[0]}.pt"
 
@@ -331,6 +471,11 @@ def epoch_line(row, epochs):
     return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
             f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s"
             + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
+
+
+def without_epoch_count(line):
+    """An epoch line without its "/EPOCHS", which a run whose --epochs changed logged with another count."""
+    return re.sub(r"^(epoch +\d+)/\d+ ", r"\1 ", line)
 
 
 def in_force(device, world_size, amp, channels_last, cudnn_benchmark, compiled, data_id):

@@ -4,11 +4,11 @@ import argparse
 import errno
 import os
 import secrets
-import signal
 import sys
-from contextlib import contextmanager
 
 import torch
+
+from interrupts import Interrupted, interruptible  # noqa: F401 (the scripts import them from here)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -56,8 +56,8 @@ def default_device():
 def write_atomically(path, data):
     """Write bytes or text to `path` through a temporary file beside it and a rename: a kill leaves the
     previous file intact, and two writers of one path (two evaluations, say) each rename a whole file of their
-    own. On any OSError (a full disk above all) the temporary file is removed before the error goes on, with
-    the path it was meant for as its filename."""
+    own. Whatever stops the write (a full disk, Ctrl-C, SIGTERM) removes the temporary file before it goes on;
+    an OSError (ENOSPC above all) gets the path it was meant for as its filename."""
     tmp = f"{path}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -65,12 +65,13 @@ def write_atomically(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
-        e.filename = path
+        if isinstance(e, OSError):
+            e.filename = path
         raise
 
 
@@ -109,28 +110,3 @@ def progress_wanted(flag):
     """--progress/--no-progress as given, else bars only for a person watching (stderr a terminal), none in a
     log file or CI."""
     return sys.stderr.isatty() if flag is None else flag
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM inside `interruptible()`: str() names which, exit_status is the shell's for it."""
-
-    @property
-    def exit_status(self):
-        return 143 if str(self) == "SIGTERM" else 130  # 128 + the signal's number
-
-
-@contextmanager
-def interruptible():
-    """Ctrl-C and SIGTERM (a cluster's pre-emption, `kill`) raise Interrupted inside the block, so that a
-    script can end with one line saying how to continue instead of a traceback."""
-    def raise_interrupted(signum, frame):
-        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
-
-    previous = {signum: signal.signal(signum, raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except KeyboardInterrupt:  # raised by code rather than by the signal
-        raise Interrupted("Ctrl-C") from None
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

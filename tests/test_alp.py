@@ -236,6 +236,22 @@ def test_resume_appends_to_args_json_what_was_in_force(killed_and_resumed):
 
 
 @pytest.mark.slow
+def test_a_finished_run_grown_by_an_epoch_ends_with_the_weights_of_a_run_started_with_that_many(
+        killed_and_resumed, synthetic_mnist_root, tmp_path, cheap_validation, capsys):
+    args = [*KILL_TEST_ARGS, "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)]
+    short = [a if a != "--epochs=3" else "--epochs=2" for a in args]  # epoch 2 validated in both (--eval-freq=2)
+    ALP.main(short)
+    ALP.main([*args, "--resume"])  # the constant (null) schedule lets it grow
+    grown = run_folder(tmp_path)
+    assert grown == run_folder_of(args) and "the run grows from 2 to 3 epochs" in capsys.readouterr().out
+    state, uninterrupted = (load_checkpoint(os.path.join(run, "last.pt"))
+                            for run in (grown, killed_and_resumed["a"]))
+    assert all(torch.equal(state["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
+    assert read_csv_rows(grown) == read_csv_rows(killed_and_resumed["a"])
+    assert [line.replace("/2 |", "/3 |") for line in epoch_lines(grown)] == epoch_lines(killed_and_resumed["a"])
+
+
+@pytest.mark.slow
 def test_resume_on_other_data_is_refused_whatever_the_data_root(killed_and_resumed, tmp_path, capsys):
     from formats import synthetic_digits, write_mnist
     images, labels = synthetic_digits(800, seed=5)

@@ -12,17 +12,25 @@ from checkpoints import load_checkpoint
 
 
 @pytest.mark.slow
-def test_two_processes_keep_identical_weights_write_one_run_and_learn(synthetic_mnist_root, tmp_path):
+def test_two_processes_keep_identical_weights_write_one_run_and_learn_also_when_the_run_grows(
+        synthetic_mnist_root, tmp_path):
     out, weights = tmp_path / "runs", tmp_path / "weights"
     weights.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "alp_process.py"), "--weights", str(weights),
-         "mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=25", "--epsilon=0.3",
-         "--steps=2", "--stepsize=0.1", "--epochs=3", "--eval-freq=3", "--subset=300", "--device=cpu",
-         "--data-root", str(synthetic_mnist_root), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def torchrun(*extra):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(ROOT / "tests" / "alp_process.py"), "--weights", str(weights),
+             "mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam", "-b=25", "--epsilon=0.3",
+             "--steps=2", "--stepsize=0.1", "--eval-freq=3", "--subset=300", "--device=cpu",
+             "--data-root", str(synthetic_mnist_root), "--out", str(out), *extra],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    torchrun("--epochs=2")
+    result = torchrun("--epochs=3", "--resume")  # rank 0 renames the folder, which the other rank has read
+    assert "the run grows from 2 to 3 epochs" in result.stdout
 
     rank0, rank1 = (torch.load(weights / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)

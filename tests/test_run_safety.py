@@ -17,7 +17,8 @@ import torch
 import ALP
 import runs
 import utils
-from checkpoints import CheckpointError, content_digest, load_checkpoint, read_pt_file, save_checkpoint
+from checkpoints import (FORMAT_VERSION, CheckpointError, content_digest, load_checkpoint, read_pt_file,
+                         save_checkpoint)
 from conftest import QUICK, ROOT, run_folder_of
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from models import MODELS
@@ -100,6 +101,31 @@ def test_checkpoint_without_a_digest_is_still_accepted(tmp_path):
     path = str(tmp_path / "old.pt")
     torch.save(small_state(), path)  # as this project wrote checkpoints before digests
     assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_checkpoint_carries_its_format_version_inside_its_digest(saved):
+    path = str(saved / "last.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["format_version"] == FORMAT_VERSION
+    torch.save({**state, "format_version": 0}, path)  # the version changed, the digest kept
+    with pytest.raises(CheckpointError, match="does not match the digest stored with it"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_format_versions_is_accepted(tmp_path):
+    path = str(tmp_path / "previous-release.pt")
+    torch.save({**small_state(), "digest": content_digest(small_state())}, path)  # a digest, no version
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line_naming_both_versions(tmp_path):
+    path = str(tmp_path / "future.pt")
+    newer = FORMAT_VERSION + 1
+    torch.save({**small_state(), "format_version": newer, "digest": "a digest computed otherwise"}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path} was written by a newer release of this project (checkpoint format "
+                               f"{newer}; this code reads up to {FORMAT_VERSION}): update the code")
 
 
 @pytest.mark.parametrize("content, says", [(b"", "the file is empty"),
@@ -248,6 +274,70 @@ def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, caps
     assert ALP.main([*argv, "--resume"]) is None
     out = capsys.readouterr().out
     assert out.strip() == f"{run_dir} is finished: all 2 epochs are done, nothing to resume"
+
+
+# --- another --epochs on --resume ------------------------------------------------------------------------------
+
+def with_epochs(argv, epochs):
+    return [a if not a.startswith("--epochs=") else f"--epochs={epochs}" for a in argv]
+
+
+def finished_run_of(argv, policy):
+    """A finished 2-epoch run folder of `argv` under the learning-rate policy `policy`: (its command line,
+    its folder)."""
+    argv = [*[a for a in argv if not a.startswith("-lp=")], f"-lp={policy}"]
+    run_dir, last = run_folder_for(argv)
+    os.makedirs(run_dir, exist_ok=True)
+    save_checkpoint(resumable_state(epoch=2, epochs=2), last)
+    return argv, run_dir
+
+
+def test_more_epochs_for_a_run_whose_schedule_depends_on_them_are_refused_with_the_reason_first(run_argv,
+                                                                                                 capsys):
+    argv, run_dir = finished_run_of(run_argv[0], "cosine")
+    err = resume_fails(with_epochs(argv, 3), capsys)
+    assert err.split(": error: ", 1)[1] == (
+        f"--resume --epochs 3: the cosine schedule's learning rate depends on --epochs (epoch 2 ran at 0.0005 "
+        f"and would run at 0.00075 under --epochs 3), so the run at {run_dir} (2 epochs, all done) cannot grow "
+        f"to 3 epochs: start a new run\n")
+    assert os.path.isfile(os.path.join(run_dir, "last.pt"))
+
+
+def test_fewer_epochs_than_a_run_has_done_are_refused_with_the_reason_first(run_argv, capsys):
+    argv, run_dir = finished_run_of(run_argv[0], "null")
+    err = resume_fails(with_epochs(argv, 1), capsys)
+    assert err.split(": error: ", 1)[1].startswith(f"--resume --epochs 1: the run at {run_dir} has done 2 epochs "
+                                                   f"already, and a run cannot shrink")
+
+
+def test_more_epochs_are_refused_where_a_stopped_run_with_that_count_has_the_folder(run_argv, capsys):
+    argv, run_dir = finished_run_of(run_argv[0], "null")
+    other = run_folder_of(with_epochs(argv, 3))
+    os.makedirs(other)
+    err = resume_fails(with_epochs(argv, 3), capsys)
+    assert f"--resume --epochs 3: {other} is there without a last.pt" in err and run_dir in err
+
+
+def test_only_the_schedule_whose_learning_rate_or_state_depends_on_the_epoch_count_refuses_more_epochs(
+        monkeypatch):
+    for policy in LEARNING_POLICIES:  # the reference's milestones are epochs, not shares of --epochs
+        refusal = runs.schedule_change_refusal(policy, 0.1, done=150, epochs=150, new_epochs=200)
+        assert (refusal is None) == (policy != "cosine"), (policy, refusal)
+    # milestones at half the run: the epoch done ran at the same rate, but the restored state would put the
+    # drop at epoch 2 of 8 where a run started with 8 epochs has it at epoch 4
+    monkeypatch.setitem(LEARNING_POLICIES, "half", lambda optimizer, epochs: torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, [epochs // 2]))
+    assert runs.schedule_change_refusal("half", 0.1, done=1, epochs=4, new_epochs=8) == (
+        "the state of the half schedule, which --resume restores, depends on --epochs (milestones "
+        "Counter({2: 1}) vs Counter({4: 1}))")
+
+
+def test_a_resume_names_the_speed_options_and_device_that_change_the_arithmetic():
+    before = {"device": "cpu", "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": False}
+    assert runs.arithmetic_changes(before, {**before, "cudnn_benchmark": True}) == []
+    assert runs.arithmetic_changes(before, {**before, "device": "cuda:0", "amp": False}) == [
+        "device cuda (was cpu)", "bf16 autocast off (was on)"]
+    assert runs.arithmetic_changes({"device": "cuda"}, {**before, "device": "cuda:1"}) == []  # not recorded: no
 
 
 # --- one run per folder ----------------------------------------------------------------------------------------

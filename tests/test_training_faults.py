@@ -4,6 +4,7 @@ Everything runs on the CPU; runs use the synthetic digits and a one-step validat
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ import ALP
 import runs
 import training
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import QUICK, run_folder_of
+from conftest import QUICK, ROOT, run_folder_of
 from utils import write_atomically
 
 DEVICE = "cpu"  # every run here trains on the CPU (QUICK says --device=cpu)
@@ -119,10 +120,30 @@ def test_epochs_of_a_one_class_model_make_no_best_checkpoint(synthetic_mnist_roo
 
 
 @pytest.mark.slow
-def test_more_epochs_for_a_finished_run_name_its_folder_and_say_why_not(finished_run, capsys):
-    argv, run_dir = finished_run
-    err = stops_in_one_line([*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"], capsys)
-    assert run_dir in err and "--epochs cannot change on --resume" in err
+def test_a_finished_run_grows_in_its_renamed_folder_and_warns_of_speed_options_that_change_the_arithmetic(
+        finished_run, cheap_validation, capsys):
+    argv, run_dir = finished_run  # 2 epochs under the constant (null) schedule
+    with open(os.path.join(run_dir, "args.json")) as f:
+        started_with_bf16 = json.load(f)["runs"][0]["in_force"]["amp"]  # where the CPU computes bf16
+    grown = [*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume", "--no-amp", "--no-channels-last"]
+    ALP.main(grown)
+    captured = capsys.readouterr()
+    new_dir = run_folder_of(grown)
+    assert not os.path.exists(run_dir) and load_checkpoint(os.path.join(new_dir, "last.pt"))["epoch"] == 3
+    grew = f"--epochs 3: the run grows from 2 to 3 epochs (the null schedule is the same for both over the 2 epochs"
+    assert grew in captured.out and f"{run_dir} is now {new_dir}" in captured.out
+    with open(os.path.join(new_dir, "args.json")) as f:
+        records = json.load(f)["runs"]
+    assert [r.get("epochs_changed") for r in records] == [None, {"from": 2, "to": 3, "folder_was": run_dir}]
+    (warning,) = captured.err.strip().splitlines()
+    assert warning.startswith("warning: this --resume computes otherwise than the epochs in ")
+    assert warning.endswith("the resumed run will not equal an uninterrupted one")
+    assert "channels_last off (was on)" in warning and ("bf16 autocast off (was on)" in warning) == started_with_bf16
+    with open(os.path.join(new_dir, "log.txt")) as f:
+        log = f.read().splitlines()
+    assert warning in log and any(line.startswith(grew) for line in log)
+    assert [line.split("|")[0].split("/")[0] for line in log if line.startswith("epoch ")] == [
+        f"epoch {n:3d}" for n in (1, 2, 3)]  # the lines logged as "/2" are not restored again
 
 
 @pytest.mark.slow
@@ -165,9 +186,87 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again_not_to
         ALP.main(argv)
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line.endswith("no checkpoint written yet: the same command without --resume starts the run again")
+    run_dir = run_folder_of(argv)
+    leftover = os.path.join(run_dir, "last.pt.0123456789ab.tmp")  # what a kill -9 in a write leaves
+    with open(leftover, "wb") as f:
+        f.write(b"half a checkpoint")
     monkeypatch.setattr(ALP, "train_step", training.train_step)
     ALP.main(argv)  # as the line says: the folder it left takes the same command again
-    assert load_checkpoint(os.path.join(run_folder_of(argv), "last.pt"))["epoch"] == 1
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 1
+    assert not os.path.exists(leftover)
+
+
+def test_a_ctrl_c_in_the_first_checkpoint_write_leaves_no_temporary_file(synthetic_mnist_root, tmp_path,
+                                                                         cheap_validation, monkeypatch, capsys):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    real_replace = os.replace
+
+    def replace_after_ctrl_c(src, dst):
+        if str(dst).endswith("last.pt"):
+            os.kill(os.getpid(), signal.SIGINT)  # lands here, between the temporary file and its rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        ALP.main(argv)
+    assert stop.value.code == 130
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("stopped by Ctrl-C in epoch 1; no checkpoint")
+    assert not [name for name in os.listdir(run_folder_of(argv)) if name.endswith(".tmp") or name == "last.pt"]
+
+
+# A sitecustomize.py that makes a script stop at a chosen moment, without a race: STOP_WITH (SIGINT or
+# SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, or when it renames a file
+# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place).
+STOPPING_SITECUSTOMIZE = """
+import importlib.abc, os, signal, sys
+signum = getattr(signal, os.environ["STOP_WITH"])
+
+class StopAtImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == os.environ.get("STOP_AT_IMPORT"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signum)
+        return None
+
+sys.meta_path.insert(0, StopAtImport())
+real_replace = os.replace
+
+def replace_stopping(src, dst):
+    if os.environ.get("STOP_AT_RENAME_TO") and str(dst).endswith(os.environ["STOP_AT_RENAME_TO"]):
+        os.kill(os.getpid(), signum)
+    return real_replace(src, dst)
+
+os.replace = replace_stopping
+"""
+
+
+def stopped_script(tmp_path, argv, **stop):
+    """`python ARGV` (a script of the repository) stopped as `stop` says (see STOPPING_SITECUSTOMIZE)."""
+    (tmp_path / "shim").mkdir(exist_ok=True)
+    (tmp_path / "shim" / "sitecustomize.py").write_text(STOPPING_SITECUSTOMIZE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "shim"), **stop}
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("script", ["ALP.py", "eval.py"])
+@pytest.mark.parametrize("signum, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_while_a_script_imports_torch_is_one_line_with_the_shells_status(script, signum, status,
+                                                                                tmp_path):
+    stopped = stopped_script(tmp_path, [script, "x.pt"], STOP_WITH=signum, STOP_AT_IMPORT="torch")
+    name = "Ctrl-C" if signum == "SIGINT" else "SIGTERM"
+    assert (stopped.returncode, stopped.stderr) == (status, f"{script}: stopped by {name}\n")
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_args_json_is_written_is_one_line_that_says_how_to_continue(synthetic_mnist_root,
+                                                                                   tmp_path):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    stopped = stopped_script(tmp_path, ["ALP.py", *argv], STOP_WITH="SIGINT", STOP_AT_RENAME_TO="args.json")
+    assert stopped.returncode == 130
+    assert stopped.stderr == ("ALP.py: stopped by Ctrl-C; no checkpoint written yet: the same command without "
+                              "--resume starts the run again\n")
+    assert os.listdir(run_folder_of(argv)) == ["run.lock"]  # args.json's temporary file removed
 
 
 # --- flags -------------------------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Ctrl-C and SIGTERM end a script in one line with the shell's exit status (130, 143), never a traceback.
+
+No torch here, nor anything that imports it: the scripts install stop_in_one_line() before their heavy
+imports, since torch takes seconds to import and a Ctrl-C then would print a page of import machinery.
+
+    if __name__ == "__main__":
+        stop_in_one_line()          # the first line of a script, before it imports torch
+    ...
+    with interruptible():           # where the script has its own line to say (which epoch, how to go on)
+        ...
+"""
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM inside `interruptible()`: str() names which, exit_status is the shell's for it."""
+
+    @property
+    def exit_status(self):
+        return 143 if str(self) == "SIGTERM" else 130  # 128 + the signal's number
+
+
+def interrupted_by(signum):
+    return Interrupted("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+
+@contextmanager
+def interruptible():
+    """Ctrl-C and SIGTERM (a cluster's pre-emption, `kill`) raise Interrupted inside the block, so that a
+    script can end with one line saying how to continue instead of a traceback."""
+    def raise_interrupted(signum, frame):
+        raise interrupted_by(signum)
+
+    previous = {signum: signal.signal(signum, raise_interrupted) for signum in SIGNALS}
+    try:
+        yield
+    except KeyboardInterrupt:  # raised by code rather than by the signal
+        raise Interrupted("Ctrl-C") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# What a stop outside every interruptible() block leaves, as a clause, once the script has something to say
+# (runs.RunFolder says how to continue the run it holds); None: the bare line.
+_describe_what_is_left = None
+_stopping = False
+
+
+def stop_in_one_line():
+    """From now on, a Ctrl-C or SIGTERM that lands outside every interruptible() block ends the script with
+    `SCRIPT: stopped by Ctrl-C` (and what say_on_stop() registered) on stderr, and exit status 130 or 143.
+    The exit is a SystemExit, so `finally` blocks and write_atomically's clean-up still run; a second signal
+    during that exit ends the process at once. Under torchrun only rank 0 prints."""
+    for signum in SIGNALS:
+        signal.signal(signum, _stop)
+
+
+def say_on_stop(describe):
+    """describe(): the clause a stop by stop_in_one_line adds to its line from now on (None: none)."""
+    global _describe_what_is_left
+    _describe_what_is_left = describe
+
+
+def _stop(signum, frame):
+    global _stopping
+    stop = interrupted_by(signum)
+    if _stopping:  # the second Ctrl-C of an impatient user: no more clean-up
+        os._exit(stop.exit_status)
+    _stopping = True
+    if os.environ.get("RANK", "0") == "0":
+        clause = _describe_what_is_left() if _describe_what_is_left is not None else None
+        line = f"{os.path.basename(sys.argv[0])}: stopped by {stop}" + (f"; {clause}" if clause else "")
+        os.write(2, (line + "\n").encode())  # not print(): the signal may have landed inside one
+    raise SystemExit(stop.exit_status)
