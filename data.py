@@ -101,9 +101,11 @@ def _download(name, root, train):
     created = [d for d in (root, os.path.join(root, spec.folder)) if not os.path.exists(d)]
     try:
         return spec.load(root, train, download=True)
-    except Exception as e:  # URLError, RuntimeError, OSError...: whatever a failed download raises
+    except BaseException as e:  # URLError, RuntimeError, OSError... and a Ctrl-C halfway: no partial files left
         for folder in created:
             shutil.rmtree(folder, ignore_errors=True)
+        if not isinstance(e, Exception):
+            raise
         where = os.path.join(root, spec.folder)
         raise DataError(
             f"{name} ({'train' if train else 'test'} split) is not under {where} and could not be downloaded "

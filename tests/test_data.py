@@ -217,6 +217,21 @@ def test_mistyped_data_root_creates_no_folders(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_during_a_download_leaves_no_folder_it_created(tmp_path, monkeypatch):
+    """CPU. The download stopped halfway, after it wrote part of a file: the folders go, the Ctrl-C goes on."""
+    import dataclasses
+    import data
+
+    def stopped_halfway(root, train, download):
+        os.makedirs(os.path.join(root, "MNIST", "raw"))
+        open(os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte.gz.part"), "wb").close()
+        raise KeyboardInterrupt
+    monkeypatch.setitem(data.DATASETS, "mnist", dataclasses.replace(data.DATASETS["mnist"], load=stopped_halfway))
+    with pytest.raises(KeyboardInterrupt):
+        load_split("mnist", str(tmp_path / "new"), train=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_download_says_why_after_the_colon(tmp_path):
     with pytest.raises(DataError) as info:
         load_split("mnist", str(tmp_path), train=True)
