@@ -236,6 +236,8 @@ def validates(epoch, epochs, eval_freq):
 def duration(seconds):
     if seconds < 100:
         return f"{seconds:.0f} s"
+    if seconds < 10 * 60:  # a decimal, so that the parts of a sum add up in the line
+        return f"{seconds / 60:.1f} min"
     if seconds < 100 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h" if seconds < 10 * 3600 else f"{seconds / 3600:.0f} h"
