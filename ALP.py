@@ -30,34 +30,60 @@ from data import DATASETS, DataError, DeviceLoader, data_digest, train_val_split
 from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from runs import RunFolder, get_rng_state, in_force, run_name
-from training import (HYP, TRAINING_ATTACKS, EpochTally, barrier, gather_over_processes, mixed_precision,
-                      setup_process, speed_options, stop_unless_finite, train_step, validate,
-                      validation_batch_size)
+from training import (HYP, TRAINING_ATTACKS, TRAINING_DEFAULTS, BatchClock, EpochTally, barely_learnt, barrier,
+                      gather_over_processes, mixed_precision, setup_process, speed_options, stop_unless_finite,
+                      train_step, validate, validation_batch_size, validation_seconds)
 from utils import CLIParser, Interrupted, default_device, fail, interruptible, number, progress_wanted
 from weights import build_model
 
 
+def data_sets_of(family):
+    return ", ".join(name for name, spec in DATASETS.items() if spec.family == family)
+
+
+DATA_SET_DEFAULTS_NOTE = (
+    f"Defaults that depend on the data set are the reference implementation's settings: its CIFAR command for "
+    f"{data_sets_of('cifar')}, its MNIST command for {data_sets_of('mnist')} (the table, with its source: "
+    f"TRAINING_DEFAULTS in training.py). A flag given on the command line wins; args.json records the values "
+    f"that ran.")
+
+
+def data_set_default(dest):
+    """The help text's default of a flag whose default depends on the data set (training.TRAINING_DEFAULTS)."""
+    by_value = {}
+    for family, defaults in TRAINING_DEFAULTS.items():
+        by_value.setdefault(str(defaults[dest]), []).append(data_sets_of(family))
+    if len(by_value) == 1:
+        return f"(default: {next(iter(by_value))})"
+    return "(default: " + "; ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items()) + ")"
+
+
 def build_parser():
-    p = CLIParser(description=__doc__)
+    p = CLIParser(description=__doc__, epilog=DATA_SET_DEFAULTS_NOTE)
+
+    def add(*flags, help, **kwargs):  # a flag whose default comes from the data set's row of the table
+        action = p.add_argument(*flags, default=None, help=help, **kwargs)
+        action.help = f"{help} {data_set_default(action.dest)}"
+
     p.add_argument("model", metavar="MODEL", choices=MODELS, help="network: " + ", ".join(MODELS))
     p.add_argument("dataset", metavar="DATASET", choices=DATASETS, help="data set: " + ", ".join(DATASETS))
-    p.add_argument("--leverage", type=float, default=0.5, help="weight of the logit-pairing term (0: plain AT "
-                   "on clean + adversarial halves)")
+    add("--leverage", type=float, help="weight of the logit-pairing term (0: plain AT on clean + adversarial "
+        "halves)")
     p.add_argument("--attack", choices=TRAINING_ATTACKS, default="pgd-linf", help="attack that makes the pairs")
-    p.add_argument("--epsilon", type=number, default="8/255", help="radius of the attack's ball (number or fraction)")
-    p.add_argument("--stepsize", type=number, default="2/255", help="absolute PGD step size")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimiser")
-    p.add_argument("-mom", "--momentum", type=float, default=0.9, help="SGD's momentum")
+    add("--epsilon", type=number, help="radius of the attack's ball (number or fraction)")
+    add("--stepsize", type=number, help="absolute PGD step size")
+    add("--steps", type=int, help="PGD steps")
+    add("--optimizer", choices=OPTIMIZERS, help="optimiser")
+    add("-mom", "--momentum", type=float, help="SGD's momentum")
     p.add_argument("-beta1", type=float, default=0.9, help="Adam's beta1")
     p.add_argument("-beta2", type=float, default=0.999, help="Adam's beta2")
-    p.add_argument("-wd", "--weight_decay", type=float, default=2e-4, help="weight decay (L2, in the optimiser)")
-    p.add_argument("-lr", "--lr", type=float, default=0.1, help="initial learning rate")
-    p.add_argument("-lp", "--learning_policy", choices=LEARNING_POLICIES, default="AT",
-                   help="learning-rate schedule: " + ", ".join(LEARNING_POLICIES))
-    p.add_argument("--epochs", type=int, default=200, help="epochs to train")
-    p.add_argument("-b", "--batch_size", type=int, default=128,
-                   help="batch size per process: under torchrun the global batch is K times this")
+    add("-wd", "--weight_decay", type=float, help="weight decay (L2, in the optimiser)")
+    add("-lr", "--lr", type=float, help="initial learning rate")
+    add("-lp", "--learning_policy", choices=LEARNING_POLICIES,
+        help="learning-rate schedule: " + ", ".join(LEARNING_POLICIES))
+    add("--epochs", type=int, help="epochs to train")
+    add("-b", "--batch_size", type=int, help="batch size per process: under torchrun the global batch is K times "
+        "this")
     p.add_argument("--ratio", type=float, default=0.0,
                    help="share of the training split held out for validation (0: validate on the test split)")
     p.add_argument("--eval-freq", type=int, default=1, help="validate every this many epochs (and at the end)")
@@ -73,7 +99,8 @@ def build_parser():
                    help="use a seeded random, class-balanced N training and N validation images (quick trials)")
     speed = p.add_argument_group("speed options (bf16 on a GPU or a CPU with bf16 arithmetic, channels_last)")
     speed.add_argument("--no-amp", dest="amp", action="store_false",
-                       help="float32 forward passes instead of bf16 autocast (losses are float32 either way)")
+                       help="float32 training forward passes instead of bf16 autocast (losses are float32 either "
+                            "way; validation always runs in float32)")
     speed.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                        help="keep images and weights in the contiguous (NCHW) memory format")
     speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
@@ -85,9 +112,22 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
+def typed_defaults(parser, family):
+    """A family's row of training.TRAINING_DEFAULTS, each value parsed by its flag's own type."""
+    actions = {action.dest: action for action in parser._actions}
+    return {dest: actions[dest].type(value) if actions[dest].type else value
+            for dest, value in TRAINING_DEFAULTS[family].items()}
+
+
+def parse_command_line(argv=None):
+    """(arguments, the flags whose values came from the data set's defaults): the command line checked, each
+    flag left out given its data set's default (training.TRAINING_DEFAULTS)."""
     p = build_parser()
     args = p.parse_args(argv)
+    defaults = typed_defaults(p, DATASETS[args.dataset].family)
+    filled = [dest for dest in defaults if getattr(args, dest) is None]
+    for dest in filled:
+        setattr(args, dest, defaults[dest])
     for name in ("epsilon", "stepsize", "leverage", "lr", "momentum", "weight_decay", "beta1", "beta2", "ratio"):
         if not math.isfinite(getattr(args, name)):
             p.error(f"--{name.replace('_', '-')} must be a finite number, not {getattr(args, name)}")
@@ -129,7 +169,38 @@ def parse_args(argv=None):
         print(f"warning: --steps {args.steps} makes every batch run {args.steps} forward and backward passes "
               f"before its step (the reference uses 10 for CIFAR, 40 for MNIST)", file=sys.stderr)
     args.progress = progress_wanted(args.progress)
-    return args
+    return args, filled
+
+
+def parse_args(argv=None):
+    """The checked arguments, with the data set's defaults for the flags left out."""
+    return parse_command_line(argv)[0]
+
+
+def as_flags(family, dests):
+    """The family's defaults of `dests` (training.TRAINING_DEFAULTS) written as the flags that give them."""
+    flags = {action.dest: action.option_strings[-1] for action in build_parser()._actions if action.option_strings}
+    return " ".join(f"{flags[dest]} {TRAINING_DEFAULTS[family][dest]}" for dest in dests)
+
+
+# Before the defaults depended on the data set, every data set got CIFAR's: a run of MNIST-type data started
+# then without these flags holds CIFAR's values in its folder name and args.json.
+FORMER_DEFAULTS = "cifar"
+
+
+def refuse_a_run_of_the_former_defaults(args, filled, path):
+    """--resume finds no run at `path`, but the run these arguments named under the former defaults: one line
+    with the flags that resume it (the run's own values, given explicitly)."""
+    if os.path.isfile(os.path.join(path, "last.pt")):
+        return
+    parser = build_parser()
+    former = typed_defaults(parser, FORMER_DEFAULTS)
+    changed = [dest for dest in filled if former[dest] != getattr(args, dest)]
+    former_path = os.path.join(args.out, run_name({**vars(args), **{dest: former[dest] for dest in changed}}))
+    if not changed or not os.path.isfile(os.path.join(former_path, "last.pt")):
+        return
+    fail(f"--resume: no run at {path}, but {former_path} was started when {args.dataset}'s defaults were "
+         f"CIFAR's; resume it with those values given: add {as_flags(FORMER_DEFAULTS, changed)}")
 
 
 def load_data(args, device, rank, world_size, channels_last):
@@ -162,10 +233,50 @@ def load_data(args, device, rank, world_size, channels_last):
     return train_loader, val_loader, digest
 
 
+def validates(epoch, epochs, eval_freq):
+    """Whether epoch `epoch` (from 0) ends with a validation: every --eval-freq-th, and the last."""
+    return (epoch + 1) % eval_freq == 0 or epoch + 1 == epochs
+
+
+def duration(seconds):
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 10 * 60:  # a decimal, so that the parts of a sum add up in the line
+        return f"{seconds / 60:.1f} min"
+    if seconds < 100 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 10 * 3600 else f"{seconds / 3600:.0f} h"
+
+
+def estimate_line(training, batches_timed, validation, images_timed, epochs, validations, resumed):
+    """The time the run will take, from `training` seconds per epoch and `validation` seconds per validation
+    (both measured, as the line says), over the `epochs` this process runs, `validations` of them
+    validated."""
+    total = duration(training * epochs + validation * validations)
+    epochs_text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+    left = f"the {epochs_text} left" if resumed else epochs_text
+    if validations == epochs:
+        per_epoch = (f"{duration(training + validation)} per epoch (training {duration(training)}, validation "
+                     f"{duration(validation)})")
+    else:
+        per_epoch = (f"{duration(training)} per epoch of training, {duration(validation)} per validation "
+                     f"({validations} validated epoch{'s' if validations > 1 else ''})")
+    return (f"estimated: {per_epoch}, {total} for {left} (timed on {batches_timed} training "
+            f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")
+
+
+def barely_learnt_note(best, num_classes):
+    """The run's last line's warning when its best validation figures say it has barely learnt, or None."""
+    if min(best["clean_accuracy"], best["robust_accuracy"]) < 0:  # no figures kept
+        return None
+    why = barely_learnt(best["clean_accuracy"], best["robust_accuracy"], num_classes)
+    return f"the model has barely learnt ({why}): more epochs or images (--subset) needed" if why else None
+
+
 def main(argv=None):
     """Train as the command line says; returns the trained model (tests compare processes' weights), or
     None when --resume finds the run finished."""
-    args = parse_args(argv)
+    args, filled = parse_command_line(argv)
     rank, world_size, device = setup_process(args.device)
     args.amp, args.channels_last, args.cudnn_benchmark = speed_options(  # what holds here: args.json says
         device, args.amp, args.channels_last, args.cudnn_benchmark)
@@ -174,6 +285,8 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     autocast = mixed_precision(device.type, args.amp)
     run = RunFolder(os.path.join(args.out, run_name(vars(args))), vars(args), is_main=rank == 0)
+    if args.resume:
+        refuse_a_run_of_the_former_defaults(args, filled, run.path)
     resumed = run.open(args.resume)  # before the data loads: a refusal costs nothing
     if resumed is not None and resumed["epoch"] >= args.epochs:
         run.release()
@@ -208,21 +321,33 @@ def main(argv=None):
     if graph_refusal:
         run.log(f"--cuda-graph: {graph_refusal}; the eager step runs instead")
     run.log(f"{'resuming' if resumed else 'starting'} {run.path} at epoch {start_epoch + 1}/{args.epochs} on "
-            f"{world_size} x {device} (bf16 autocast {'on' if args.amp else 'off'}); {len(train_loader.labels)} "
-            f"training, {len(val_loader.labels)} validation images")
+            f"{world_size} x {device} (training in {'bf16 autocast' if args.amp else 'float32'}, validation in "
+            f"float32); {len(train_loader.labels)} training, {len(val_loader.labels)} validation images")
+    if filled:
+        run.log(f"{args.dataset}'s defaults: {as_flags(spec.family, filled)} (the reference's settings, "
+                f"training.TRAINING_DEFAULTS)")
 
     meta = checkpoint_meta(args.model, args.dataset, vars(args), data_digest=data_id)
     progress = args.progress and run.is_main
     epoch = start_epoch
+    validations = sum(validates(e, args.epochs, args.eval_freq) for e in range(start_epoch, args.epochs))
     try:
         with interruptible():
+            validation_cost = (validation_seconds(net, val_loader, validation_attack, spec.num_classes)
+                               if run.is_main else None)
+            clock = BatchClock(device)
             for epoch in range(start_epoch, args.epochs):
                 started, lr = time.time(), optimizer.param_groups[0]["lr"]
                 tally = EpochTally(device)
-                for x, y in tqdm(train_loader.epoch(epoch), total=len(train_loader), disable=not progress,
-                                 desc=f"epoch {epoch + 1}", leave=False):
+                batches = len(train_loader)
+                for batch, (x, y) in enumerate(tqdm(train_loader.epoch(epoch), total=batches, disable=not progress,
+                                                    desc=f"epoch {epoch + 1}", leave=False)):
                     loss, logits_adv = step(x, y)  # the PGD pair, the ALP loss, the optimiser step
                     tally.add(loss, logits_adv, y)
+                    per_batch = clock.tick(last=batch + 1 == batches)
+                    if per_batch is not None and validation_cost is not None:
+                        run.log(estimate_line(per_batch * batches, clock.timed, *validation_cost,
+                                              args.epochs - start_epoch, validations, resumed is not None))
                 scheduler.step()
                 train_loss, train_adv_accuracy, first_bad_batch = tally.result()
                 stop_unless_finite(first_bad_batch, model, epoch, run.kept())
@@ -230,10 +355,10 @@ def main(argv=None):
                        "train_adv_accuracy": train_adv_accuracy, "clean_accuracy": None, "robust_accuracy": None,
                        "validation_seconds": None, "seconds": None}
                 counts = None  # of the classes the model gives the validation images
-                if run.is_main and ((epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.epochs):
+                if run.is_main and validates(epoch, args.epochs, args.eval_freq):
                     validation_started = time.time()
                     row["clean_accuracy"], row["robust_accuracy"], counts = validate(
-                        net, val_loader, validation_attack, spec.num_classes, autocast, progress,
+                        net, val_loader, validation_attack, spec.num_classes, progress,
                         f"validating epoch {epoch + 1}")
                     row["validation_seconds"] = round(time.time() - validation_started, 2)
                 row["seconds"] = round(time.time() - started, 2)
@@ -243,7 +368,7 @@ def main(argv=None):
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.how_to_continue()}")
         run.release()
         sys.exit(stop.exit_status)
-    run.finish(title=run_name(vars(args)))
+    run.finish(title=run_name(vars(args)), note=barely_learnt_note(run.best, spec.num_classes))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return model

@@ -382,8 +382,9 @@ class RunFolder:
     # --- after training ----------------------------------------------------------------------------------------
 
     @_one_line_on_write_errors
-    def finish(self, title):
-        """curves.png, the closing line, and the lock released."""
+    def finish(self, title, note=None):
+        """curves.png, the closing line (ending with `note`, a warning about the figures, if any), and the lock
+        released."""
         if not self.is_main:
             return
         plot_curves(self.metrics, self.file("curves.png"), title=title)
@@ -391,7 +392,8 @@ class RunFolder:
         if written:
             figures = ", ".join(f"best {key.split('_')[0]} {100 * self.best[key]:.2f}% ({best_file_name(key)})"
                                 for key in written)
-            self.log(f"done: {figures} (PGD on the validation split); checkpoints in {self.path}")
+            self.log(f"done: {figures} (PGD on the validation split); checkpoints in {self.path}"
+                     + (f"; warning: {note}" if note else ""))
         else:
             self.log(f"done: no validated epoch gave figures worth keeping as best_*.pt (none validated, or the "
                      f"model predicted one class); last.pt in {self.path}")

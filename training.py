@@ -1,12 +1,15 @@
-"""The ALP loss and training step, the training hyper-parameters that no flag sets, validation, and the
-plumbing of runs over several processes.
+"""The ALP loss and training step, the defaults of the training flags by data set, the hyper-parameters that
+no flag sets, validation and its timing, the verdict on a run that has barely learnt, and the plumbing of
+runs over several processes.
 
 ALP.py (the script) and bench.py (the timings) both train through `train_step`, or through
 `cuda_graph.GraphedStep`, which replays the same iteration as one CUDA graph, so what bench.py times is what
 ALP.py runs.
 """
+import copy
 import os
 import re
+import time
 from contextlib import nullcontext
 
 import torch
@@ -19,6 +22,24 @@ from utils import fail
 # Attacks that may make the training pairs (names in attacks.ATTACKS).
 TRAINING_ATTACKS = ("pgd-linf", "pgd-l2")
 
+# The defaults of ALP.py's training flags, by data-set family (data.DATASETS[...].family: "cifar" for cifar10,
+# cifar100 and svhn, "mnist" for mnist and fashionmnist); a flag given on the command line wins. Values are
+# written as on the command line and parsed by the flag's own type. Source: the reference implementation
+# (MTandHJ/PyTorch-Robust, ALP/README.md's commands, and ALP/ALP.py's argparse defaults for what its CIFAR
+# command leaves out); it has no SVHN command, and SVHN's images are CIFAR's shape.
+TRAINING_DEFAULTS = {
+    "cifar": {  # its CIFAR-10/100 command: -lp=AT --epochs=200 -wd=0.0002 --leverage=0.5; the rest its defaults
+        "learning_policy": "AT", "epochs": 200, "weight_decay": 2e-4, "leverage": 0.5,
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 128,
+        "epsilon": "8/255", "steps": 10, "stepsize": "2/255",
+    },
+    "mnist": {  # its MNIST and FashionMNIST command, all of it
+        "learning_policy": "null", "epochs": 84, "weight_decay": 0, "leverage": 0.5,
+        "optimizer": "adam", "lr": 1e-4, "momentum": 0, "batch_size": 50,
+        "epsilon": 0.3, "steps": 40, "stepsize": 0.01,
+    },
+}
+
 # What ALP.py fixes without a flag, each with its reason.
 HYP = {
     # The attack that measures robust accuracy after each epoch, by data-set family: the reference's
@@ -29,8 +50,15 @@ HYP = {
     },
     # Images per validation batch: no weight gradients are kept, so it can be wider than training's. On a
     # GPU, batches of 500 left an H100 mostly idle; 2000 keeps resnet18's PGD within a few GB (not yet
-    # measured on a GPU). On a CPU, wider batches gain nothing and delay the progress bar.
-    "validation_batch": {"cuda": 2000, "cpu": 500},
+    # measured on a GPU). On a CPU, wider batches are slower per image: PGD-100 in float32 on 1000 real-MNIST
+    # test images took 37.8-40.6 s in batches of 100 against 55.6-56.7 s in batches of 500 (an ALP-trained
+    # MNIST net, one thread, this project's shared 2-core machine).
+    "validation_batch": {"cuda": 2000, "cpu": 100},
+    # The time estimate waits for this many training batches after the first (which pays one-off costs:
+    # oneDNN's or cuDNN's choice of kernels, compilation, a CUDA graph's recording), or this many seconds of
+    # them, whichever comes first.
+    "timed_batches": 3,
+    "timed_seconds": 15,
     # Epochs between the epoch_NNN.pt copies of the weights: 40 files over a 200-epoch run, enough to
     # look back at robust overfitting without filling the disk.
     "snapshot_every": 5,
@@ -131,24 +159,85 @@ def stop_unless_finite(first_bad_batch, model, epoch, kept):
         fail(f"the weights became NaN or infinite in epoch {epoch + 1}'s last step; stopping ({kept})", status=1)
 
 
-def validate(model, loader, attack, num_classes, autocast=nullcontext, progress=False, desc="validating"):
+def validate(model, loader, attack, num_classes, progress=False, desc="validating"):
     """(clean accuracy, robust accuracy, per-class counts of the clean predictions) on a validation loader;
-    the counts tell a model that predicts one class, whose accuracies mean nothing yet."""
+    the counts tell a model that predicts one class, whose accuracies mean nothing yet. In float32 whatever
+    autocast training runs under, as eval.py's attacks: bf16 changed PGD-100's accuracy on an ALP-trained
+    MNIST net by points, and the validation curve should show the figure eval.py would give."""
     was_training = model.training
     model.eval()
     clean = robust = 0
     counts = torch.zeros(num_classes, dtype=torch.long, device=loader.labels.device)
     for x, y in tqdm(loader.epoch(), total=len(loader), disable=not progress, desc=desc, leave=False):
-        with autocast():
-            x_adv = attack(model, x, y)
-            with torch.no_grad():
-                predicted, predicted_adv = model(x).argmax(1), model(x_adv).argmax(1)
+        x_adv = attack(model, x, y)
+        with torch.no_grad():
+            predicted, predicted_adv = model(x).argmax(1), model(x_adv).argmax(1)
         clean += (predicted == y).sum()
         robust += (predicted_adv == y).sum()
         counts += torch.bincount(predicted, minlength=num_classes)
     model.train(was_training)
     n = len(loader.labels)
     return clean.item() / n, robust.item() / n, counts
+
+
+def validation_seconds(model, loader, attack, num_classes):
+    """(seconds a validation of all of `loader` will take, images timed): from one timed validation of its
+    first batch. It runs inside torch.random.fork_rng, and validation changes neither weights nor BatchNorm
+    statistics, so the run goes on as if it had not happened (a resumed run stays bit-exact)."""
+    device = loader.labels.device
+    probe = copy.copy(loader)
+    probe.images, probe.labels = loader.images[:loader.batch_size], loader.labels[:loader.batch_size]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        started = time.perf_counter()
+        validate(model, probe, attack, num_classes)  # .item() waits for the device
+        seconds = time.perf_counter() - started
+    return seconds * len(loader.labels) / len(probe.labels), len(probe.labels)
+
+
+class BatchClock:
+    """Seconds per training batch, measured on the first batches a process trains: the first batch is left
+    out (it pays one-off costs), then HYP["timed_batches"] batches or HYP["timed_seconds"] of them, whichever
+    comes first. tick() after each batch returns the figure once, when it is ready (at the latest after the
+    epoch's last batch, from whatever was timed), and None otherwise. Only the clock is read: the device is
+    waited for at those ticks, nothing else changes."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.ticks, self.first, self.started, self.done = 0, None, time.perf_counter(), False
+        self.timed = 0  # batches the figure comes from
+
+    def tick(self, last=False):
+        if self.done:
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ticks += 1
+        if self.ticks == 1:
+            self.first = now
+            if not last:
+                return None
+        timed = self.ticks - 1
+        if last or timed >= HYP["timed_batches"] or now - self.first >= HYP["timed_seconds"]:
+            self.done, self.timed = True, max(timed, 1)
+            return (now - self.first) / timed if timed else now - self.started
+        return None
+
+
+def barely_learnt(clean, robust, num_classes):
+    """Why a run whose best validation figures are these has barely learnt yet, or None. Chance is
+    1 / num_classes (the balanced validation splits of --subset, and the test splits, are about even). Robust
+    accuracy at or below chance is what guessing gets under any attack. Clean accuracy below halfway from
+    chance to 100% (55% with 10 classes, 50.5% with 100) is far from useful: every fully trained model in the
+    reference's tables is above it (its ALP/README.md; the lowest is CIFAR-100's ResNet18 at 55.71%)."""
+    chance = 1 / num_classes
+    halfway = (1 + chance) / 2
+    reasons = []
+    if clean < halfway:
+        reasons.append(f"clean {100 * clean:.2f}% is less than halfway from chance ({100 * chance:.3g}%) to 100%")
+    if robust <= chance:
+        reasons.append(f"robust {100 * robust:.2f}% is no better than chance ({100 * chance:.3g}%)")
+    return "; ".join(reasons) or None
 
 
 # --- distributed plumbing ----------------------------------------------------------------------------------

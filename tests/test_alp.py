@@ -223,6 +223,15 @@ def test_a_run_killed_after_its_checkpoint_resumes_to_the_same_weights_metrics_a
 
 
 @pytest.mark.slow
+def test_a_run_estimates_its_time_and_a_resumed_run_that_of_the_epochs_left(killed_and_resumed):
+    with open(os.path.join(killed_and_resumed["a"], "log.txt")) as f:
+        (first,) = [line for line in f.read().splitlines() if line.startswith("estimated: ")]
+    assert " per validation (2 validated epochs), " in first and " for 3 epochs (timed on " in first  # --eval-freq=2
+    (again,) = [line for line in killed_and_resumed["resumed"].stdout.splitlines() if line.startswith("estimated: ")]
+    assert " per epoch (training " in again and " for the 1 epoch left (timed on " in again
+
+
+@pytest.mark.slow
 def test_resume_appends_to_args_json_what_was_in_force(killed_and_resumed):
     with open(os.path.join(killed_and_resumed["b"], "args.json")) as f:
         runs = json.load(f)["runs"]

@@ -1,0 +1,176 @@
+"""Validation in float32 with eval.py's own attacks, the time estimate ALP.py prints before a long job (and
+the timings it comes from), and the warning that ends a run whose model has barely learnt. CPU only."""
+import time
+
+import pytest
+import torch
+
+import ALP
+import training
+from attacks import ATTACKS
+from conftest import QUICK
+from data import DeviceLoader
+from evaluation.suite import SUITES, parse_epsilon
+from models import MODELS
+from training import HYP, BatchClock, barely_learnt, validate, validation_seconds
+
+DEVICE = "cpu"
+
+
+# --- validation: eval.py's attack, in float32 --------------------------------------------------------------
+
+@pytest.mark.parametrize("family, label", [("mnist", "PGD-100"), ("cifar", "PGD-10")])
+def test_the_validation_attack_is_eval_pys_pgd_column_at_its_first_epsilon(family, label):
+    table = SUITES[family]["linf"]
+    ((_, name, options),) = [attack for attack in table["attacks"] if attack[0] == label]
+    theirs = ATTACKS[name](parse_epsilon(table["epsilons"][0]), **options)
+    ours = ATTACKS["pgd-linf"](**HYP["validation_attack"][family])
+    assert (ours.norm, ours.epsilon, ours.steps, ours.stepsize, ours.random_start) == (
+        theirs.norm, theirs.epsilon, theirs.steps, theirs.stepsize, theirs.random_start)
+
+
+def test_validation_runs_in_float32_while_training_runs_under_bf16(synthetic_mnist_root, tmp_path, monkeypatch,
+                                                                   cheap_validation):
+    """CPU, where it computes bf16 (elsewhere training runs in float32 too)."""
+    if not training.cpu_computes_bf16_natively():
+        pytest.skip("this CPU has no bf16 arithmetic: bf16 autocast is off for training as well")
+    phase, seen = ["training"], {"training": set(), "validation": set()}
+
+    def in_phase(function):
+        def spy(*args, **kwargs):
+            phase.append("validation")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase.pop()
+        return spy
+
+    def watched(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, x: seen[phase[-1]].add(torch.is_autocast_enabled("cpu")))
+        return model
+
+    build_model = ALP.build_model
+    monkeypatch.setattr(ALP, "build_model", watched)
+    monkeypatch.setattr(ALP, "validate", in_phase(ALP.validate))  # each epoch's validation
+    monkeypatch.setattr(training, "validate", in_phase(training.validate))  # the timed one before training
+    ALP.main([*QUICK, "--epochs=1", "--subset=100", "--data-root", str(synthetic_mnist_root),
+              "--out", str(tmp_path)])
+    assert seen == {"training": {True}, "validation": {False}}
+
+
+# --- the time estimate ---------------------------------------------------------------------------------------
+
+class SlowModel(torch.nn.Module):
+    """Uniform logits after `seconds_per_image` of sleep per image: a forward pass of known cost."""
+
+    def __init__(self, seconds_per_image):
+        super().__init__()
+        self.seconds_per_image = seconds_per_image
+
+    def forward(self, x):
+        time.sleep(self.seconds_per_image * len(x))
+        return torch.zeros(len(x), 10)
+
+
+def unchanged(model, x, y):
+    return x
+
+
+def test_validation_seconds_extrapolates_its_first_batch_to_the_whole_split():
+    images = torch.zeros(60, 1, 4, 4, dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.arange(60) % 10, batch_size=10, device=DEVICE)
+    model = SlowModel(0.002)
+    estimate, timed = validation_seconds(model, loader, unchanged, 10)
+    started = time.perf_counter()
+    validate(model, loader, unchanged, 10)
+    actual = time.perf_counter() - started
+    assert timed == 10 and 0.5 * actual < estimate < 2 * actual
+
+
+def test_timing_the_validation_leaves_random_streams_weights_and_mode_as_they_were():
+    torch.manual_seed(0)
+    model = MODELS["mnist"](num_classes=10).train()
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.randint(0, 10, (20,)), batch_size=10, device=DEVICE)
+    random_state = torch.get_rng_state()
+    validation_seconds(model, loader, ATTACKS["pgd-linf"](0.3, steps=2, stepsize=0.1), 10)  # random starts
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert model.training and all(torch.equal(value, weights[key]) for key, value in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_batch_clock_leaves_out_the_first_batch_and_answers_once(monkeypatch):
+    monkeypatch.setitem(HYP, "timed_batches", 3)
+    monkeypatch.setitem(HYP, "timed_seconds", 100)
+    clock, answers = BatchClock(DEVICE), []
+    for batch, pause in enumerate([0.3, 0.02, 0.02, 0.02, 0.02]):
+        time.sleep(pause)
+        answers.append(clock.tick(last=batch == 4))
+    assert answers[:3] == [None] * 3 and answers[4] is None
+    assert 0.015 < answers[3] < 0.1 and clock.timed == 3  # the slow first batch is not in it
+
+
+def test_batch_clock_answers_after_its_seconds_or_at_the_epochs_end(monkeypatch):
+    monkeypatch.setitem(HYP, "timed_seconds", 0.05)
+    clock = BatchClock(DEVICE)
+    assert clock.tick() is None
+    time.sleep(0.06)
+    assert clock.tick() > 0.05 and clock.timed == 1  # one slow batch after the first is enough
+    one_batch_epoch = BatchClock(DEVICE)
+    time.sleep(0.02)
+    assert one_batch_epoch.tick(last=True) >= 0.02 and one_batch_epoch.timed == 1
+
+
+def test_the_estimate_adds_training_and_validation_over_the_epochs_to_run():
+    line = ALP.estimate_line(22 * 60, 3, 9 * 60, 50, 84, 84, resumed=False)
+    assert line == ("estimated: 31 min per epoch (training 22 min, validation 9.0 min), 43 h for 84 epochs "
+                    "(timed on 3 training batches and 50 validation images)")
+    line = ALP.estimate_line(90, 1, 50, 50, 10, 2, resumed=True)  # --eval-freq 5: 10 * 90 s + 2 * 50 s
+    assert line == ("estimated: 90 s per epoch of training, 50 s per validation (2 validated epochs), 17 min for "
+                    "the 10 epochs left (timed on 1 training batch and 50 validation images)")
+    assert ALP.estimate_line(340, 3, 400, 100, 84, 84, resumed=False).startswith(
+        "estimated: 12 min per epoch (training 5.7 min, validation 6.7 min), 17 h for 84 epochs")
+
+
+def test_the_estimate_comes_once_before_the_first_epoch_line_and_in_the_log(synthetic_mnist_root, tmp_path,
+                                                                            capsys, cheap_validation):
+    """CPU."""
+    ALP.main([*QUICK, "--epochs=2", "--subset=200", "--data-root", str(synthetic_mnist_root),
+              "--out", str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    (estimate,) = [line for line in out if line.startswith("estimated: ")]
+    assert out.index(estimate) < next(i for i, line in enumerate(out) if line.startswith("epoch   1/2"))
+    assert "per epoch (training " in estimate and " for 2 epochs (timed on 3 training batches and 100 " in estimate
+    (log,) = tmp_path.glob("*/log.txt")
+    assert estimate in log.read_text().splitlines()
+
+
+# --- a run that has barely learnt -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("clean, robust, classes, says", [
+    (0.48, 0.11, 10, "clean 48.00% is less than halfway from chance (10%) to 100%"),  # 2 epochs of 2000 MNIST
+    (0.80, 0.08, 10, "robust 8.00% is no better than chance (10%)"),
+    (0.97, 0.56, 10, None),  # 2 epochs of the real MNIST
+    (0.5571, 0.2583, 100, None),  # the reference's CIFAR-100 ResNet18, its lowest clean figure
+    (0.40, 0.005, 100, "clean 40.00% is less than halfway from chance (1%) to 100%; robust 0.50% is no better"),
+])
+def test_barely_learnt_names_each_figure_that_is_too_low(clean, robust, classes, says):
+    why = barely_learnt(clean, robust, classes)
+    assert (why is None) if says is None else says in why
+
+
+@pytest.mark.parametrize("figures, warned", [((0.48, 0.11), True), ((0.97, 0.56), False)])
+def test_the_last_line_warns_when_the_model_has_barely_learnt(figures, warned, synthetic_mnist_root, tmp_path,
+                                                              capsys, monkeypatch, cheap_validation):
+    """CPU; the validation's figures are set, so that the line does not depend on how well the run learnt."""
+    counts = torch.full((10,), 10)
+    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (*figures, counts))
+    ALP.main([*QUICK, "--epochs=1", "--subset=100", "--data-root", str(synthetic_mnist_root),
+              "--out", str(tmp_path)])
+    last = capsys.readouterr().out.splitlines()[-1]
+    (log,) = tmp_path.glob("*/log.txt")
+    assert last.startswith("done: best clean") and log.read_text().splitlines()[-1] == last
+    assert ("warning: the model has barely learnt (clean 48.00% is less than halfway from chance (10%) to 100%): "
+            "more epochs or images (--subset) needed" in last) == warned
