@@ -33,7 +33,8 @@ from runs import RunFolder, get_rng_state, in_force, run_name
 from training import (HYP, TRAINING_ATTACKS, TRAINING_DEFAULTS, BatchClock, EpochTally, barely_learnt, barrier,
                       gather_over_processes, mixed_precision, setup_process, speed_options, stop_unless_finite,
                       train_step, validate, validation_batch_size, validation_seconds)
-from utils import CLIParser, Interrupted, default_device, fail, interruptible, number, progress_wanted
+from interrupts import Interrupted, interruptible
+from utils import CLIParser, default_device, fail, number, progress_wanted
 from weights import build_model
 
 
@@ -265,11 +266,11 @@ def estimate_line(training, batches_timed, validation, images_timed, epochs, val
             f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")
 
 
-def barely_learnt_note(best, num_classes):
+def barely_learnt_note(best, dataset):
     """The run's last line's warning when its best validation figures say it has barely learnt, or None."""
     if min(best["clean_accuracy"], best["robust_accuracy"]) < 0:  # no figures kept
         return None
-    why = barely_learnt(best["clean_accuracy"], best["robust_accuracy"], num_classes)
+    why = barely_learnt(best["clean_accuracy"], best["robust_accuracy"], dataset)
     return f"the model has barely learnt ({why}): more epochs or images (--subset) needed" if why else None
 
 
@@ -368,7 +369,7 @@ def main(argv=None):
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.how_to_continue()}")
         run.release()
         sys.exit(stop.exit_status)
-    run.finish(title=run_name(vars(args)), note=barely_learnt_note(run.best, spec.num_classes))
+    run.finish(title=run_name(vars(args)), note=barely_learnt_note(run.best, args.dataset))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return model

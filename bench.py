@@ -34,7 +34,8 @@ from evaluation import SUITES, cli_name, parse_epsilon
 from cuda_graph import GraphedStep
 from training import cpu_computes_bf16_natively, mixed_precision, train_step
 from optimization import OPTIMIZERS
-from utils import CLIParser, Interrupted, default_device, interruptible
+from interrupts import Interrupted, interruptible
+from utils import CLIParser, default_device
 from weights import build_model
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.

@@ -36,8 +36,8 @@ from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, at
                         shared, suite_summary, units_folder, write_json)
 from models import MODELS
 from training import setup_process
-from utils import (CLIParser, Interrupted, default_device, describe_os_error, fail, interruptible, parse_number,
-                   progress_wanted)
+from interrupts import Interrupted, interruptible
+from utils import CLIParser, default_device, describe_os_error, fail, parse_number, progress_wanted
 from weights import model_from_file
 
 
@@ -392,7 +392,7 @@ def reporter(args, device, json_path, evaluation_record, warnings):
 
 
 def stopped(stop, how_to_continue):
-    """Ctrl-C or SIGTERM (utils.Interrupted): one line (none where how_to_continue is None: another process
+    """Ctrl-C or SIGTERM (interrupts.Interrupted): one line (none where how_to_continue is None: another process
     says it), and the exit status of a process ended by that signal."""
     if how_to_continue is not None:
         print(f"{os.path.basename(sys.argv[0])}: stopped by {stop}; {how_to_continue}", file=sys.stderr)

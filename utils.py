@@ -8,8 +8,6 @@ import sys
 
 import torch
 
-from interrupts import Interrupted, interruptible  # noqa: F401 (the scripts import them from here)
-
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows each flag's default and keeps the description's own line breaks. On/off switches show
