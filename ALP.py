@@ -31,7 +31,7 @@ from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from runs import RunFolder, get_rng_state, in_force, run_name
 from training import (HYP, TRAINING_ATTACKS, TRAINING_DEFAULTS, BatchClock, EpochTally, barely_learnt, barrier,
-                      gather_over_processes, mixed_precision, setup_process, speed_options, stop_unless_finite,
+                      estimate_line, gather_over_processes, mixed_precision, setup_process, speed_options, stop_unless_finite,
                       train_step, validate, validation_batch_size, validation_seconds)
 from interrupts import Interrupted, interruptible
 from utils import CLIParser, default_device, fail, number, progress_wanted
@@ -237,33 +237,6 @@ def load_data(args, device, rank, world_size, channels_last):
 def validates(epoch, epochs, eval_freq):
     """Whether epoch `epoch` (from 0) ends with a validation: every --eval-freq-th, and the last."""
     return (epoch + 1) % eval_freq == 0 or epoch + 1 == epochs
-
-
-def duration(seconds):
-    if seconds < 100:
-        return f"{seconds:.0f} s"
-    if seconds < 10 * 60:  # a decimal, so that the parts of a sum add up in the line
-        return f"{seconds / 60:.1f} min"
-    if seconds < 100 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 10 * 3600 else f"{seconds / 3600:.0f} h"
-
-
-def estimate_line(training, batches_timed, validation, images_timed, epochs, validations, resumed):
-    """The time the run will take, from `training` seconds per epoch and `validation` seconds per validation
-    (both measured, as the line says), over the `epochs` this process runs, `validations` of them
-    validated."""
-    total = duration(training * epochs + validation * validations)
-    epochs_text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
-    left = f"the {epochs_text} left" if resumed else epochs_text
-    if validations == epochs:
-        per_epoch = (f"{duration(training + validation)} per epoch (training {duration(training)}, validation "
-                     f"{duration(validation)})")
-    else:
-        per_epoch = (f"{duration(training)} per epoch of training, {duration(validation)} per validation "
-                     f"({validations} validated epoch{'s' if validations > 1 else ''})")
-    return (f"estimated: {per_epoch}, {total} for {left} (timed on {batches_timed} training "
-            f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")
 
 
 def barely_learnt_note(best, dataset):

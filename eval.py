@@ -37,7 +37,7 @@ from evaluation import (AA_VERSIONS, Runner, ThreatModelViolation, UnitStore, at
 from models import MODELS
 from training import setup_process
 from interrupts import Interrupted, interruptible
-from utils import CLIParser, default_device, describe_os_error, fail, parse_number, progress_wanted
+from utils import CLIParser, default_device, describe_os_error, duration, fail, parse_number, progress_wanted
 from weights import model_from_file
 
 
@@ -244,13 +244,6 @@ def estimate_printer():
             print(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
                   f"each)", flush=True)
     return on_estimate
-
-
-def duration(seconds):
-    """Seconds as people read a duration: 45 s, 12 min, 3.4 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def save(report, path):

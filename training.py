@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import DATASETS
-from utils import fail
+from utils import duration, fail
 
 # Attacks that may make the training pairs (names in attacks.ATTACKS).
 TRAINING_ATTACKS = ("pgd-linf", "pgd-l2")
@@ -247,6 +247,23 @@ def barely_learnt(clean, robust, dataset):
     if robust <= chance:
         reasons.append(f"robust {100 * robust:.2f}% is no better than chance ({100 * chance:.3g}%)")
     return "; ".join(reasons) or None
+
+
+def estimate_line(training, batches_timed, validation, images_timed, epochs, validations, resumed):
+    """The time the run will take, from `training` seconds per epoch and `validation` seconds per validation
+    (both measured, as the line says), over the `epochs` this process runs, `validations` of them
+    validated."""
+    total = duration(training * epochs + validation * validations)
+    epochs_text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+    left = f"the {epochs_text} left" if resumed else epochs_text
+    if validations == epochs:
+        per_epoch = (f"{duration(training + validation)} per epoch (training {duration(training)}, validation "
+                     f"{duration(validation)})")
+    else:
+        per_epoch = (f"{duration(training)} per epoch of training, {duration(validation)} per validation "
+                     f"({validations} validated epoch{'s' if validations > 1 else ''})")
+    return (f"estimated: {per_epoch}, {total} for {left} (timed on {batches_timed} training "
+            f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")
 
 
 # --- distributed plumbing ----------------------------------------------------------------------------------

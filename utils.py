@@ -49,6 +49,17 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def duration(seconds):
+    """Seconds as people read a duration: 45 s, 3.5 min, 42 min, 4.2 h, 60 h."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 10 * 60:  # a decimal, so that the parts of a sum add up in the line
+        return f"{seconds / 60:.1f} min"
+    if seconds < 100 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 10 * 3600 else f"{seconds / 3600:.0f} h"
+
+
 # --- files -------------------------------------------------------------------------------------------------
 
 def write_atomically(path, data):

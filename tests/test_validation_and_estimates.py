@@ -12,7 +12,7 @@ from conftest import QUICK
 from data import DeviceLoader
 from evaluation.suite import SUITES, parse_epsilon
 from models import MODELS
-from training import HYP, BatchClock, barely_learnt, validate, validation_seconds
+from training import HYP, BatchClock, barely_learnt, estimate_line, validate, validation_seconds
 
 DEVICE = "cpu"
 
@@ -124,13 +124,13 @@ def test_batch_clock_answers_after_its_seconds_or_at_the_epochs_end(monkeypatch)
 
 
 def test_the_estimate_adds_training_and_validation_over_the_epochs_to_run():
-    line = ALP.estimate_line(22 * 60, 3, 9 * 60, 50, 84, 84, resumed=False)
+    line = estimate_line(22 * 60, 3, 9 * 60, 50, 84, 84, resumed=False)
     assert line == ("estimated: 31 min per epoch (training 22 min, validation 9.0 min), 43 h for 84 epochs "
                     "(timed on 3 training batches and 50 validation images)")
-    line = ALP.estimate_line(90, 1, 50, 50, 10, 2, resumed=True)  # --eval-freq 5: 10 * 90 s + 2 * 50 s
+    line = estimate_line(90, 1, 50, 50, 10, 2, resumed=True)  # --eval-freq 5: 10 * 90 s + 2 * 50 s
     assert line == ("estimated: 90 s per epoch of training, 50 s per validation (2 validated epochs), 17 min for "
                     "the 10 epochs left (timed on 1 training batch and 50 validation images)")
-    assert ALP.estimate_line(340, 3, 400, 100, 84, 84, resumed=False).startswith(
+    assert estimate_line(340, 3, 400, 100, 84, 84, resumed=False).startswith(
         "estimated: 12 min per epoch (training 5.7 min, validation 6.7 min), 17 h for 84 epochs")
 
 
