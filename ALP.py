@@ -31,8 +31,8 @@ from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from runs import RunFolder, get_rng_state, in_force, run_name
 from training import (HYP, TRAINING_ATTACKS, TRAINING_DEFAULTS, BatchClock, EpochTally, barely_learnt, barrier,
-                      estimate_line, gather_over_processes, mixed_precision, setup_process, speed_options, stop_unless_finite,
-                      train_step, validate, validation_batch_size, validation_seconds)
+                      estimate_line, gather_over_processes, mixed_precision, setup_process, speed_options,
+                      stop_unless_finite, train_step, validate, validation_batch_size, validation_seconds)
 from interrupts import Interrupted, interruptible
 from utils import CLIParser, default_device, fail, number, progress_wanted
 from weights import build_model

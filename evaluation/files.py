@@ -8,6 +8,7 @@ never reused and never mixed with this evaluation's figures.
     finished = check_report(json_path, requested, identity, force)   # a finished report of this evaluation
     store, notes = open_units(units_folder(json_path), identity, force)
 """
+import itertools
 import json
 import os
 import shutil
@@ -49,8 +50,10 @@ def evaluation_identity(model, model_name, dataset, device, *, images=None, labe
 
 
 def differences(then, now):
-    """What differs between two identities, as a phrase: "other weights and another batch size (-b 8 then, -b 16 now)"."""
-    parts = [text.format(then=then.get(key), now=now.get(key)) for key, text in DIFFERENCES.items() if then.get(key) != now.get(key)]
+    """What differs between two identities, as a phrase: "other weights and another batch size (-b 8 then,
+    -b 16 now)"."""
+    parts = [text.format(then=then.get(key), now=now.get(key)) for key, text in DIFFERENCES.items()
+             if then.get(key) != now.get(key)]
     parts = parts or ["another evaluation"]
     return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
@@ -136,7 +139,7 @@ def open_units(folder, identity, force):
     elif os.path.lexists(folder):
         stored = (read_json(os.path.join(folder, MANIFEST)) or {}).get("identity")
         if stored != identity:
-            aside = next(f"{folder}.stale-{k}" for k in range(1, 10 ** 6) if not os.path.lexists(f"{folder}.stale-{k}"))
+            aside = next(f"{folder}.stale-{k}" for k in itertools.count(1) if not os.path.lexists(f"{folder}.stale-{k}"))
             os.rename(folder, aside)
             what = differences(stored, identity) if stored else "an unknown evaluation (it holds no manifest)"
             notes.append(f"{folder} held the units of an evaluation of {what}: set aside as {aside}, and "
