@@ -139,7 +139,8 @@ def open_units(folder, identity, force):
     elif os.path.lexists(folder):
         stored = (read_json(os.path.join(folder, MANIFEST)) or {}).get("identity")
         if stored != identity:
-            aside = next(f"{folder}.stale-{k}" for k in itertools.count(1) if not os.path.lexists(f"{folder}.stale-{k}"))
+            aside = next(name for name in (f"{folder}.stale-{k}" for k in itertools.count(1))
+                         if not os.path.lexists(name))
             os.rename(folder, aside)
             what = differences(stored, identity) if stored else "an unknown evaluation (it holds no manifest)"
             notes.append(f"{folder} held the units of an evaluation of {what}: set aside as {aside}, and "
