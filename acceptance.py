@@ -31,8 +31,9 @@ pyautoattack or foolbox, and carries only the working tree and the folders named
      data tool and the CIFAR-10 stand-in from ../shared (`tools/offline_data.py`, `data/cifar10-jpeg.npz`);
      it prints their sizes against the 64 MiB;
   2. there, carrying `.device`, with a time limit that leaves a minute beyond --budget:
-       export PYTHONPATH=$PWD/.device/site; python3 acceptance.py $OUT --data-root /tmp/cifar10 \
-           --offline-data .device/tools/offline_data.py --work /tmp/acceptance
+       export PYTHONPATH=$PWD/.device/site
+       OFFLINE=.device/tools/offline_data.py
+       python3 acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
      It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
      which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
      on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
