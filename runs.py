@@ -455,8 +455,10 @@ def arithmetic_changes(before, now):
     arguments last.pt was written with) and `now` (what is in force): ["bf16 autocast off (was on)", ...].
     Settings `before` does not record are not compared."""
     changes = []
-    if before.get("device") and str(before["device"]).split(":")[0] != str(now["device"]).split(":")[0]:
-        changes.append(f"device {str(now['device']).split(':')[0]} (was {str(before['device']).split(':')[0]})")
+    if before.get("device"):
+        device_type, was = (str(device).split(":")[0] for device in (now["device"], before["device"]))
+        if device_type != was:
+            changes.append(f"device {device_type} (was {was})")
     for key, name in CHANGE_THE_ARITHMETIC.items():
         if key in before and bool(before[key]) != bool(now[key]):
             changes.append(f"{name} {'on' if now[key] else 'off'} (was {'on' if before[key] else 'off'})")

@@ -93,8 +93,9 @@ def check_report(path, requested, identity, force):
     evaluation: another selection, or a finished one of other weights, images, options..."""
     if os.path.isdir(path):
         raise ValueError(f"--json {path} is a folder")
-    earlier = None if force or not os.path.exists(path) else read_json(path)
+    earlier = None
     if os.path.exists(path) and not force:
+        earlier = read_json(path)
         version = earlier.get("format", 1) if earlier else None
         if isinstance(version, int) and version > REPORT_FORMAT:
             raise ValueError(f"{path} was written by a newer release of this project (report format {version}; "
