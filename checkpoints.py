@@ -2,7 +2,7 @@
 
 A checkpoint of this project is a dict with at least "model" (the network's state_dict) and "meta" (what
 rebuilds the network without the command line: checkpoint_meta); `last.pt` adds the optimiser, scheduler,
-metrics and random-number states that --resume needs (runs.py). save_checkpoint adds "format_version"
+metrics and random-number states that --resume needs (training/run_folder.py). save_checkpoint adds "format_version"
 (FORMAT_VERSION) and "digest", a SHA-256 of the rest, version included; load_checkpoint refuses a version newer
 than it reads, then recomputes the digest. Rebuilding the network a file holds is weights.py's work.
 """

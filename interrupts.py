@@ -47,7 +47,7 @@ def interruptible():
 
 
 # What a stop outside every interruptible() block leaves, as a clause, once the script has something to say
-# (runs.RunFolder says how to continue the run it holds); None: the bare line.
+# (training.run_folder.RunFolder says how to continue the run it holds); None: the bare line.
 _describe_what_is_left = None
 _stopping = False
 

@@ -24,6 +24,15 @@ def adam(params, lr, weight_decay, betas, fused=False):
 
 
 OPTIMIZERS = {"sgd": sgd, "adam": adam}
+# The options of ALP.py that each optimiser reads beside -lr and -wd (by argument name): SGD's heavy-ball
+# momentum, Adam's two decay rates. Each is refused with the optimiser that has no use for it, and is not
+# compared on --resume of a run of that optimiser.
+OWN_OPTIONS = {"sgd": ("momentum",), "adam": ("beta1", "beta2")}
+
+
+def own_options(name, momentum, beta1, beta2):
+    """The keyword arguments of OPTIMIZERS[name] beyond lr and weight_decay."""
+    return {"sgd": {"momentum": momentum}, "adam": {"betas": (beta1, beta2)}}[name]
 
 
 def _keeping_own_kernels(optimizer):

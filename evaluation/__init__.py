@@ -20,16 +20,34 @@ store, and a runner that shares them out over processes), engine (the entry poin
 gradient-masking checks), corruptions, report (markdown, plot, JSON), files (eval.py's JSON report and units
 folder, recognised by the digests of what they evaluated).
 """
-from .checks import (CONSTANT_PREDICTOR_SHARE, HEALTHY_SHARE, SIGNIFICANCE, SWEEP_GREY_SLACK, Check,
-                     chance_of_at_least, constant_predictor_check, masking_checks, sweep_checks)
-from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
-from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
-from .report import (format_checks, format_corruptions, format_details, format_legend, format_sweep,
-                     format_table, format_transfer_table, plot_sweep, sweep_figure, write_json)
-from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
-                    cli_name, parse_epsilon, plan_summary, plan_sweep, plan_threat_models,
-                    suite_summary, epsilon_warnings)
-from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
-                    clean_predictions, default_batch_size, evaluation_digests, flat_norm, random_stream, run_unit,
-                    shared, stream_seed, weights_digest)
-from .files import check_report, evaluation_identity, open_units, recorded_batch_size, remove, units_folder
+import importlib
+
+# The public names, by the module that defines them. Each module loads when one of its names is first
+# used, so that a module needing a light piece (training reads the suite's tables and the one-class
+# check) does not load the engine, its units and every attack with it.
+_NAMES = {
+    "checks": ("CONSTANT_PREDICTOR_SHARE", "HEALTHY_SHARE", "SIGNIFICANCE", "SWEEP_GREY_SLACK", "Check",
+               "chance_of_at_least", "constant_predictor_check", "masking_checks", "sweep_checks"),
+    "corruptions": ("SEVERITIES", "evaluate_corruptions", "load_corruptions"),
+    "engine": ("evaluate", "evaluate_sweep", "evaluate_transfer", "grey_image_bound", "grey_image_class"),
+    "report": ("format_checks", "format_corruptions", "format_details", "format_legend", "format_sweep",
+               "format_table", "format_transfer_table", "plot_sweep", "sweep_figure", "write_json"),
+    "suite": ("AA_VERSIONS", "FAMILY_SHAPES", "NORM_SYMBOLS", "SANITY", "SUITES", "attack_names",
+              "check_sweep_epsilons", "cli_name", "parse_epsilon", "plan_summary", "plan_sweep",
+              "plan_threat_models", "suite_summary", "epsilon_warnings"),
+    "units": ("CPU_BATCH_SIZE", "Job", "Runner", "ThreatModelViolation", "UnitStore", "check_in_threat_model",
+              "clean_predictions", "default_batch_size", "evaluation_digests", "flat_norm", "random_stream",
+              "run_unit", "shared", "stream_seed", "weights_digest"),
+    "files": ("check_report", "evaluation_identity", "open_units", "recorded_batch_size", "remove", "units_folder"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    """A public name, or a module of the package (evaluation.units), loaded on first use."""
+    if name in _NAMES:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

@@ -91,11 +91,19 @@ QUICK = ["mnist", "mnist", "-lp=null", "-lr=0.001", "-wd=0", "--optimizer=adam",
 CHEAP_VALIDATION = {"mnist": dict(epsilon=0.3, steps=1, stepsize=0.3)}
 
 
+def cheap_validation_attack(family):
+    """What ALP.py validates with under the cheap_validation fixture (and in tests/alp_process.py)."""
+    from attacks import ATTACKS
+    from training.validation import validation_attack
+    if family not in CHEAP_VALIDATION:
+        return validation_attack(family)
+    return ATTACKS["pgd-linf"](**CHEAP_VALIDATION[family])
+
+
 @pytest.fixture
 def cheap_validation(monkeypatch):
-    import training
-    for family, attack in CHEAP_VALIDATION.items():
-        monkeypatch.setitem(training.HYP["validation_attack"], family, attack)
+    import ALP
+    monkeypatch.setattr(ALP, "validation_attack", cheap_validation_attack)
 
 
 @pytest.fixture(scope="session")
@@ -133,9 +141,9 @@ def run_epoch(step, loader, epoch):
 def run_folder_of(argv):
     """The run folder that ALP.py's command line `argv` trains in."""
     import os
-    import ALP
-    from runs import run_name
-    args = ALP.parse_args([str(a) for a in argv])
+    from training.flags import parse_args
+    from training.records import run_name
+    args = parse_args([str(a) for a in argv])
     return os.path.join(args.out, run_name(vars(args)))
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import ALP
-import training
+import training.alp
+from training.flags import parse_args
 from attacks import ATTACKS
 from conftest import QUICK, ROOT, run_folder_of
 from models import MODELS
@@ -156,15 +157,16 @@ KILLED_AFTER_EPOCH_2_CHECKPOINT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
-import ALP, runs, training
-from conftest import CHEAP_VALIDATION
-training.HYP["validation_attack"].update(CHEAP_VALIDATION)
-save = runs.save_checkpoint
+import ALP
+import training.run_folder
+from conftest import cheap_validation_attack
+ALP.validation_attack = cheap_validation_attack
+save = training.run_folder.save_checkpoint
 def save_then_die(state, path):
     save(state, path)
     if path.endswith("last.pt") and state["epoch"] == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-runs.save_checkpoint = save_then_die
+training.run_folder.save_checkpoint = save_then_die
 ALP.main({argv!r})
 """
 
@@ -277,14 +279,14 @@ def test_resume_on_other_data_is_refused_whatever_the_data_root(killed_and_resum
 def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(synthetic_mnist_root, tmp_path,
                                                                                  monkeypatch, capsys):
     calls = {"n": 0}
-    alp_loss = training.alp_loss
+    alp_loss = training.alp.alp_loss
 
     def loss_turning_nan_in_epoch_2(*args, **kwargs):
         calls["n"] += 1
         loss, logits = alp_loss(*args, **kwargs)
         return (loss * float("nan") if calls["n"] == 4 + 3 else loss), logits  # 4 batches/epoch: epoch 2, batch 3
 
-    monkeypatch.setattr(training, "alp_loss", loss_turning_nan_in_epoch_2)
+    monkeypatch.setattr(training.alp, "alp_loss", loss_turning_nan_in_epoch_2)
     with pytest.raises(SystemExit) as stop:
         ALP.main([*QUICK, "--epochs=3", "--eval-freq=5", "--subset=200", "--data-root",
                   str(synthetic_mnist_root), "--out", str(tmp_path)])
@@ -312,7 +314,7 @@ def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_last_checkpoint(
 ])
 def test_bad_input_is_one_line_and_exit_status_2(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args(argv)
+        parse_args(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2
     assert message in err and len(err.strip().splitlines()) == 1
@@ -321,7 +323,7 @@ def test_bad_input_is_one_line_and_exit_status_2(argv, message, capsys):
 def test_data_root_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args(["mnist", "mnist", "--data-root", str(tmp_path / "file")])
+        parse_args(["mnist", "mnist", "--data-root", str(tmp_path / "file")])
     assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
 
 

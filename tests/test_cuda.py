@@ -1,6 +1,7 @@
 """CUDA only (every test is skipped without a CUDA device): the graph-replayed ALP iteration against the eager
 one, bf16 training through the graph, and resume on CUDA through ALP.py. Written without a GPU at hand: the
 first machine with one runs them for the first time."""
+import json
 from contextlib import nullcontext
 
 import pytest
@@ -140,7 +141,7 @@ def test_bf16_training_through_the_graph_learns_a_fixed_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
-@pytest.mark.parametrize("flags", [[], ["--cuda-graph"]], ids=["eager", "graph"])
+@pytest.mark.parametrize("flags", [["--no-cuda-graph"], []], ids=["eager", "graph"])  # the graph: CUDA's default
 def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mnist_root, tmp_path, monkeypatch,
                                                              capsys):
     """With bf16 and cudnn.benchmark on, as users run. Exact equality does not hold on CUDA (kernels may sum
@@ -163,7 +164,12 @@ def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mn
         with pytest.raises(Killed):
             ALP.main(args + ["--out", str(tmp_path / "b")])
     ALP.main(args + ["--out", str(tmp_path / "b"), "--resume"])
-    assert "--cuda-graph:" not in capsys.readouterr().out  # the graph path was not refused
+    # Every start ran the step asked for: the eager one when switched off, the graph by default (neither
+    # refused nor dropped after a failed recording).
+    assert "--cuda-graph:" not in capsys.readouterr().out
+    records = [json.loads(next((tmp_path / run).glob("*/args.json")).read_text()) for run in "ab"]
+    starts = [start for record in records for start in record["runs"]]
+    assert len(starts) == 3 and {start["in_force"]["cuda_graph"] for start in starts} == {flags == []}
 
     a, b = (load_checkpoint(str(next((tmp_path / run).glob("*/last.pt")))) for run in "ab")
     assert a["epoch"] == b["epoch"] == 3

@@ -1,4 +1,4 @@
-"""ALP.py's defaults by data set (training.TRAINING_DEFAULTS): the reference's MNIST settings for MNIST-type
+"""ALP.py's defaults by data set (training/hyp.py): the reference's MNIST settings for MNIST-type
 data, its CIFAR settings for the others, explicit flags winning, args.json recording what ran, and runs
 started when every data set had CIFAR's defaults still resuming. Everything runs on the CPU."""
 import json
@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 import ALP
+from training.flags import parse_args
 from conftest import ROOT
 
 DEVICE = "cpu"
@@ -25,7 +26,7 @@ def readme_command(model, dataset):
 
 
 def parsed(*argv):
-    return vars(ALP.parse_args([*argv, f"--device={DEVICE}"]))
+    return vars(parse_args([*argv, f"--device={DEVICE}"]))
 
 
 @pytest.mark.parametrize("model, dataset", [("mnist", "mnist"), ("mnist", "fashionmnist"),
@@ -35,7 +36,7 @@ def test_without_flags_a_data_set_trains_with_the_readmes_reference_command(mode
 
 
 def test_mnist_defaults_are_the_reference_mnist_settings_not_cifars():
-    args = ALP.parse_args(["mnist", "mnist", f"--device={DEVICE}"])
+    args = parse_args(["mnist", "mnist", f"--device={DEVICE}"])
     assert (args.epsilon, args.stepsize, args.steps) == (0.3, 0.01, 40)
     assert (args.optimizer, args.lr, args.weight_decay, args.learning_policy) == ("adam", 1e-4, 0, "null")
     assert (args.batch_size, args.epochs, args.leverage) == (50, 84, 0.5)
@@ -46,7 +47,7 @@ def test_svhn_gets_cifars_defaults():
 
 
 def test_explicit_flags_win_over_the_data_sets_defaults():
-    args = ALP.parse_args(["mnist", "mnist", "--epsilon=8/255", "-lr=0.01", "--optimizer=sgd", "-b=64",
+    args = parse_args(["mnist", "mnist", "--epsilon=8/255", "-lr=0.01", "--optimizer=sgd", "-b=64",
                            f"--device={DEVICE}"])
     assert (args.epsilon, args.lr, args.optimizer, args.batch_size) == (pytest.approx(8 / 255), 0.01, "sgd", 64)
     assert (args.steps, args.stepsize, args.epochs) == (40, 0.01, 84)  # the flags not given: MNIST's
@@ -54,7 +55,7 @@ def test_explicit_flags_win_over_the_data_sets_defaults():
 
 def test_a_bad_default_free_flag_is_still_refused_in_one_line(capsys):
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args(["mnist", "mnist", "--epsilon=inf"])
+        parse_args(["mnist", "mnist", "--epsilon=inf"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "finite" in err
 

@@ -7,18 +7,19 @@ import torch
 import ALP
 from data import DATASETS
 from models import MODELS
-from runs import curves_figure, plot_curves
+from training.flags import build_parser, parse_args
+from training.records import curves_figure, plot_curves
 
 matplotlib.use("Agg")
 DEVICE = "cpu"
 
 
 def test_help_shows_every_flag_with_a_help_line_and_its_default(capsys):
-    parser = ALP.build_parser()
+    parser = build_parser()
     for action in parser._actions:
         assert action.help, action.option_strings or action.dest
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args(["--help"])
+        ALP.main(["--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0
     usage = out.split("\n\n")[0]
@@ -32,7 +33,7 @@ def test_help_shows_every_flag_with_a_help_line_and_its_default(capsys):
 
 def test_unknown_model_still_lists_the_choices_with_a_metavar(capsys):
     with pytest.raises(SystemExit):
-        ALP.parse_args(["nonet", "mnist"])
+        parse_args(["nonet", "mnist"])
     err = capsys.readouterr().err
     assert all(name in err for name in MODELS)
 
@@ -49,7 +50,7 @@ class ConstantModel(torch.nn.Module):
 def test_validation_counts_the_classes_it_predicts_and_a_one_class_model_is_flagged(capsys):
     from data import DeviceLoader
     from evaluation import constant_predictor_check
-    from training import validate
+    from training.validation import validate
     images = torch.zeros(30, 1, 4, 4, dtype=torch.uint8, device=DEVICE)
     loader = DeviceLoader(images, torch.arange(30, device=DEVICE) % 10, batch_size=7, device=DEVICE)
     clean, robust, counts = validate(ConstantModel(3), loader, lambda model, x, y: x, 10, progress=True,
@@ -91,14 +92,14 @@ def test_curves_are_readable_for_any_length_of_run(n, validated_every, tmp_path)
 
 def test_help_shows_no_default_for_flags_whose_default_is_none(capsys):
     with pytest.raises(SystemExit):
-        ALP.parse_args(["--help"])
+        ALP.main(["--help"])
     out = capsys.readouterr().out
     assert "(default: None)" not in out and "(default: cuda if present, else cpu)" in " ".join(out.split())
 
 
 def test_help_says_which_defaults_depend_on_the_data_set_and_where_their_table_is(capsys):
     with pytest.raises(SystemExit):
-        ALP.parse_args(["--help"])
+        ALP.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 8/255 for cifar10, cifar100, svhn; 0.3 for mnist, fashionmnist)",  # as papers write ε
                     "(default: 0.1 for cifar10, cifar100, svhn; 0.0001 for mnist, fashionmnist)",
@@ -107,4 +108,4 @@ def test_help_says_which_defaults_depend_on_the_data_set_and_where_their_table_i
                     "(default: 0.5)"):  # --leverage: the same for every data set
         assert default in out, default
     assert "Defaults that depend on the data set are the reference implementation's settings" in out
-    assert "TRAINING_DEFAULTS in training.py" in out
+    assert "TRAINING_DEFAULTS in training/hyp.py" in out

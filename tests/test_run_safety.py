@@ -15,7 +15,10 @@ import pytest
 import torch
 
 import ALP
-import runs
+from training import records, resume
+from training.lock import RunLock, lock_holder
+from training.flags import parse_args
+from training.run_folder import RunFolder
 import utils
 from checkpoints import (FORMAT_VERSION, CheckpointError, content_digest, load_checkpoint, read_pt_file,
                          save_checkpoint)
@@ -180,7 +183,7 @@ def test_disk_full_during_an_epochs_writes_is_one_line_exit_2(saved, monkeypatch
     scheduler = LEARNING_POLICIES["null"](optimizer, 2)
     row = {"epoch": 2, "lr": 0.1, "train_loss": 1.0, "train_adv_accuracy": 0.5, "clean_accuracy": 0.9,
            "robust_accuracy": 0.5, "seconds": 1.0}
-    run = runs.RunFolder(str(saved), {})
+    run = RunFolder(str(saved), {})
     run.best = {"clean_accuracy": 0.1, "robust_accuracy": 0.1}
     full_disk(monkeypatch)
     with pytest.raises(SystemExit) as stop:
@@ -263,9 +266,22 @@ def test_resume_before_the_first_checkpoint_says_to_start_without_resume(run_arg
 def test_resume_with_an_argument_that_changes_the_result_is_refused(run_argv, capsys):
     argv, run_dir, last = run_argv
     save_checkpoint(resumable_state(), last)
-    runs.RunFolder(run_dir, vars(ALP.parse_args(argv)))._write_args(False, {})
+    records.append_start(os.path.join(run_dir, "args.json"), vars(parse_args(argv)), {}, resume=False)
     err = resume_fails([*argv, "--eval-freq=2", "-beta1=0.5"], capsys)
     assert "--eval_freq 2 (the run has 1)" in err and "--beta1 0.5 (the run has 0.9)" in err
+
+
+def test_an_option_the_runs_optimiser_ignores_does_not_gate_its_resume(run_argv, capsys):
+    """CPU. An older adam run recorded SGD's momentum (the data set's default, or a -mom it ignored): resuming
+    it compares only what adam reads."""
+    argv, run_dir, last = run_argv
+    save_checkpoint(resumable_state(epoch=2, epochs=2), last)
+    recorded = {**vars(parse_args(argv)), "momentum": 0.9}
+    records.append_start(os.path.join(run_dir, "args.json"), recorded, {}, resume=False)
+    assert ALP.main([*argv, "--resume"]) is None  # found, compared, and finished
+    assert "is finished" in capsys.readouterr().out
+    records.append_start(os.path.join(run_dir, "args.json"), {**recorded, "beta1": 0.5}, {}, resume=False)
+    assert "--beta1 0.9 (the run has 0.5)" in resume_fails(argv, capsys)  # what adam reads still counts
 
 
 def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, capsys):
@@ -321,28 +337,28 @@ def test_more_epochs_are_refused_where_a_stopped_run_with_that_count_has_the_fol
 def test_only_the_schedule_whose_learning_rate_or_state_depends_on_the_epoch_count_refuses_more_epochs(
         monkeypatch):
     for policy in LEARNING_POLICIES:  # the reference's milestones are epochs, not shares of --epochs
-        refusal = runs.schedule_change_refusal(policy, 0.1, done=150, epochs=150, new_epochs=200)
+        refusal = resume.schedule_change_refusal(policy, 0.1, done=150, epochs=150, new_epochs=200)
         assert (refusal is None) == (policy != "cosine"), (policy, refusal)
     # milestones at half the run: the epoch done ran at the same rate, but the restored state would put the
     # drop at epoch 2 of 8 where a run started with 8 epochs has it at epoch 4
     monkeypatch.setitem(LEARNING_POLICIES, "half", lambda optimizer, epochs: torch.optim.lr_scheduler.MultiStepLR(
         optimizer, [epochs // 2]))
-    assert runs.schedule_change_refusal("half", 0.1, done=1, epochs=4, new_epochs=8) == (
+    assert resume.schedule_change_refusal("half", 0.1, done=1, epochs=4, new_epochs=8) == (
         "the state of the half schedule, which --resume restores, depends on --epochs (milestones "
         "Counter({2: 1}) vs Counter({4: 1}))")
 
 
 def test_a_resume_names_the_speed_options_and_device_that_change_the_arithmetic():
     before = {"device": "cpu", "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": False}
-    assert runs.arithmetic_changes(before, {**before, "cudnn_benchmark": True}) == []
-    assert runs.arithmetic_changes(before, {**before, "device": "cuda:0", "amp": False}) == [
+    assert resume.arithmetic_changes(before, {**before, "cudnn_benchmark": True}) == []
+    assert resume.arithmetic_changes(before, {**before, "device": "cuda:0", "amp": False}) == [
         "device cuda (was cpu)", "bf16 autocast off (was on)"]
-    assert runs.arithmetic_changes({"device": "cuda"}, {**before, "device": "cuda:1"}) == []  # not recorded: no
+    assert resume.arithmetic_changes({"device": "cuda"}, {**before, "device": "cuda:1"}) == []  # not recorded: no
 
 
 # --- one run per folder ----------------------------------------------------------------------------------------
 
-HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from runs import RunLock; lock = RunLock({folder!r}); "
+HOLD_LOCK = ("import sys; sys.path.insert(0, {root!r}); from training.lock import RunLock; lock = RunLock({folder!r}); "
              "print('locked', flush=True); {then}")
 
 
@@ -369,16 +385,16 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
         root=str(ROOT), folder=str(tmp_path), then="import os, signal; os.kill(os.getpid(), signal.SIGKILL)")],
         capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
-    lock_file = tmp_path / runs.RunLock.NAME
+    lock_file = tmp_path / RunLock.NAME
     assert lock_file.read_text().strip() != str(os.getpid())  # the dead run's PID is still written there
-    assert runs.lock_holder(str(tmp_path)) is None
-    lock = runs.RunLock(str(tmp_path))
+    assert lock_holder(str(tmp_path)) is None
+    lock = RunLock(str(tmp_path))
     assert lock_file.read_text().strip() == str(os.getpid())
     lock.release()
 
 
 def test_runs_differing_in_ratio_get_different_folders():
-    names = {runs.run_name(vars(ALP.parse_args([*QUICK, f"--ratio={r}"]))) for r in (0, 0.1, 0.2)}
+    names = {records.run_name(vars(parse_args([*QUICK, f"--ratio={r}"]))) for r in (0, 0.1, 0.2)}
     assert len(names) == 3
 
 
@@ -425,7 +441,7 @@ def test_non_finite_numbers_are_refused_before_a_run_folder_exists(flag, tmp_pat
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args([*QUICK, "--out", str(tmp_path / "file")])
+        parse_args([*QUICK, "--out", str(tmp_path / "file")])
     assert stop.value.code == 2 and "--out" in capsys.readouterr().err
 
 
@@ -433,7 +449,7 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_device_without_a_gpu_is_refused_in_one_line(device, capsys):
     with pytest.raises(SystemExit) as stop:
-        ALP.parse_args(["mnist", "mnist", f"--device={device}"])
+        parse_args(["mnist", "mnist", f"--device={device}"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
 
@@ -441,4 +457,4 @@ def test_cuda_device_without_a_gpu_is_refused_in_one_line(device, capsys):
 def test_args_json_from_before_run_records_is_read_as_the_first_run(tmp_path):
     with open(tmp_path / "args.json", "w") as f:
         json.dump({"epochs": 3, "lr": 0.1}, f)
-    assert runs.RunFolder(str(tmp_path), {}).first_args() == {"epochs": 3, "lr": 0.1}
+    assert RunFolder(str(tmp_path), {}).first_args() == {"epochs": 3, "lr": 0.1}

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import ALP
-import runs
-import training
+import training.alp
+import training.lock
+from training.flags import parse_args
+from training.records import curves_figure
 from checkpoints import CheckpointError, load_checkpoint
 from conftest import QUICK, ROOT, run_folder_of
 from utils import write_atomically
@@ -80,7 +82,7 @@ def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_
     run_dir = run_folder_of(argv)
     assert load_checkpoint(os.path.join(run_dir, "best_robust.pt"))["robust_accuracy"] == 0.3
     os.remove(os.path.join(run_dir, "best_robust.pt"))
-    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
     monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.45, 0.25, torch.tensor([10] * 10)))
     capsys.readouterr()
     ALP.main([*argv, "--resume"])
@@ -92,7 +94,7 @@ def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_
 
 def stop_at_step(monkeypatch, n, stop="Ctrl-C"):
     """Training stops by hand (Ctrl-C, or SIGTERM as a cluster sends it) at its n-th step."""
-    real_step, calls = training.train_step, {"n": 0}
+    real_step, calls = training.alp.train_step, {"n": 0}
 
     def step_then_stop(*args, **kwargs):
         calls["n"] += 1
@@ -153,7 +155,7 @@ def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monk
     def read_only(self, folder):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(runs.RunLock, "__init__", read_only)
+    monkeypatch.setattr(training.lock.RunLock, "__init__", read_only)
     err = stops_in_one_line([*argv, "--resume"], capsys)
     assert f"cannot lock the run folder {run_dir}" in err and "writable" in err
 
@@ -173,9 +175,31 @@ def test_ctrl_c_and_sigterm_end_training_in_one_line_that_says_how_to_continue(
     assert out[-1].startswith(f"stopped by {stop} in epoch 2;") and "--resume" in out[-1]
     with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
         assert f.read().splitlines()[-1] == out[-1]
-    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
     ALP.main([*argv, "--resume"])
     assert load_checkpoint(os.path.join(run_folder_of(argv), "last.pt"))["epoch"] == 2
+
+
+def test_a_run_ended_by_an_error_lets_its_folder_go_so_the_same_process_resumes_it(
+        synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch):
+    """CPU. A notebook or a test goes on after an exception that is neither Ctrl-C nor SIGTERM: the run's
+    lock must not outlive the run, or --resume in that process is refused as in use by itself."""
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
+    real_step, calls = training.alp.train_step, {"n": 0}
+
+    def step_failing_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2, batch 1 (2 batches per epoch): after epoch 1's checkpoint
+            raise RuntimeError("a fault inside the training loop")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(ALP, "train_step", step_failing_once)
+    with pytest.raises(RuntimeError, match="a fault inside the training loop"):
+        ALP.main(argv)
+    run_dir = run_folder_of(argv)
+    assert training.lock.lock_holder(run_dir) is None
+    ALP.main([*argv, "--resume"])  # the same process, the step now sound
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 2
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again_not_to_resume(
@@ -190,7 +214,7 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again_not_to
     leftover = os.path.join(run_dir, "last.pt.0123456789ab.tmp")  # what a kill -9 in a write leaves
     with open(leftover, "wb") as f:
         f.write(b"half a checkpoint")
-    monkeypatch.setattr(ALP, "train_step", training.train_step)
+    monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
     ALP.main(argv)  # as the line says: the folder it left takes the same command again
     assert load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 1
     assert not os.path.exists(leftover)
@@ -292,23 +316,42 @@ def test_flags_that_do_not_fit_the_data_are_refused_before_a_run_folder_exists(e
     assert message in err and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--optimizer=adam", "-mom=0.9"], "-mom 0.9 is SGD's momentum, which --optimizer adam does not use"),
+    (["-mom=0.5"], "-mom 0.5 is SGD's momentum"),  # QUICK's optimiser is adam
+    (["--optimizer=sgd", "-beta1=0.5"], "-beta1 is Adam's, which --optimizer sgd does not use"),
+    (["--optimizer=sgd", "-beta1=0.5", "-beta2=0.9"], "-beta1 and -beta2 are Adam's"),
+])
+def test_an_optimiser_option_the_optimiser_ignores_is_refused_in_one_line(extra, message, tmp_path, capsys):
+    """CPU."""
+    err = stops_in_one_line([*QUICK, *extra, "--out", str(tmp_path / "runs")], capsys)
+    assert message in err and not (tmp_path / "runs").exists()
+
+
+def test_the_optimiser_options_that_work_are_accepted_and_reach_the_optimiser():
+    """CPU. -mom 0 with adam is the reference's own MNIST command: it asks for nothing adam does."""
+    assert parse_args([*QUICK, "-mom=0", "-beta1=0.5"]).beta1 == 0.5
+    args = parse_args([*QUICK, "--optimizer=sgd", "-mom=0.8"])
+    assert (args.momentum, args.beta1, args.beta2) == (0.8, 0.9, 0.999)  # betas recorded at their defaults
+
+
 def test_epsilon_takes_a_fraction_and_warns_in_0_255_units_or_for_huge_step_counts(capsys):
-    assert ALP.parse_args([*QUICK, "--epsilon=8/255"]).epsilon == pytest.approx(8 / 255)
+    assert parse_args([*QUICK, "--epsilon=8/255"]).epsilon == pytest.approx(8 / 255)
     assert capsys.readouterr().err == ""
-    ALP.parse_args([*QUICK, "--epsilon=8", "--steps=100000"])
+    parse_args([*QUICK, "--epsilon=8", "--steps=100000"])
     err = capsys.readouterr().err
     assert "--epsilon 8 lets ℓ∞ PGD reach any image" in err and "--steps 100000" in err
     with pytest.raises(SystemExit):
-        ALP.parse_args([*QUICK, "--epsilon=8/0"])
+        parse_args([*QUICK, "--epsilon=8/0"])
     assert "a fraction such as 8/255" in capsys.readouterr().err
 
 
 def test_progress_is_on_only_where_a_person_watches_unless_forced(monkeypatch):
-    assert ALP.parse_args(QUICK).progress is False  # pytest captures stderr: no terminal
+    assert parse_args(QUICK).progress is False  # pytest captures stderr: no terminal
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert ALP.parse_args(QUICK).progress is True
-    assert ALP.parse_args([*QUICK, "--no-progress"]).progress is False
-    assert ALP.parse_args([*QUICK, "--progress"]).progress is True
+    assert parse_args(QUICK).progress is True
+    assert parse_args([*QUICK, "--no-progress"]).progress is False
+    assert parse_args([*QUICK, "--progress"]).progress is True
 
 
 def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
@@ -329,6 +372,6 @@ def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
 
 
 def test_the_curves_of_a_one_epoch_run_have_integer_ticks(tmp_path):
-    fig = runs.curves_figure([{"epoch": 1, "clean_accuracy": 0.5, "robust_accuracy": 0.2}])
+    fig = curves_figure([{"epoch": 1, "clean_accuracy": 0.5, "robust_accuracy": 0.2}])
     ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)

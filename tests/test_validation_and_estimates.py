@@ -1,38 +1,54 @@
 """Validation in float32 with eval.py's own attacks, the time estimate ALP.py prints before a long job (and
 the timings it comes from), and the warning that ends a run whose model has barely learnt. CPU only."""
+import csv
 import time
 
 import pytest
 import torch
 
 import ALP
-import training
+import training.validation
 from attacks import ATTACKS
 from conftest import QUICK
 from data import DeviceLoader
-from evaluation.suite import SUITES, parse_epsilon
+from evaluation.suite import SUITES
 from models import MODELS
-from training import HYP, BatchClock, barely_learnt, estimate_line, validate, validation_seconds
+from training.clock import BatchClock, estimate_line
+from training.hyp import HYP
+from training.speed import cpu_computes_bf16_natively
+from training.validation import barely_learnt, validate, validation_attack, validation_seconds
 
 DEVICE = "cpu"
 
 
 # --- validation: eval.py's attack, in float32 --------------------------------------------------------------
 
-@pytest.mark.parametrize("family, label", [("mnist", "PGD-100"), ("cifar", "PGD-10")])
-def test_the_validation_attack_is_eval_pys_pgd_column_at_its_first_epsilon(family, label):
-    table = SUITES[family]["linf"]
-    ((_, name, options),) = [attack for attack in table["attacks"] if attack[0] == label]
-    theirs = ATTACKS[name](parse_epsilon(table["epsilons"][0]), **options)
-    ours = ATTACKS["pgd-linf"](**HYP["validation_attack"][family])
-    assert (ours.norm, ours.epsilon, ours.steps, ours.stepsize, ours.random_start) == (
-        theirs.norm, theirs.epsilon, theirs.steps, theirs.stepsize, theirs.random_start)
+# The reference's validation attacks (its VALIDER table): an independent record of what ALP.py must validate with.
+REFERENCE_VALIDATION = {"cifar": (8 / 255, 10, 2 / 255), "mnist": (0.3, 100, 0.01)}
+
+
+@pytest.mark.parametrize("family", ["cifar", "mnist"])
+def test_the_validation_attack_is_the_references(family):
+    attack = validation_attack(family)
+    epsilon, steps, stepsize = REFERENCE_VALIDATION[family]
+    assert (attack.norm, attack.steps, attack.random_start) == ("linf", steps, True)
+    assert (attack.epsilon, attack.stepsize) == (pytest.approx(epsilon), pytest.approx(stepsize))
+
+
+def test_the_validation_attack_is_read_from_eval_pys_table_not_copied(monkeypatch):
+    """Changing eval.py's PGD-100 column changes what training validates with."""
+    table = SUITES["mnist"]["linf"]
+    columns = [(label, name, {**options, "steps": 7}) if label == "PGD-100" else (label, name, options)
+               for label, name, options in table["attacks"]]
+    monkeypatch.setitem(SUITES["mnist"], "linf", {"epsilons": ["0.2", *table["epsilons"]], "attacks": columns})
+    attack = validation_attack("mnist")
+    assert (attack.steps, attack.epsilon) == (7, pytest.approx(0.2))
 
 
 def test_validation_runs_in_float32_while_training_runs_under_bf16(synthetic_mnist_root, tmp_path, monkeypatch,
                                                                    cheap_validation):
     """CPU, where it computes bf16 (elsewhere training runs in float32 too)."""
-    if not training.cpu_computes_bf16_natively():
+    if not cpu_computes_bf16_natively():
         pytest.skip("this CPU has no bf16 arithmetic: bf16 autocast is off for training as well")
     phase, seen = ["training"], {"training": set(), "validation": set()}
 
@@ -53,7 +69,8 @@ def test_validation_runs_in_float32_while_training_runs_under_bf16(synthetic_mni
     build_model = ALP.build_model
     monkeypatch.setattr(ALP, "build_model", watched)
     monkeypatch.setattr(ALP, "validate", in_phase(ALP.validate))  # each epoch's validation
-    monkeypatch.setattr(training, "validate", in_phase(training.validate))  # the timed one before training
+    timed_one = in_phase(training.validation.validate)  # the validation timed before training
+    monkeypatch.setattr(training.validation, "validate", timed_one)
     ALP.main([*QUICK, "--epochs=1", "--subset=100", "--data-root", str(synthetic_mnist_root),
               "--out", str(tmp_path)])
     assert seen == {"training": {True}, "validation": {False}}
@@ -145,6 +162,60 @@ def test_the_estimate_comes_once_before_the_first_epoch_line_and_in_the_log(synt
     assert "per epoch (training " in estimate and " for 2 epochs (timed on 3 training batches and 100 " in estimate
     (log,) = tmp_path.glob("*/log.txt")
     assert estimate in log.read_text().splitlines()
+
+
+class FakeClock:
+    """time.time and time.perf_counter of the modules that time a run, advanced only by the costs a test
+    gives: every other line of the run takes no time on it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+    perf_counter = time
+
+
+def test_the_estimate_is_the_epoch_it_measures_on_a_clock_with_known_costs(synthetic_mnist_root, tmp_path,
+                                                                           monkeypatch):
+    """CPU. Each training batch costs 2 s and each validated image 10 ms of a fake clock, the first batch 5 s
+    more (one-off costs, which the estimate leaves out): the estimate of training and validation must come
+    within 1% of what the epochs then measure."""
+    import training.clock
+    clock = FakeClock()
+    for module in (ALP, training.clock, training.validation):
+        monkeypatch.setattr(module, "time", clock)
+    real_step, steps, estimates = ALP.train_step, [], []
+
+    def timed_step(*args, **kwargs):
+        steps.append(1)
+        clock.now += 2.0 + (5.0 if len(steps) == 1 else 0.0)
+        return real_step(*args, **kwargs)
+
+    def timed_validation(family):
+        def attack(model, x, y):
+            clock.now += 0.01 * len(x)
+            return x
+        return attack
+
+    def recorded(training_seconds, batches_timed, validation_seconds, *rest):
+        estimates.append((training_seconds, validation_seconds))
+        return estimate_line(training_seconds, batches_timed, validation_seconds, *rest)
+
+    monkeypatch.setattr(ALP, "train_step", timed_step)
+    monkeypatch.setattr(ALP, "validation_attack", timed_validation)
+    monkeypatch.setattr(ALP, "estimate_line", recorded)
+    ALP.main([*QUICK, "--steps=1", "--epochs=3", "--subset=200", "--data-root", str(synthetic_mnist_root),
+              "--out", str(tmp_path)])
+    ((training_estimate, validation_estimate),) = estimates
+    (metrics,) = tmp_path.glob("*/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    for row in rows[1:]:  # the epochs after the first, which paid the one-off costs
+        measured_validation = float(row["validation_seconds"])
+        assert validation_estimate == pytest.approx(measured_validation, rel=0.01)
+        assert training_estimate == pytest.approx(float(row["seconds"]) - measured_validation, rel=0.01)
+    assert training_estimate == pytest.approx(4 * 2.0) and validation_estimate == pytest.approx(200 * 0.01)
 
 
 # --- a run that has barely learnt -----------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""The time a run will take: seconds per training batch measured on its first batches, and the line that
+says what the run will cost."""
+import time
+
+import torch
+
+from utils import duration
+
+from .hyp import HYP
+
+
+class BatchClock:
+    """Seconds per training batch, measured on the first batches a process trains: the first batch is left
+    out (it pays one-off costs), then HYP["timed_batches"] batches or HYP["timed_seconds"] of them, whichever
+    comes first. tick() after each batch returns the figure once, when it is ready (at the latest after the
+    epoch's last batch, from whatever was timed), and None otherwise. Only the clock is read: the device is
+    waited for at those ticks, nothing else changes."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.ticks, self.first, self.started, self.done = 0, None, time.perf_counter(), False
+        self.timed = 0  # batches the figure comes from
+
+    def tick(self, last=False):
+        if self.done:
+            return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ticks += 1
+        if self.ticks == 1:
+            self.first = now
+            if not last:
+                return None
+        timed = self.ticks - 1
+        if last or timed >= HYP["timed_batches"] or now - self.first >= HYP["timed_seconds"]:
+            self.done, self.timed = True, max(timed, 1)
+            return (now - self.first) / timed if timed else now - self.started
+        return None
+
+
+def estimate_line(training, batches_timed, validation, images_timed, epochs, validations, resumed):
+    """The time the run will take, from `training` seconds per epoch and `validation` seconds per validation
+    (both measured, as the line says), over the `epochs` this process runs, `validations` of them
+    validated."""
+    total = duration(training * epochs + validation * validations)
+    epochs_text = f"{epochs} epoch{'s' if epochs > 1 else ''}"
+    left = f"the {epochs_text} left" if resumed else epochs_text
+    if validations == epochs:
+        per_epoch = (f"{duration(training + validation)} per epoch (training {duration(training)}, validation "
+                     f"{duration(validation)})")
+    else:
+        per_epoch = (f"{duration(training)} per epoch of training, {duration(validation)} per validation "
+                     f"({validations} validated epoch{'s' if validations > 1 else ''})")
+    return (f"estimated: {per_epoch}, {total} for {left} (timed on {batches_timed} training "
+            f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")

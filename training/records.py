@@ -1,0 +1,149 @@
+"""What a run folder records, and how: the run's name, args.json, the epoch lines of log.txt, metrics.csv,
+curves.png, and the random-number state that last.pt keeps."""
+import csv
+import datetime
+import io
+import json
+import os
+import re
+import textwrap
+
+import torch
+
+from utils import write_atomically
+
+BEST = ("clean_accuracy", "robust_accuracy")  # a best_*.pt file per figure
+
+
+def best_file_name(key):
+    return f"best_{key.split('_')[0]}.pt"
+
+
+def run_name(args):
+    """A run folder's name, from the run's arguments (a dict): data set, model and the hyper-parameters that
+    tell runs apart. The others that change the result (momentum, betas, --eval-freq, ...) are checked
+    against the run's record on --resume."""
+    name = (f"{args['dataset']}-{args['model']}-ALP-lev{args['leverage']:g}-{args['attack']}"
+            f"-eps{args['epsilon']:.4g}-steps{args['steps']}-step{args['stepsize']:.4g}-{args['optimizer']}"
+            f"-lr{args['lr']:g}-wd{args['weight_decay']:g}-{args['learning_policy']}-ep{args['epochs']}"
+            f"-b{args['batch_size']}-seed{args['seed']}")
+    return (name + (f"-ratio{args['ratio']:g}" if args["ratio"] else "")
+            + (f"-subset{args['subset']}" if args["subset"] else ""))
+
+
+# --- args.json ---------------------------------------------------------------------------------------------------
+
+def in_force(device, world_size, amp, channels_last, cudnn_benchmark, compiled, cuda_graph, data_id):
+    """What actually ran, after the device checks: args.json records it beside the command line."""
+    return {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "device": str(device), "world_size": world_size, "torch": torch.__version__, "amp": amp,
+            "channels_last": channels_last, "cudnn_benchmark": cudnn_benchmark, "compile": compiled,
+            "cuda_graph": cuda_graph, "data_digest": data_id, "pid": os.getpid()}
+
+
+def first_args(path):
+    """The arguments a run started with, from its args.json at `path` ({} without a readable one)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return dict(record["runs"][0]["args"] if "runs" in record else record)  # older: the bare arguments
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
+def append_start(path, args, in_force, resume, epochs_changed=None):
+    """args.json at `path` with this start appended ({"runs": [{"args", "in_force"[, "epochs_changed"]},
+    ...]}); a new run's record starts afresh."""
+    runs = []
+    if resume and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            runs = old["runs"] if "runs" in old else [{"args": old}]
+        except (OSError, ValueError, KeyError, TypeError):
+            runs = []  # unreadable: last.pt is what counts; the record starts again
+    record = {"args": args, "in_force": in_force}
+    if epochs_changed is not None:
+        record["epochs_changed"] = epochs_changed
+    runs.append(record)
+    write_atomically(path, json.dumps({"runs": runs}, indent=2) + "\n")
+
+
+# --- log.txt -----------------------------------------------------------------------------------------------------
+
+def epoch_line(row, epochs):
+    accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
+                  if row["clean_accuracy"] is not None else "")
+    return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
+            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s"
+            + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
+
+
+def without_epoch_count(line):
+    """An epoch line without its "/EPOCHS", which a run whose --epochs changed logged with another count."""
+    return re.sub(r"^(epoch +\d+)/\d+ ", r"\1 ", line)
+
+
+# --- random-number state -----------------------------------------------------------------------------------------
+
+def get_rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- metrics and plots -------------------------------------------------------------------------------------------
+
+def write_csv(rows, path):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
+
+
+def curves_figure(rows, title=""):
+    """The figure of plot_curves: clean and robust validation accuracy per validated epoch, with markers
+    where there are few points to see, the whole title wrapped, and a note instead of an empty frame."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in rows if r.get("clean_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    marker = "o" if len(rows) <= 40 else None
+    for key, label in (("clean_accuracy", "clean"), ("robust_accuracy", "robust (PGD)")):
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], label=label, marker=marker)
+    if rows:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no validated epoch yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(0, 100)
+    epochs = [r["epoch"] for r in rows]
+    if len(set(epochs)) == 1:  # one point: integer ticks around it, not 0.945 ... 1.050
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("\n".join(textwrap.wrap(title, 70) or [""]), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows, path, title=""):
+    """curves.png of a run: see curves_figure."""
+    import matplotlib.pyplot as plt
+    fig = curves_figure(rows, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_atomically(path, buffer.getvalue())
