@@ -148,3 +148,29 @@ def test_cuda_graph_flag_on_the_cpu_says_so_and_trains_eagerly(synthetic_mnist_r
     assert "epoch   1/1" in out
     (record,) = tmp_path.glob("*/args.json")
     assert json.loads(record.read_text())["runs"][0]["args"]["cuda_graph"] is False  # what ran, not what was asked
+
+
+@pytest.mark.parametrize("flags, graph", [([], True), (["--no-cuda-graph"], False), (["--cuda-graph"], True)])
+def test_the_graph_step_runs_by_default_where_a_graph_can_run_and_no_cuda_graph_switches_it_off(
+        flags, graph, synthetic_mnist_root, tmp_path, monkeypatch, capsys, cheap_validation):
+    """CPU, as on a GPU: the refusal of graphs off the GPU switched off, the graph step without a capture."""
+    built = []
+    monkeypatch.setattr(ALP, "cuda_graph_refusal", lambda *_: None)
+    monkeypatch.setattr(ALP, "GraphedStep", lambda *args, **kwargs: built.append(1) or GraphedStep(
+        *args, **kwargs, capture=False))
+    ALP.main(["mnist", "mnist", "--device=cpu", "-b=5", "--steps=1", "--epochs=1", "--subset=10", *flags,
+              "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])
+    (record,) = tmp_path.glob("*/args.json")
+    (start,) = json.loads(record.read_text())["runs"]
+    assert bool(built) == graph and start["args"]["cuda_graph"] is start["in_force"]["cuda_graph"] is graph
+    assert "--cuda-graph:" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_off_the_gpu_the_default_runs_the_eager_step_without_a_word(synthetic_mnist_root, tmp_path, capsys,
+                                                                     cheap_validation):
+    ALP.main(["mnist", "mnist", "--device=cpu", "-b=5", "--steps=1", "--epochs=1", "--subset=10",
+              "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])
+    assert "--cuda-graph" not in capsys.readouterr().out
+    (record,) = tmp_path.glob("*/args.json")
+    assert json.loads(record.read_text())["runs"][0]["in_force"]["cuda_graph"] is False
