@@ -202,7 +202,7 @@ def run_training(parts, form, device, data_root, offline_data, work):
     """Eager, then --cuda-graph. Returns the graph run's checkpoint (None if it has none). On CUDA the graph
     must have run: a refusal or a failed recording (the run's log says which) fails the part."""
     runs, checkpoint = {}, None
-    for kind, flags in (("eager", []), ("graph", ["--cuda-graph"])):
+    for kind, flags in (("eager", ["--no-cuda-graph"]), ("graph", ["--cuda-graph"])):
         out = os.path.join(work, f"train-{kind}")
         status, seconds = parts.run("training", script_command(
             "ALP.py", [*form.train, f"--device={device}", "--data-root", data_root, "--out", out, *flags],
