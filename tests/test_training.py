@@ -2,6 +2,8 @@
 copy-in, the eager last batch, the tensor learning rate, resume; the optimisers' kernels on resume; and
 --cuda-graph where no graph can run. The captured graph itself is tested in tests/test_cuda.py."""
 import json
+import subprocess
+import sys
 from contextlib import nullcontext
 
 import pytest
@@ -14,7 +16,7 @@ from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep
 from training import mixed_precision, train_step
-from conftest import make_optimizer, run_epoch
+from conftest import ROOT, make_optimizer, run_epoch
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -174,3 +176,12 @@ def test_off_the_gpu_the_default_runs_the_eager_step_without_a_word(synthetic_mn
     assert "--cuda-graph" not in capsys.readouterr().out
     (record,) = tmp_path.glob("*/args.json")
     assert json.loads(record.read_text())["runs"][0]["in_force"]["cuda_graph"] is False
+
+
+def test_training_starts_without_the_evaluation_engine():
+    """CPU. ALP.py reads the suite's tables and the one-class check, not the engine that runs eval.py's
+    attacks (its units and their store): a training run needs none of it."""
+    code = ("import sys; sys.argv[0] = 'ALP.py'; import ALP; "
+            "print(sorted(m for m in sys.modules if m.startswith('evaluation')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.split() and "engine" not in loaded.stdout and "units" not in loaded.stdout, loaded.stdout
