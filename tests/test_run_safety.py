@@ -282,6 +282,7 @@ def test_an_option_the_runs_optimiser_ignores_does_not_gate_its_resume(run_argv,
     assert "is finished" in capsys.readouterr().out
     records.append_start(os.path.join(run_dir, "args.json"), {**recorded, "beta1": 0.5}, {}, resume=False)
     assert "--beta1 0.9 (the run has 0.5)" in resume_fails(argv, capsys)  # what adam reads still counts
+    assert lock_holder(run_dir) is None  # the refusal let the folder go: this process may resume it
 
 
 def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, capsys):

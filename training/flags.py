@@ -163,7 +163,7 @@ def parse_command_line(argv=None, description=None):
 def refuse_options_the_optimizer_ignores(parser, args, given_momentum):
     """-beta1/-beta2 with SGD, or a momentum with Adam, would be recorded and do nothing: one line, exit 2.
     -mom 0 with Adam asks for nothing Adam does, and is the reference's own MNIST command: accepted."""
-    if args.optimizer != "sgd" and given_momentum and args.momentum != 0:
+    if "momentum" not in OWN_OPTIONS[args.optimizer] and given_momentum and args.momentum != 0:
         parser.error(f"-mom {args.momentum:g} is SGD's momentum, which --optimizer {args.optimizer} does not use "
                      f"(Adam's own decay rates are -beta1 and -beta2): leave -mom out")
     given = [f"-{name}" for name in ADAM_BETAS if getattr(args, name) is not None and name not in
