@@ -56,7 +56,7 @@ def main(argv=None):
     run = RunFolder(os.path.join(args.out, run_name(vars(args))), vars(args), is_main=rank == 0)
     try:  # whatever ends the run, a refusal included, lets its folder go: this process may resume it
         if args.resume:
-            refuse_a_run_of_the_former_defaults(args, filled, run.path)
+            refuse_a_run_of_the_former_defaults(vars(args), filled, run.path)
         resumed = run.open(args.resume)  # before the data loads: a refusal costs nothing
         if resumed is not None and resumed["epoch"] >= args.epochs:
             print(f"{run.path} is finished: all {args.epochs} epochs are done, nothing to resume")

@@ -189,17 +189,17 @@ def as_flags(family, dests):
 FORMER_DEFAULTS = "cifar"
 
 
-def refuse_a_run_of_the_former_defaults(args, filled, path):
-    """--resume finds no run at `path`, but the run these arguments named under the former defaults: one line
-    with the flags that resume it (the run's own values, given explicitly)."""
+def refuse_a_run_of_the_former_defaults(arguments, filled, path):
+    """--resume finds no run at `path`, but the run these arguments (a dict) named under the former defaults:
+    one line with the flags that resume it (the run's own values, given explicitly)."""
     if os.path.isfile(os.path.join(path, "last.pt")):
         return
     former = typed_defaults(build_parser(), FORMER_DEFAULTS)
-    optimizer = former["optimizer"] if "optimizer" in filled else args.optimizer
+    optimizer = former["optimizer"] if "optimizer" in filled else arguments["optimizer"]
     unread = {option for name, options in OWN_OPTIONS.items() if name != optimizer for option in options}
-    changed = [dest for dest in filled if former[dest] != getattr(args, dest) and dest not in unread]
-    former_path = os.path.join(args.out, run_name({**vars(args), **{dest: former[dest] for dest in changed}}))
+    changed = [dest for dest in filled if former[dest] != arguments[dest] and dest not in unread]
+    former_path = os.path.join(arguments["out"], run_name({**arguments, **{dest: former[dest] for dest in changed}}))
     if not changed or not os.path.isfile(os.path.join(former_path, "last.pt")):
         return
-    fail(f"--resume: no run at {path}, but {former_path} was started when {args.dataset}'s defaults were "
+    fail(f"--resume: no run at {path}, but {former_path} was started when {arguments['dataset']}'s defaults were "
          f"CIFAR's; resume it with those values given: add {as_flags(FORMER_DEFAULTS, changed)}")
