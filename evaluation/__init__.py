@@ -26,7 +26,7 @@ from .corruptions import SEVERITIES, evaluate_corruptions, load_corruptions
 from .engine import evaluate, evaluate_sweep, evaluate_transfer, grey_image_bound, grey_image_class
 from .report import (format_checks, format_corruptions, format_details, format_legend, format_sweep,
                      format_table, format_transfer_table, plot_sweep, sweep_figure, write_json)
-from .suite import (AA_VERSIONS, FAMILY_SHAPES, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
+from .suite import (AA_VERSIONS, NORM_SYMBOLS, SANITY, SUITES, attack_names, check_sweep_epsilons,
                     cli_name, parse_epsilon, plan_summary, plan_sweep, plan_threat_models,
                     suite_summary, epsilon_warnings)
 from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
