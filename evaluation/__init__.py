@@ -18,7 +18,9 @@ attacks or tables were selected nor on which process ran it.
 The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, their
 store, and a runner that shares them out over processes), engine (the entry points), checks (the
 gradient-masking checks), corruptions, report (markdown, plot, JSON), files (eval.py's JSON report and units
-folder, recognised by the digests of what they evaluated).
+folder, recognised by the digests of what they evaluated). eval.py's own, imported by name and never by the
+engine: command_line (its options), inputs (checkpoints and test images, refused in one line), console (what
+it prints as the evaluation runs).
 """
 from .checks import (CONSTANT_PREDICTOR_SHARE, HEALTHY_SHARE, SIGNIFICANCE, SWEEP_GREY_SLACK, Check,
                      chance_of_at_least, constant_predictor_check, masking_checks, sweep_checks)
@@ -32,4 +34,5 @@ from .suite import (AA_VERSIONS, NORM_SYMBOLS, SANITY, SUITES, attack_names, che
 from .units import (CPU_BATCH_SIZE, Job, Runner, ThreatModelViolation, UnitStore, check_in_threat_model,
                     clean_predictions, default_batch_size, evaluation_digests, flat_norm, random_stream, run_unit,
                     shared, stream_seed, weights_digest)
-from .files import check_report, evaluation_identity, open_units, recorded_batch_size, remove, units_folder
+from .files import (check_report, default_json_path, evaluation_identity, open_units, recorded_batch_size, remove,
+                    units_folder)

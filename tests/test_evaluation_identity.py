@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import evaluation
+import evaluation.console
 from conftest import assert_one_line_error, run_eval, train_on_digits, write_checkpoint
 from formats import synthetic_digits, write_mnist
 from weights import build_model, to_reference_state_dict
@@ -287,10 +288,9 @@ def test_a_continued_evaluation_keeps_its_batch_size_without_b(capsys, nets, dat
 
 def test_the_runner_says_how_long_the_rest_will_take_once_each_attack_has_run_a_unit(capsys, nets, data_root,
                                                                                     tmp_path, monkeypatch):
-    import eval as eval_script
     code, out, err = evaluate(capsys, nets["A"], data_root, tmp_path / "quick.json")
     assert code == 0 and "estimated:" not in out, err  # a round of seconds: no line
-    monkeypatch.setattr(eval_script, "ESTIMATE_FROM_SECONDS", 0)
+    monkeypatch.setattr(evaluation.console, "ESTIMATE_FROM_SECONDS", 0)
     code, out, err = evaluate(capsys, nets["A"], data_root, tmp_path / "A.json")
     assert code == 0, err
     (line,) = [line for line in out.splitlines() if line.startswith("estimated:")]
