@@ -1,7 +1,7 @@
 """The acceptance run: what one lent GPU must tell us, in one command, its figures in OUT_DIR.
 
-    python acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
-    python acceptance.py --prepare-device [.device]     # on a networked machine: what a bare GPU box lacks
+    python tools/acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
+    python tools/acceptance.py --prepare-device [.device]   # on a networked machine: what a bare GPU box lacks
 
 On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, ~8 minutes in all):
   0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already;
@@ -25,7 +25,7 @@ every part ran and passed, 1 if a test failed, the two runs disagree or a part f
 
 On a lent GPU machine without a network (it has torch, torchvision, scipy, pytest and pytest-xdist, but no
 pyautoattack or foolbox, and carries only the working tree and the folders named, 64 MiB in all):
-  1. here, on a networked machine: `python acceptance.py --prepare-device` fills `.device/` (git ignores it)
+  1. here, on a networked machine: `python tools/acceptance.py --prepare-device` fills `.device/` (git ignores it)
      with the unpacked wheels of the packages that machine's image lacks, at the versions installed here
      (pyautoattack without its 44 MB examples/, foolbox and its own dependencies), and copies the offline
      data tool and the CIFAR-10 stand-in from ../shared (`tools/offline_data.py`, `data/cifar10-jpeg.npz`);
@@ -33,7 +33,7 @@ pyautoattack or foolbox, and carries only the working tree and the folders named
   2. there, carrying `.device`, with a time limit that leaves a minute beyond --budget:
        export PYTHONPATH=$PWD/.device/site
        OFFLINE=.device/tools/offline_data.py
-       python3 acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
+       python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
      It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
      which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
      on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
@@ -62,10 +62,14 @@ from importlib.util import find_spec
 
 import torch
 
-from utils import CLIParser, fail
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+# The project's root, one folder up: the scripts that the parts run and the modules imported here are there,
+# whichever folder the command is run from.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from utils import CLIParser, fail  # noqa: E402  (importable once ROOT is on the path)
 
 # The packages that the GPU machine's image lacks (it has torch, torchvision, numpy, scipy, tqdm, matplotlib,
 # pytest and pytest-xdist), pinned below to the versions installed here: the device runs what we test.
