@@ -112,6 +112,7 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
+    (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
     (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks"),
 ])
