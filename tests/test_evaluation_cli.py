@@ -361,6 +361,7 @@ def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "(default: 0)" in text and "(default: standard)" in text and "CHECKPOINT" in text
+    assert "Robust accuracy of a checkpoint" in text  # eval.py's own docstring
     assert "mnist (mnist, fashionmnist):" in text and "linf 0.3: fgsm, pgd-50, pgd-100, deepfool, aa" in text
     assert "cifar (cifar10, cifar100, svhn):" in text and "l1 12: pgd-50, slide, aa" in text
 
