@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import acceptance  # noqa: E402  (a tool, not a module of the project: it lives in tools/)
+from pytest_counts import streamed_counts  # noqa: E402
 
 FAKE_SUITE = """
 import pytest
@@ -101,9 +102,9 @@ def test_test_counts_survive_a_stop_before_the_junit_xml():
     plain = ("tests/a.py::test_ok PASSED    [ 25%]\ntests/a.py::test_bad[x y] FAILED    [ 50%]\n"
              "tests/a.py::test_off SKIPPED (not here)    [ 75%]\n")
     xdist = "[gw0] [ 25%] PASSED tests/a.py::test_ok \n[gw1] [ 50%] ERROR tests/a.py::test_bad[x y] \n"
-    assert acceptance.streamed_counts(plain) == {"passed": 1, "failed": 1, "skipped": 1,
+    assert streamed_counts(plain) == {"passed": 1, "failed": 1, "skipped": 1,
                                                  "failures": ["tests/a.py::test_bad[x y]"]}
-    assert acceptance.streamed_counts(xdist) == {"passed": 1, "failed": 1, "skipped": 0,
+    assert streamed_counts(xdist) == {"passed": 1, "failed": 1, "skipped": 0,
                                                  "failures": ["tests/a.py::test_bad[x y]"]}
 
 
