@@ -45,7 +45,6 @@ TRAINING_CONFIGS = {
     "mnist/mnist b50 PGD-40": ("mnist", "mnist", 50, 40, 0.3, 0.01),
 }
 EPOCH_IMAGES = {"cifar10": 50_000, "mnist": 60_000}
-SHAPES = {"cifar": (3, 32, 32), "mnist": (1, 28, 28)}
 ATTACK_MODELS = {"cifar": ("resnet32", "cifar10"), "mnist": ("mnist", "mnist")}
 
 
@@ -88,11 +87,11 @@ def median_seconds(fn, device, repeats, warmup=1):
     return statistics.median(times)
 
 
-def synthetic_batch(family, n, num_classes, device, channels_last=False):
-    x = torch.rand(n, *SHAPES[family], device=device)
+def synthetic_batch(spec, n, device, channels_last=False):
+    x = torch.rand(n, *spec.shape, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, num_classes, (n,), device=device)
+    return x, torch.randint(0, spec.num_classes, (n,), device=device)
 
 
 # How one training figure is taken. amp: bf16 autocast; graph: one CUDA graph replay per iteration;
@@ -127,7 +126,7 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if variant.baseline
               else ATTACKS["pgd-linf"](epsilon, steps=steps, stepsize=stepsize))
     autocast = mixed_precision(device.type, variant.amp)
-    x, y = synthetic_batch(spec.family, batch_size, spec.num_classes, device, variant.channels_last)
+    x, y = synthetic_batch(spec, batch_size, device, variant.channels_last)
     if variant.graph:
         step = GraphedStep(net, net, attack, optimizer, 0.5, autocast, batch_size)
         for _ in range(GraphedStep.WARMUP + 1):  # the eager warm-ups and the capture, untimed
@@ -186,7 +185,7 @@ def bench_attacks(args, device):
         for p in model.parameters():  # the MNIST net's head starts at zero: all logits tie, which breaks
             if not p.any():           # pyautoattack's Square; a trained model has no such ties
                 torch.nn.init.normal_(p, std=0.01)
-        x, y = synthetic_batch(family, args.attack_batch, spec.num_classes, device)
+        x, y = synthetic_batch(spec, args.attack_batch, device)
         ATTACKS["pgd-linf"](0.01, steps=2, stepsize=0.005)(model, x, y)  # one-time start-up costs, untimed
         for norm, suite in SUITES[family].items():
             epsilon = parse_epsilon(suite["epsilons"][0])

@@ -30,6 +30,7 @@ class DatasetSpec:
     mean: tuple             # the reference's input normalisation, applied inside the model
     std: tuple
     family: str             # "cifar" (32x32 colour) or "mnist" (28x28 grey): picks default attacks
+    shape: tuple            # C x H x W of one image
     crop: bool              # random 32-crop from 4-pixel zero padding
     flip: bool              # random horizontal flip
     folder: str             # what torchvision puts under the data root, for error messages
@@ -39,20 +40,22 @@ def _split(cls):
     return lambda root, train, download: cls(root, train=train, download=download)
 
 
+CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)  # C x H x W
+
 # mean/std are the ALP reference's normalisation constants, so that our models (which normalise inside)
 # give the reference's logits for the reference's weights; MNIST-type data is not normalised there.
 DATASETS = {
     "cifar10": DatasetSpec(_split(tvd.CIFAR10), 10, (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2617),
-                           "cifar", True, True, "cifar-10-batches-py"),
+                           "cifar", CIFAR_SHAPE, True, True, "cifar-10-batches-py"),
     "cifar100": DatasetSpec(_split(tvd.CIFAR100), 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
-                            "cifar", True, True, "cifar-100-python"),
+                            "cifar", CIFAR_SHAPE, True, True, "cifar-100-python"),
     # Digits are not mirror-symmetric, so SVHN gets crops but no flips.
     "svhn": DatasetSpec(lambda root, train, download: tvd.SVHN(root, "train" if train else "test",
                                                                   download=download),
-                        10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar", True, False, "."),
-    "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.0,), (1.0,), "mnist", False, False, "MNIST"),
-    "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.0,), (1.0,), "mnist", False, False,
-                                "FashionMNIST"),
+                        10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar", CIFAR_SHAPE, True, False, "."),
+    "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False, False, "MNIST"),
+    "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False,
+                                False, "FashionMNIST"),
 }
 
 

@@ -49,6 +49,11 @@ def default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def percent(fraction):
+    """A share as the tables and checks print it: 0.1234 -> 12.34%."""
+    return f"{100 * fraction:.2f}%"
+
+
 def duration(seconds):
     """Seconds as people read a duration: 45 s, 3.5 min, 42 min, 4.2 h, 60 h."""
     if seconds < 100:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from pyautoattack import AutoAttack as PackageAutoAttack
 
-from .common import attacking, NORMS
+from .common import NORMS, attacking, device_of
 
 PACKAGE_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
@@ -35,13 +35,6 @@ def _logging_of(logger, verbose):
             logger.removeHandler(handler)
 
 
-def _device_of(model, fallback):
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return fallback if tensor is None else tensor.device
-
-
 class AutoAttack:
     """pyautoattack's AutoAttack with a fixed seed. Returns its adversarial examples: the clean image for
     every sample it did not break. verbose lets the package's log through."""
@@ -53,7 +46,7 @@ class AutoAttack:
         self.batch_size, self.verbose = batch_size, verbose
 
     def __call__(self, model, x, y):
-        device = _device_of(model, x.device)
+        device = device_of(model, default=x.device)
         with attacking(model):
             adversary = PackageAutoAttack(model, device=device, eps=self.epsilon, norm=PACKAGE_NORMS[self.norm],
                                           seed=self.seed, version=self.version)

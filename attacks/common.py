@@ -12,6 +12,15 @@ NORMS = ("linf", "l2", "l1")
 _P = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
 
 
+def device_of(model, default=torch.device("cpu")):
+    """Where the model's weights are (its buffers' device for a model without parameters; `default` for
+    one with neither)."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return default if tensor is None else tensor.device
+
+
 @contextmanager
 def attacking(model):
     """Eval mode and frozen parameters for the duration of an attack, both restored afterwards.

@@ -18,7 +18,9 @@ attacks or tables were selected nor on which process ran it.
 The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, their
 store, and a runner that shares them out over processes), engine (the entry points), checks (the
 gradient-masking checks), corruptions, report (markdown, plot, JSON), files (eval.py's JSON report and units
-folder, recognised by the digests of what they evaluated).
+folder, recognised by the digests of what they evaluated). eval.py's own, imported by name and never by the
+engine: command_line (its options), inputs (checkpoints and test images, refused in one line), console (what
+it prints as the evaluation runs).
 """
 import importlib
 
@@ -32,13 +34,14 @@ _NAMES = {
     "engine": ("evaluate", "evaluate_sweep", "evaluate_transfer", "grey_image_bound", "grey_image_class"),
     "report": ("format_checks", "format_corruptions", "format_details", "format_legend", "format_sweep",
                "format_table", "format_transfer_table", "plot_sweep", "sweep_figure", "write_json"),
-    "suite": ("AA_VERSIONS", "FAMILY_SHAPES", "NORM_SYMBOLS", "SANITY", "SUITES", "attack_names",
+    "suite": ("AA_VERSIONS", "NORM_SYMBOLS", "SANITY", "SUITES", "attack_names",
               "check_sweep_epsilons", "cli_name", "parse_epsilon", "plan_summary", "plan_sweep",
               "plan_threat_models", "suite_summary", "epsilon_warnings"),
     "units": ("CPU_BATCH_SIZE", "Job", "Runner", "ThreatModelViolation", "UnitStore", "check_in_threat_model",
               "clean_predictions", "default_batch_size", "evaluation_digests", "flat_norm", "random_stream",
               "run_unit", "shared", "stream_seed", "weights_digest"),
-    "files": ("check_report", "evaluation_identity", "open_units", "recorded_batch_size", "remove", "units_folder"),
+    "files": ("check_report", "default_json_path", "evaluation_identity", "open_units", "recorded_batch_size",
+              "remove", "units_folder"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
 __all__ = sorted(_MODULE_OF)

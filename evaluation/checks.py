@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from attacks.common import NORMS
+from utils import percent
 
 from .suite import NORM_SYMBOLS, SANITY, is_autoattack, is_one_step, is_pgd
 
@@ -63,10 +64,6 @@ class Check:
                 if value is not None or key not in ("smaller_epsilon", "chance")}
 
 
-def _percent(fraction):
-    return f"{100 * fraction:.2f}%"
-
-
 def _chance(probability):
     return f"{100 * probability:.3g}%" if probability >= 1e-4 else "under 0.01%"
 
@@ -86,9 +83,9 @@ def constant_predictor_check(class_counts, label_counts=None):
     flagged = share > CONSTANT_PREDICTOR_SHARE and chance < SIGNIFICANCE
     return Check(check="constant-predictor", where="clean predictions", value=share,
                  threshold=CONSTANT_PREDICTOR_SHARE, flagged=flagged, chance=chance,
-                 rule=f"flag when one class gets more than {_percent(CONSTANT_PREDICTOR_SHARE)} of the samples, "
+                 rule=f"flag when one class gets more than {percent(CONSTANT_PREDICTOR_SHARE)} of the samples, "
                       f"more than its share of the labels could give by chance (under {SIGNIFICANCE:.0%})",
-                 message=f"the model predicts class {top} for {_percent(share)} of the {n} samples"
+                 message=f"the model predicts class {top} for {percent(share)} of the {n} samples"
                          + (": it has learnt (almost) nothing, and its accuracies are that class's share"
                             if flagged else ""))
 
@@ -129,16 +126,16 @@ def _share_check(check, table, suspects, others, broken_by, n, what):
                      message=f"not checked: {'/'.join(suspects)} has nothing to be compared with in this table")
     count = broken_only_by(suspects, others, broken_by)
     missed = f"{others[0]} did not break" if len(others) == 1 else f"none of {', '.join(others)} broke"
-    found = f"{'/'.join(suspects)} broke {count} of {n} samples ({_percent(count / n)}) that {missed}"
+    found = f"{'/'.join(suspects)} broke {count} of {n} samples ({percent(count / n)}) that {missed}"
     if healthy is None:
         return Check(check=check, **where, value=count / n, flagged=False, kind="information",
                      rule=INFORMATION_AT[table["norm"]], message=found)
     chance = chance_of_at_least(count, n, healthy)
     flagged = chance < SIGNIFICANCE
     return Check(check=check, **where, value=count / n, flagged=flagged, chance=chance,
-                 rule=f"flag when a healthy model's {_percent(healthy)} would give that many with a chance "
+                 rule=f"flag when a healthy model's {percent(healthy)} would give that many with a chance "
                       f"under {SIGNIFICANCE:.0%}",
-                 message=f"{found}; a healthy {_percent(healthy)} gives as many with a chance of "
+                 message=f"{found}; a healthy {percent(healthy)} gives as many with a chance of "
                          f"{_chance(chance)}" + (f": {what}" if flagged else ""))
 
 
@@ -171,7 +168,7 @@ def masking_checks(tables, broken_by_table, sanity, n):
                 where=f"{NORM_SYMBOLS[norm]} {larger['epsilon_label']} vs {smaller['epsilon_label']}",
                 value=high - low, threshold=0.0, flagged=high > low,
                 rule="flag if the larger epsilon leaves a higher worst-case accuracy",
-                message=f"worst-case accuracy {_percent(high)} at the larger epsilon vs {_percent(low)}"))
+                message=f"worst-case accuracy {percent(high)} at the larger epsilon vs {percent(low)}"))
     if sanity is not None:
         accuracy, grey = sanity["robust_accuracy"], sanity["grey_image_accuracy"]
         checks.append(Check(
@@ -179,9 +176,9 @@ def masking_checks(tables, broken_by_table, sanity, n):
             where=f"{NORM_SYMBOLS[sanity['norm']]} {sanity['epsilon_label']}",
             value=accuracy, threshold=SANITY["max_accuracy"],
             flagged=accuracy > SANITY["max_accuracy"] and accuracy > grey,
-            rule=f"flag above {_percent(SANITY['max_accuracy'])} accuracy unless the grey image leaves as much",
-            message=f"{sanity['label']} leaves {_percent(accuracy)} accuracy; a uniform grey image, within "
-                    f"reach of every sample, leaves {_percent(grey)}"))
+            rule=f"flag above {percent(SANITY['max_accuracy'])} accuracy unless the grey image leaves as much",
+            message=f"{sanity['label']} leaves {percent(accuracy)} accuracy; a uniform grey image, within "
+                    f"reach of every sample, leaves {percent(grey)}"))
     return checks
 
 
@@ -206,8 +203,8 @@ def sweep_checks(sweep):
             check="sweep-above-grey-bound", norm=sweep["norm"], epsilon=epsilons[worst],
             where=f"{curve['label']} sweep, {symbol} {labels[worst]}", value=excess[worst],
             threshold=SWEEP_GREY_SLACK, flagged=excess[worst] > SWEEP_GREY_SLACK,
-            rule=f"flag more than {_percent(SWEEP_GREY_SLACK)} above the accuracy left by moving every "
+            rule=f"flag more than {percent(SWEEP_GREY_SLACK)} above the accuracy left by moving every "
                  f"sample within reach to the uniform grey image",
-            message=f"{curve['label']} leaves {_percent(accuracy[worst])} where the grey image alone leaves "
-                    f"at most {_percent(bound[worst])}"))
+            message=f"{curve['label']} leaves {percent(accuracy[worst])} where the grey image alone leaves "
+                    f"at most {percent(bound[worst])}"))
     return checks

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from attacks.common import device_of
 from data import DATASETS
 
 from .engine import new_report
-from .suite import FAMILY_SHAPES
-from .units import clean_predictions, default_batch_size, device_of, evaluates_models
+from .units import clean_predictions, default_batch_size, evaluates_models
 
 SEVERITIES = 5  # severities 1..5, one block of images each, in that order
 PUBLISHED_FOR = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}  # the data sets whose layout this reads
@@ -57,7 +57,7 @@ def load_corruptions(folder, dataset, n=None):
                          f"block of {per_severity} (one per severity, as CIFAR-10-C lays them out): does the "
                          f"folder hold another number of severities?")
     keep = min(n or per_severity, per_severity)
-    c, h, w = FAMILY_SHAPES[spec.family]
+    c, h, w = spec.shape
     corruptions = {}
     for name in names:
         path = os.path.join(folder, f"{name}.npy")

@@ -4,13 +4,13 @@ of every attack to run and hands the jobs to a Runner (units.py) in rounds: ever
 independent of the others, so a round is what can be shared out over processes."""
 import torch
 
-from attacks.common import flat_norm
+from attacks.common import device_of, flat_norm
 from data import DATASETS
 
 from .checks import constant_predictor_check, masking_checks, sweep_checks
-from .suite import (FAMILY_SHAPES, SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
+from .suite import (SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
                     plan_sweep, plan_threat_models, run_order)
-from .units import (Job, Runner, as_float, clean_predictions, default_batch_size, device_of, evaluates_models,
+from .units import (Job, Runner, as_float, clean_predictions, default_batch_size, evaluates_models,
                     evaluation_digests, stream_seed, unit_context)
 
 
@@ -21,7 +21,7 @@ def check_inputs(images, labels, dataset, batch_size=None):
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     spec = DATASETS[dataset]
-    shape = FAMILY_SHAPES[spec.family]
+    shape = spec.shape
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise ValueError("images and labels must be torch tensors")
     if images.dim() != 4 or tuple(images.shape[1:]) != shape:
@@ -100,7 +100,7 @@ class Session:
         digests = evaluation_digests(model, images, labels, source)
         self.report["evaluation"]["digests"] = digests
         self.context = unit_context(digests, self.device)
-        self.report["warnings"] += epsilon_warnings(norm_epsilons, FAMILY_SHAPES[DATASETS[dataset].family])
+        self.report["warnings"] += epsilon_warnings(norm_epsilons, DATASETS[dataset].shape)
         self.num_classes = DATASETS[dataset].num_classes
         self.predicted = clean_predictions(model, self.images, self.batch_size, self.num_classes)
         self.correct = self.predicted == self.labels.cpu()

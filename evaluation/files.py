@@ -4,6 +4,7 @@ the weights and of the test images and labels, the model and data set, the devic
 report format) is stored with each, and whatever was written for another identity is refused or set aside,
 never reused and never mixed with this evaluation's figures.
 
+    json_path = default_json_path(checkpoint, requested)               # unless --json names one
     identity = evaluation_identity(model, images, labels, ...)
     finished = check_report(json_path, requested, identity, force)   # a finished report of this evaluation
     store, notes = open_units(units_folder(json_path), identity, force)
@@ -11,6 +12,7 @@ never reused and never mixed with this evaluation's figures.
 import itertools
 import json
 import os
+import re
 import shutil
 
 from utils import write_atomically
@@ -56,6 +58,36 @@ def differences(then, now):
              if then.get(key) != now.get(key)]
     parts = parts or ["another evaluation"]
     return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def default_json_path(checkpoint, requested):
+    """<checkpoint>.eval.json for the full default evaluation; otherwise the selection (eval.py's `requested`)
+    in the name, e.g. last.eval.n100_linf_fgsm+pgd-50.json, so that a small trial never replaces a full
+    result."""
+    parts = []
+    if requested["n"]:
+        parts.append(f"n{requested['n']}")
+    for key in ("norms", "attacks"):
+        if requested[key]:
+            parts.append("+".join(requested[key]))
+    if requested["epsilons"]:
+        parts.append("eps" + "+".join(requested["epsilons"]))
+    if requested["seed"]:
+        parts.append(f"seed{requested['seed']}")
+    if requested["worst_case_only"]:
+        parts.append("worst-case-only")
+    if requested["aa_version"] != "standard":
+        parts.append(f"aa-{requested['aa_version']}")
+    if requested["transfer_from"]:
+        # with the source's folder (its run): two runs' best_robust.pt must not share a file
+        folder, file = os.path.split(requested["transfer_from"])
+        parts.append(f"from-{os.path.basename(folder)}-{os.path.splitext(file)[0]}")
+    if requested["sweep"]:
+        parts.append("sweep-" + "-".join(requested["sweep"]))
+    if requested["corruptions"]:
+        parts.append("corruptions-" + os.path.basename(requested["corruptions"].rstrip(os.sep)))
+    tag = re.sub(r"[^A-Za-z0-9.+-]", "_", "_".join(parts))
+    return f"{os.path.splitext(checkpoint)[0]}.eval{'.' + tag if tag else ''}.json"
 
 
 def units_folder(json_path):

@@ -3,14 +3,10 @@ through the same atomic, fsync'd write as checkpoints."""
 import json
 
 from attacks.common import NORMS
-from utils import write_atomically
+from utils import percent, write_atomically
 
 from .corruptions import SEVERITIES
 from .suite import NORM_SYMBOLS, is_autoattack
-
-
-def _percent(fraction):
-    return f"{100 * fraction:.2f}%"
 
 
 def _accuracy(value):
@@ -157,7 +153,7 @@ def sweep_figure(report):
     ax.plot(sweep["epsilons"], [100 * b for b in sweep["grey_image_bound"]], linestyle="--", color="grey",
             marker="s", markerfacecolor="none", zorder=3, label="grey-image bound")
     ax.axhline(100 * sweep["clean_accuracy"], linestyle=":", color="black", zorder=1,
-               label=f"clean {_percent(sweep['clean_accuracy'])}")
+               label=f"clean {percent(sweep['clean_accuracy'])}")
     ax.set_xlabel(f"ε ({symbol} radius, pixels scaled to [0, 1])")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)

@@ -44,7 +44,6 @@ SUITES = {
                    "2", pgd("l2", 100, 0.05), "10"),
 }
 
-FAMILY_SHAPES = {"cifar": (3, 32, 32), "mnist": (1, 28, 28)}  # C x H x W of every data set of the family
 AA_VERSIONS = ("standard", "plus", "rand")  # pyautoattack's own; rand is for randomised defences
 NORM_SYMBOLS = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
 

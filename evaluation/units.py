@@ -50,13 +50,6 @@ def default_batch_size(device):
     return CPU_BATCH_SIZE
 
 
-def device_of(model):
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    return torch.device("cpu") if tensor is None else tensor.device
-
-
 def as_float(images):
     """Float images in [0, 1], whether stored as uint8 or float: always a new tensor, so that a model that
     writes into its input never reaches the caller's images."""

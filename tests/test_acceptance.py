@@ -1,12 +1,18 @@
-"""CPU (on every machine, also where a GPU is present): acceptance.py in its reduced CPU form, end to end on
+"""CPU (on every machine, also where a GPU is present): tools/acceptance.py in its reduced CPU form, end to end on
 synthetic digits, so that the GPU acceptance command cannot rot between the sessions that have a GPU; and
 its verdicts: a failed test, runs that disagree, bad input."""
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-import acceptance
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import acceptance  # noqa: E402  (a tool, not a module of the project: it lives in tools/)
+from pytest_counts import streamed_counts  # noqa: E402
 
 FAKE_SUITE = """
 import pytest
@@ -80,14 +86,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_the_command_runs_as_the_readme_writes_it_from_the_repository_root(tmp_path):
+    """CPU: `python tools/acceptance.py ...` finds the project's modules and scripts one folder up (a bad
+    --data-root, so that it stops after its checks)."""
+    result = subprocess.run([sys.executable, "tools/acceptance.py", str(tmp_path / "out"), "--data-root",
+                             str(tmp_path / "absent")], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and result.stderr.strip() == f"acceptance.py: error: --data-root: no folder "\
+                                                              f"{tmp_path / 'absent'}", result.stderr
+    assert acceptance.ROOT == str(ROOT) and os.path.isfile(os.path.join(acceptance.ROOT, "eval.py"))
+
+
 def test_test_counts_survive_a_stop_before_the_junit_xml():
     """CPU: pytest -v's progress lines, plain and under xdist, when pytest was stopped before writing XML."""
     plain = ("tests/a.py::test_ok PASSED    [ 25%]\ntests/a.py::test_bad[x y] FAILED    [ 50%]\n"
              "tests/a.py::test_off SKIPPED (not here)    [ 75%]\n")
     xdist = "[gw0] [ 25%] PASSED tests/a.py::test_ok \n[gw1] [ 50%] ERROR tests/a.py::test_bad[x y] \n"
-    assert acceptance.streamed_counts(plain) == {"passed": 1, "failed": 1, "skipped": 1,
+    assert streamed_counts(plain) == {"passed": 1, "failed": 1, "skipped": 1,
                                                  "failures": ["tests/a.py::test_bad[x y]"]}
-    assert acceptance.streamed_counts(xdist) == {"passed": 1, "failed": 1, "skipped": 0,
+    assert streamed_counts(xdist) == {"passed": 1, "failed": 1, "skipped": 0,
                                                  "failures": ["tests/a.py::test_bad[x y]"]}
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import eval as eval_script
 import evaluation
+from evaluation.command_line import parse_sweep
 from attacks import ATTACKS
 from weights import model_from_file as load_model
 from data import load_split
@@ -221,14 +222,14 @@ def test_the_two_families_suites_share_their_attack_definitions():
                                             ("0:16/255:3", [("0/255", 0.0), ("8/255", 8 / 255), ("16/255", 16 / 255)]),
                                             ("0.1, 0.2", [("0.1", 0.1), ("0.2", 0.2)])])
 def test_sweep_epsilons_are_a_range_or_a_list(text, expected):
-    parsed = eval_script.parse_sweep(text)
+    parsed = parse_sweep(text)
     assert [label for label, _ in parsed] == [label for label, _ in expected]
     assert [value for _, value in parsed] == pytest.approx([value for _, value in expected])
 
 
 def test_a_sweep_below_zero_is_refused():
     with pytest.raises(ValueError, match="at least 0"):
-        eval_script.parse_sweep("-0.1,0.1")
+        parse_sweep("-0.1,0.1")
 
 
 # --- faulty models and misuse: one clear error, never figures ---------------------------------------------

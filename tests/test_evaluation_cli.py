@@ -3,12 +3,16 @@ plot, CIFAR-10-C-style corruptions, AutoAttack's version, the JSON file's name a
 root, warnings, --help, and every bad input as one line with exit status 2."""
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import eval as eval_script
+import evaluation
+from evaluation.command_line import build_parser, parse_args
+from evaluation.inputs import choose_data_root
 from checkpoints import checkpoint_meta, save_checkpoint
 from data import data_digest, train_val_splits
 from weights import build_model, model_from_file
@@ -84,7 +88,7 @@ def test_transfers_from_two_runs_best_checkpoints_get_their_own_json_files():
         requested = {"n": None, "norms": None, "attacks": None, "epsilons": None, "seed": 0,
                      "worst_case_only": False, "aa_version": "standard", "transfer_from": source,
                      "sweep": None, "corruptions": None}
-        return eval_script.default_json_path("/runs/target/best_robust.pt", requested)
+        return evaluation.default_json_path("/runs/target/best_robust.pt", requested)
     assert name("/runs/a/best_robust.pt") == "/runs/target/best_robust.eval.from-a-best_robust.json"
     assert name("/runs/b/best_robust.pt") != name("/runs/a/best_robust.pt")
 
@@ -108,6 +112,7 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
+    (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
     (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks"),
 ])
@@ -296,8 +301,8 @@ def test_the_checkpoints_data_root_is_used_when_none_is_given(capsys, checkpoint
     assert code == 0, err
     report = json.loads((tmp_path / "here.eval.n16_linf_fgsm+pgd-50.json").read_text())
     assert report["evaluation"]["data_root"] == str(data_root)
-    assert eval_script.choose_data_root(None, {"data_root": str(tmp_path / "moved")}) == "./data"
-    assert eval_script.choose_data_root("given", {"data_root": str(data_root)}) == "given"
+    assert choose_data_root(None, {"data_root": str(tmp_path / "moved")}) == "./data"
+    assert choose_data_root("given", {"data_root": str(data_root)}) == "given"
 
 
 def test_data_other_than_the_checkpoints_training_data_is_warned_about(capsys, checkpoint, data_root,  # noqa: F811
@@ -319,8 +324,8 @@ def test_data_other_than_the_checkpoints_training_data_is_warned_about(capsys, c
 @pytest.mark.parametrize("flag, terminal, shown", [(None, True, True), (None, False, False),
                                                    ("--progress", False, True), ("--no-progress", True, False)])
 def test_progress_bars_show_on_a_terminal_unless_told_otherwise(flag, terminal, shown, monkeypatch):
-    monkeypatch.setattr(eval_script.sys.stderr, "isatty", lambda: terminal)
-    assert eval_script.parse_args(["ckpt.pt", *([flag] if flag else [])]).progress is shown
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert parse_args(["ckpt.pt", *([flag] if flag else [])]).progress is shown
 
 
 def test_a_progress_bar_gives_its_rate_and_time_left(capsys):
@@ -349,13 +354,14 @@ def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_abou
 
 
 def test_help_shows_defaults_every_flag_and_the_suite_per_family(capsys):
-    parser = eval_script.build_parser()
+    parser = build_parser()
     assert all(action.help for action in parser._actions)
     with pytest.raises(SystemExit) as exit_info:
-        eval_script.parse_args(["--help"])
+        eval_script.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "(default: 0)" in text and "(default: standard)" in text and "CHECKPOINT" in text
+    assert "Robust accuracy of a checkpoint" in text  # eval.py's own docstring
     assert "mnist (mnist, fashionmnist):" in text and "linf 0.3: fgsm, pgd-50, pgd-100, deepfool, aa" in text
     assert "cifar (cifar10, cifar100, svhn):" in text and "l1 12: pgd-50, slide, aa" in text
 

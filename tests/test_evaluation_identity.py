@@ -6,13 +6,16 @@ fourth unit of work."""
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import evaluation
+import evaluation.console
 from conftest import assert_one_line_error, run_eval, train_on_digits, write_checkpoint
 from formats import synthetic_digits, write_mnist
+from utils import duration
 from weights import build_model, to_reference_state_dict
 
 CPU = torch.device("cpu")
@@ -285,16 +288,48 @@ def test_a_continued_evaluation_keeps_its_batch_size_without_b(capsys, nets, dat
     assert report["evaluation"]["batch_size"] == 4 and figures(report) == fresh["A"]
 
 
-def test_the_runner_says_how_long_the_rest_will_take_once_each_attack_has_run_a_unit(capsys, nets, data_root,
-                                                                                    tmp_path, monkeypatch):
-    import eval as eval_script
+def test_rounds_of_a_few_seconds_get_no_estimate(capsys, nets, data_root, tmp_path):
     code, out, err = evaluate(capsys, nets["A"], data_root, tmp_path / "quick.json")
-    assert code == 0 and "estimated:" not in out, err  # a round of seconds: no line
-    monkeypatch.setattr(eval_script, "ESTIMATE_FROM_SECONDS", 0)
+    assert code == 0 and "estimated:" not in out, err
+
+
+def test_once_each_attack_has_run_a_unit_the_estimate_is_the_time_the_rest_of_its_round_takes(
+        capsys, nets, data_root, tmp_path, monkeypatch):
+    """A fake clock in which an attack call costs its steps (1 for FGSM) in seconds per image: each line
+    printed once every attack of a round has run its first unit names the seconds that the round's other
+    units then take, as the clock measures them."""
+    clock, events = [0.0], []
+    units = evaluation.units
+    monkeypatch.setattr(units, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    build_attack, seconds_left, run = units.build_attack, units.Runner.seconds_left, units.Runner.run
+
+    def costed(name, epsilon, options, seed):
+        attack = build_attack(name, epsilon, options, seed)
+
+        def timed(model, x, y):
+            clock[0] += options.get("steps", 1) * len(x)
+            return attack(model, x, y)
+        return timed
+
+    def noted_estimate(self, *args):
+        events.append(("estimate", clock[0]))
+        return seconds_left(self, *args)
+
+    def noted_round(self, *args, **kwargs):
+        outcomes = run(self, *args, **kwargs)
+        events.append(("end", clock[0]))
+        return outcomes
+    monkeypatch.setattr(units, "build_attack", costed)
+    monkeypatch.setattr(units.Runner, "seconds_left", noted_estimate)
+    monkeypatch.setattr(units.Runner, "run", noted_round)
+    monkeypatch.setattr(evaluation.console, "ESTIMATE_FROM_SECONDS", 0)
     code, out, err = evaluate(capsys, nets["A"], data_root, tmp_path / "A.json")
     assert code == 0, err
-    (line,) = [line for line in out.splitlines() if line.startswith("estimated:")]
-    assert "more for this round of attacks (measured on the first batch of each)" in line
+    taken = [end - at for (kind, at), (_, end) in zip(events, events[1:]) if kind == "estimate"]
+    assert taken and min(taken) > 0
+    printed = [line for line in out.splitlines() if line.startswith("estimated:")]
+    assert printed == [f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch "
+                       f"of each)" for seconds in taken]
     assert out.index("estimated:") < out.index("| ℓ∞ |")  # before the table, which needs every unit
 
 

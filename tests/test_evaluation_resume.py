@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import eval as eval_script
+from evaluation.command_line import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -131,7 +132,7 @@ def test_a_finished_evaluation_is_not_redone(capsys, checkpoint, data_root, tmp_
 def test_every_flag_survives_torchruns_parser():
     """torchrun prefix-matches each --x token, the script's own too: --n is ambiguous there, --images is not."""
     from torch.distributed.run import get_args_parser
-    script_flags = [o for action in eval_script.build_parser()._actions for o in action.option_strings
+    script_flags = [o for action in build_parser()._actions for o in action.option_strings
                     if o.startswith("--") and o not in ("--help", "--n")]
     args = get_args_parser().parse_args(["--nproc_per_node=2", "eval.py", "CKPT", *script_flags])
     assert args.training_script_args == ["CKPT", *script_flags]

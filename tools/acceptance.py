@@ -1,7 +1,7 @@
 """The acceptance run: what one lent GPU must tell us, in one command, its figures in OUT_DIR.
 
-    python acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
-    python acceptance.py --prepare-device [.device]     # on a networked machine: what a bare GPU box lacks
+    python tools/acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
+    python tools/acceptance.py --prepare-device [.device]   # on a networked machine: what a bare GPU box lacks
 
 On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, ~8 minutes in all):
   0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already;
@@ -25,7 +25,7 @@ every part ran and passed, 1 if a test failed, the two runs disagree or a part f
 
 On a lent GPU machine without a network (it has torch, torchvision, scipy, pytest and pytest-xdist, but no
 pyautoattack or foolbox, and carries only the working tree and the folders named, 64 MiB in all):
-  1. here, on a networked machine: `python acceptance.py --prepare-device` fills `.device/` (git ignores it)
+  1. here, on a networked machine: `python tools/acceptance.py --prepare-device` fills `.device/` (git ignores it)
      with the unpacked wheels of the packages that machine's image lacks, at the versions installed here
      (pyautoattack without its 44 MB examples/, foolbox and its own dependencies), and copies the offline
      data tool and the CIFAR-10 stand-in from ../shared (`tools/offline_data.py`, `data/cifar10-jpeg.npz`);
@@ -33,7 +33,7 @@ pyautoattack or foolbox, and carries only the working tree and the folders named
   2. there, carrying `.device`, with a time limit that leaves a minute beyond --budget:
        export PYTHONPATH=$PWD/.device/site
        OFFLINE=.device/tools/offline_data.py
-       python3 acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
+       python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
      It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
      which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
      on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
@@ -46,32 +46,29 @@ import glob
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
-import zipfile
 from collections import namedtuple
 from contextlib import nullcontext
-from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 
 import torch
 
-from utils import CLIParser, fail
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+# The project's root, one folder up: the scripts that the parts run and the modules imported here are there,
+# whichever folder the command is run from.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-# The packages that the GPU machine's image lacks (it has torch, torchvision, numpy, scipy, tqdm, matplotlib,
-# pytest and pytest-xdist), pinned below to the versions installed here: the device runs what we test.
-DEVICE_PACKAGES = ["pyautoattack", "foolbox", "eagerpy", "GitPython", "gitdb", "smmap"]
-DEVICE_DATA = ["tools/offline_data.py", "data/cifar10-jpeg.npz"]  # from ../shared, same layout
-CARRY_LIMIT = 64 * 2 ** 20  # what the device tool carries: the working tree and the carried folders together
+from acceptance_report import markdown, write_report  # noqa: E402  (importable once ROOT is on the path)
+from device_folder import prepare_device  # noqa: E402
+from pytest_counts import junit_counts, streamed_counts  # noqa: E402
+from utils import CLIParser, fail  # noqa: E402
 
 AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in robust validation accuracy
 
@@ -230,9 +227,9 @@ def agreement(runs):
     """The largest gaps between the eager and graph runs' last validation accuracies, in points."""
     last = [run["epochs"][-1] for run in runs.values() if run.get("epochs")]
     if len(last) != 2 or None in (last[0]["clean_percent"], last[1]["clean_percent"]):
-        return {"agree": False, "gap_points": None}
+        return {"agree": False, "gap_points": None, "allowed_points": 100 * AGREEMENT}
     gaps = {key: round(abs(last[0][key] - last[1][key]), 2) for key in ("clean_percent", "robust_percent")}
-    return {"agree": max(gaps.values()) <= 100 * AGREEMENT, "gap_points": gaps}
+    return {"agree": max(gaps.values()) <= 100 * AGREEMENT, "gap_points": gaps, "allowed_points": 100 * AGREEMENT}
 
 
 def attack_records(node, norm=None, epsilon=None):
@@ -292,155 +289,6 @@ def run_tests(parts, tests, workers, work):
     parts.record("tests", figures)
 
 
-def counts(outcomes):
-    """passed, failed (errors included), skipped and the failed tests' names, from (test id, outcome) pairs."""
-    result = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
-    for name, kind in outcomes:
-        result[kind] += 1
-        if kind == "failed":
-            result["failures"].append(name)
-    return result
-
-
-def junit_counts(path):
-    def outcome_of(case):
-        if case.find("failure") is not None or case.find("error") is not None:
-            return "failed"
-        return "skipped" if case.find("skipped") is not None else "passed"
-
-    def test_id(case):  # classname tests.test_alp -> tests/test_alp.py
-        module = case.get("classname", "").replace(".", "/")
-        return f"{module}.py::{case.get('name')}" if module else case.get("name")
-
-    return counts((test_id(case), outcome_of(case)) for case in ElementTree.parse(path).getroot().iter("testcase"))
-
-
-# pytest -v: "tests/a.py::test_b PASSED [ 3%]" (a reason in brackets may follow SKIPPED and XFAIL); under
-# xdist "[gw2] [ 3%] PASSED tests/a.py::test_b"
-PROGRESS_LINE = re.compile(r"^(?:\[gw\d+\] \[ *\d+%\] (?P<kind>[A-Z]+) (?P<name>\S+::.+?)"
-                           r"|(?P<name2>\S+::.+?) (?P<kind2>[A-Z]+)(?: \(.*\))?(?: +\[ *\d+%\])?)\s*$")
-KINDS = {"PASSED": "passed", "XFAIL": "passed", "FAILED": "failed", "ERROR": "failed", "XPASS": "failed",
-         "SKIPPED": "skipped"}
-
-
-def streamed_counts(text):
-    outcomes = []
-    for line in text.splitlines():
-        match = PROGRESS_LINE.match(line)
-        if match:
-            kind = match["kind"] or match["kind2"]
-            if kind in KINDS:
-                outcomes.append((match["name"] or match["name2"], KINDS[kind]))
-    return counts(outcomes)
-
-
-# --- the report --------------------------------------------------------------------------------------------
-
-def write_report(out_dir, report):
-    with open(os.path.join(out_dir, "acceptance.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out_dir, "acceptance.md"), "w") as f:
-        f.write(markdown(report))
-
-
-def markdown(report):
-    parts = report["parts"]
-    lines = [f"# Acceptance run: {report['machine']}", "",
-             f"torch {report['torch']}, Python {report['python']}, {report['form']} form, "
-             f"{report['elapsed_seconds']:.0f} s so far of a {report['budget_seconds']:.0f} s budget; "
-             f"verdict: {report.get('verdict', 'unfinished')}", ""]
-    if "data" in parts:
-        lines += [f"CIFAR-10 stand-in data root built: {status_line(parts['data'])}", ""]
-    if "timings" in parts:
-        lines += ["## One ALP iteration (median of repeats after a warm-up)", "", status_line(parts["timings"]),
-                  "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
-                  "| :-- | --: | :-- | --: | --: |"]
-        lines += [f"| {r['config']} | {r['pgd_steps']} | {r['variant']}"
-                  f"{' (recording failed: eager timed)' if r['capture_failure'] else ''} | "
-                  f"{r['ms_per_iteration']:.2f} | {r['seconds_per_epoch']:.1f} |"
-                  for r in parts["timings"].get("rows", [])]
-        lines.append("")
-    if "training" in parts:
-        training = parts["training"]
-        lines += ["## Training, eager and --cuda-graph (seconds include validation)", "",
-                  f"agreement within {100 * AGREEMENT:.1f} points: {training.get('agree')}, gaps (points): "
-                  f"{training.get('gap_points')}", "",
-                  "| run | epoch | seconds | clean % | robust % |", "| :-- | --: | --: | --: | --: |"]
-        for kind, run in training["runs"].items():
-            lines += [f"| {kind} | {e['epoch']} | {e['seconds']:.1f} | {e['clean_percent']} | {e['robust_percent']} |"
-                      for e in run["epochs"]]
-            lines += [f"| {kind} | {status_line(run)} | | | |"] if not run["ok"] else []
-            lines += [f"| {kind} | {note} | | | |" for note in run["graph_notes"]]
-        lines.append("")
-    if "evaluation" in parts:
-        evaluation = parts["evaluation"]
-        lines += [f"## Default attack suite on {evaluation.get('images', '?')} test images", "",
-                  status_line(evaluation), "",
-                  "| norm | ε | attack | seconds | projected s / 10,000 images (linear) | robust % |",
-                  "| :-- | :-- | :-- | --: | --: | --: |"]
-        lines += [f"| {a['norm']} | {a['epsilon']} | {a['attack']} | {a['seconds']:.2f} | "
-                  f"{a['seconds_per_10000_images']:.1f} | {a['robust_percent']} |"
-                  for a in evaluation.get("attacks", [])]
-        lines.append("")
-    if "tests" in parts:
-        tests = parts["tests"]
-        lines += ["## Test suite", "", status_line(tests), "",
-                  f"passed {tests.get('passed')}, failed {tests.get('failed')}, skipped {tests.get('skipped')}"
-                  + (f" (counted from {tests['counted_from']})" if "counted_from" in tests else ""), ""]
-        lines += [f"- failed: `{name}`" for name in tests.get("failures", [])]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def status_line(figures):
-    if figures.get("ok"):
-        return f"ok, {figures.get('seconds', 0):.0f} s"
-    return f"FAILED: {figures.get('error', 'see below')}"
-
-
-# --- preparing the device folder ---------------------------------------------------------------------------
-
-def prepare_device(folder):
-    """Unpacked wheels in FOLDER/site, ../shared's tools/ and data/ files under FOLDER; prints the sizes."""
-    site = os.path.join(folder, "site")
-    shutil.rmtree(site, ignore_errors=True)
-    os.makedirs(site)
-    pinned = []
-    for name in DEVICE_PACKAGES:
-        try:
-            pinned.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pinned.append(name)
-    with tempfile.TemporaryDirectory() as wheels:
-        if subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                           "--dest", wheels, *pinned]).returncode != 0:
-            fail(f"pip could not download {' '.join(pinned)} (above: why)", status=1)
-        for wheel in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
-            with zipfile.ZipFile(wheel) as archive:
-                archive.extractall(site)
-    shutil.rmtree(os.path.join(site, "pyautoattack", "examples"), ignore_errors=True)  # 44 MB of samples
-    for relative in DEVICE_DATA:
-        source = os.path.join(SHARED, relative)
-        if not os.path.exists(source):
-            fail(f"{source} is missing: --prepare-device copies it from the shared folder")
-        os.makedirs(os.path.dirname(os.path.join(folder, relative)), exist_ok=True)
-        shutil.copyfile(source, os.path.join(folder, relative))
-    carried = folder_bytes(folder)
-    tree = sum(os.path.getsize(os.path.join(ROOT, path)) for path in subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-        check=True).stdout.splitlines() if os.path.isfile(os.path.join(ROOT, path)))
-    print(f"{folder}: {', '.join(pinned)} unpacked in site/ ({folder_bytes(site) / 2 ** 20:.1f} MiB); "
-          f"{', '.join(DEVICE_DATA)}; {carried / 2 ** 20:.1f} MiB in all")
-    print(f"with the working tree ({tree / 2 ** 20:.1f} MiB): {(carried + tree) / 2 ** 20:.1f} MiB of the device "
-          f"tool's {CARRY_LIMIT / 2 ** 20:.0f} MiB")
-    if carried + tree > CARRY_LIMIT:
-        fail("too big to carry: the device tool takes 64 MiB at most")
-
-
-def folder_bytes(folder):
-    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, names in os.walk(folder) for name in names)
-
-
 # --- main --------------------------------------------------------------------------------------------------
 
 def build_parser():
@@ -484,7 +332,7 @@ def check_arguments(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.prepare_device:
-        return prepare_device(args.prepare_device)
+        return prepare_device(args.prepare_device, ROOT, SHARED)
     check_arguments(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     form_name = "cuda" if device.startswith("cuda") else "cpu"

@@ -1,0 +1,66 @@
+"""The acceptance run's report: acceptance.json (every figure) and acceptance.md (the same as tables)."""
+import json
+import os
+
+
+def write_report(out_dir, report):
+    with open(os.path.join(out_dir, "acceptance.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "acceptance.md"), "w") as f:
+        f.write(markdown(report))
+
+
+def markdown(report):
+    parts = report["parts"]
+    lines = [f"# Acceptance run: {report['machine']}", "",
+             f"torch {report['torch']}, Python {report['python']}, {report['form']} form, "
+             f"{report['elapsed_seconds']:.0f} s so far of a {report['budget_seconds']:.0f} s budget; "
+             f"verdict: {report.get('verdict', 'unfinished')}", ""]
+    if "data" in parts:
+        lines += [f"CIFAR-10 stand-in data root built: {status_line(parts['data'])}", ""]
+    if "timings" in parts:
+        lines += ["## One ALP iteration (median of repeats after a warm-up)", "", status_line(parts["timings"]),
+                  "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
+                  "| :-- | --: | :-- | --: | --: |"]
+        lines += [f"| {r['config']} | {r['pgd_steps']} | {r['variant']}"
+                  f"{' (recording failed: eager timed)' if r['capture_failure'] else ''} | "
+                  f"{r['ms_per_iteration']:.2f} | {r['seconds_per_epoch']:.1f} |"
+                  for r in parts["timings"].get("rows", [])]
+        lines.append("")
+    if "training" in parts:
+        training = parts["training"]
+        allowed = training.get("allowed_points")  # absent until both runs have ended
+        lines += ["## Training, eager and --cuda-graph (seconds include validation)", "",
+                  f"agreement within {allowed:g} points: {training.get('agree')}, gaps (points): "
+                  f"{training.get('gap_points')}" if allowed is not None else "agreement: not measured yet", "",
+                  "| run | epoch | seconds | clean % | robust % |", "| :-- | --: | --: | --: | --: |"]
+        for kind, run in training["runs"].items():
+            lines += [f"| {kind} | {e['epoch']} | {e['seconds']:.1f} | {e['clean_percent']} | {e['robust_percent']} |"
+                      for e in run["epochs"]]
+            lines += [f"| {kind} | {status_line(run)} | | | |"] if not run["ok"] else []
+            lines += [f"| {kind} | {note} | | | |" for note in run["graph_notes"]]
+        lines.append("")
+    if "evaluation" in parts:
+        evaluation = parts["evaluation"]
+        lines += [f"## Default attack suite on {evaluation.get('images', '?')} test images", "",
+                  status_line(evaluation), "",
+                  "| norm | ε | attack | seconds | projected s / 10,000 images (linear) | robust % |",
+                  "| :-- | :-- | :-- | --: | --: | --: |"]
+        lines += [f"| {a['norm']} | {a['epsilon']} | {a['attack']} | {a['seconds']:.2f} | "
+                  f"{a['seconds_per_10000_images']:.1f} | {a['robust_percent']} |"
+                  for a in evaluation.get("attacks", [])]
+        lines.append("")
+    if "tests" in parts:
+        tests = parts["tests"]
+        lines += ["## Test suite", "", status_line(tests), "",
+                  f"passed {tests.get('passed')}, failed {tests.get('failed')}, skipped {tests.get('skipped')}"
+                  + (f" (counted from {tests['counted_from']})" if "counted_from" in tests else ""), ""]
+        lines += [f"- failed: `{name}`" for name in tests.get("failures", [])]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def status_line(figures):
+    if figures.get("ok"):
+        return f"ok, {figures.get('seconds', 0):.0f} s"
+    return f"FAILED: {figures.get('error', 'see below')}"
