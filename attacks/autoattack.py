@@ -11,7 +11,6 @@ import logging
 from contextlib import contextmanager
 
 import torch
-from pyautoattack import AutoAttack as PackageAutoAttack
 
 from .common import attacking, NORMS
 
@@ -53,6 +52,9 @@ class AutoAttack:
         self.batch_size, self.verbose = batch_size, verbose
 
     def __call__(self, model, x, y):
+        # Imported here, not with the registry: training uses the other attacks and needs no AutoAttack.
+        from pyautoattack import AutoAttack as PackageAutoAttack
+
         device = _device_of(model, x.device)
         with attacking(model):
             adversary = PackageAutoAttack(model, device=device, eps=self.epsilon, norm=PACKAGE_NORMS[self.norm],
