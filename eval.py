@@ -431,8 +431,8 @@ def evaluate_checkpoint(args):
         return run_corruptions(args, model, model_info, dataset, requested, identity, json_path) if lead else None
 
     images, labels, data_root, warnings = load_test_images(args, meta)
-    batch_size = shared(args.batch_size or recorded_batch_size(json_path, device) or default_batch_size(device),
-                        world_size)
+    batch_size = shared(args.batch_size or recorded_batch_size(json_path, device)
+                        or default_batch_size(device, model, images, world_size), world_size)
     identity = evaluation_identity(model, meta["model"], dataset, device, images=images, labels=labels,
                                    batch_size=batch_size, source=source, source_name=(source_info or {}).get("model"))
     finished = checked_report(json_path, requested, identity, args.force)
