@@ -9,12 +9,15 @@ With stop_inside_ball, a sample leaves the search once it holds an adversarial e
 ball: the attack's output at epsilon (that example) can then no longer change from adversarial to not, so
 the steps it would still take are spent only on making it smaller. The batch's early abort then watches
 the loss of the samples still searched.
+
+Nothing is read back from the device between checks (see check_every): masks keep what a sample found from
+the steps the batch still takes after the sample left the search or the early abort stopped the search step.
 """
 import math
 
 import torch
 
-from .common import CHECK_EVERY, attacking, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm
 
 
 def to_tanh_space(x):
@@ -74,9 +77,10 @@ class CarliniWagnerL2:
         best, best_norms = x.clone(), torch.full((n,), math.inf, device=x.device)
         searching = torch.ones(n, dtype=torch.bool, device=x.device)  # all, unless stop_inside_ball
         # The batch worked on: a superset of the samples searched (those left are masked), narrowed to them
-        # every CHECK_EVERY steps, the only time the host reads anything back.
+        # at each check (see check_every), the only time the host reads anything back.
         rows = torch.arange(n, device=x.device)
-        check_every = math.ceil(self.steps / 10)
+        every = check_every(x.device)
+        abort_check_every = math.ceil(self.steps / 10)
         with attacking(model):
             for search_step in range(self.binary_search_steps):
                 if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
@@ -96,7 +100,7 @@ class CarliniWagnerL2:
                         loss = self._loss(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows], weights)
                         (gradient,) = torch.autograd.grad(loss, delta)
                     optimizer.step(gradient)
-                    if self.abort_early and step % check_every == 0:
+                    if self.abort_early and step % abort_check_every == 0:
                         # Adam is stopped when a tenth of its steps did not lower the (searched samples') loss:
                         # from here on nothing of this search step is kept.
                         loss = loss.detach().double()
@@ -111,7 +115,7 @@ class CarliniWagnerL2:
                     best_norms[rows] = torch.where(improved, norms, best_norms[rows])
                     if self.stop_inside_ball:
                         searching[rows] = searching[rows] & (best_norms[rows] > self.epsilon)
-                    if (step + 1) % CHECK_EVERY == 0:
+                    if (step + 1) % every == 0:
                         left = (searching & running).nonzero().flatten()
                         if len(left) == 0:
                             break  # rows, kept, still holds every sample searched

@@ -6,13 +6,13 @@ the nearest linearised boundary (dual norm of the gradient in the denominator); 
 is applied with (1 + overshoot) and the image clipped into [0, 1]. A sample stops as soon as it is
 misclassified, so its result is the first adversarial iterate.
 
-The loop never waits for the host between checks: a mask freezes the samples that are done, and only every
-CHECK_EVERY steps does the host look which are left, to drop the others from the batch and to stop when none
-is.
+The loop never waits for the host between checks: a mask freezes the samples that are done, and only at a
+check (every step on the CPU, every CHECK_EVERY steps on a GPU: see check_every) does the host look which are
+left, to drop the others from the batch and to stop when none is.
 """
 import torch
 
-from .common import CHECK_EVERY, attacking, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm
 
 
 def candidate_gradients(differences, x, batched):
@@ -55,6 +55,7 @@ class DeepFool:
             x_adv, p_total = x.clone(), torch.zeros_like(x)
             active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # not yet misclassified
             rows = torch.arange(len(x), device=x.device)  # the batch worked on: all active ones at the last check
+            every = check_every(x.device)
             for step in range(self.steps):
                 logits, losses, grads = self._linearisation(model, x_adv[rows], classes[rows])
                 still_correct = active[rows] & (logits.argmax(dim=1) == y[rows])
@@ -63,7 +64,7 @@ class DeepFool:
                 p = torch.where(mask, p_total[rows] + self._step(losses, grads), p_total[rows])
                 p_total[rows] = p
                 x_adv[rows] = torch.where(mask, (x[rows] + (1 + self.overshoot) * p).clamp(0, 1), x_adv[rows])
-                if (step + 1) % CHECK_EVERY == 0:
+                if (step + 1) % every == 0:
                     rows = active.nonzero().flatten()
                     if len(rows) == 0:
                         break

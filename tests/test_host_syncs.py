@@ -1,8 +1,9 @@
 """Host syncs in the attack loops, counted at the dispatcher on the CPU (DEVICE): every read of a value into
-Python, every data-dependent shape, every boolean-mask index would make the host wait for a GPU. An attack
-may ask at most once per ten forward passes of the model; first, the counter itself is shown to see each
-kind of sync and to count nothing in a masked loop. Then checking every CHECK_EVERY steps instead of every
-step is shown to change no attack's result: masks keep what finished samples found."""
+Python, every data-dependent shape, every boolean-mask index would make the host wait for a GPU. First the
+counter itself is shown to see each kind of sync and to count nothing in a masked loop. Then, with the
+checks a GPU gets (every CHECK_EVERY steps; the CPU, where a look costs nothing, checks every step), each
+attack asks at most once per ten forward passes of the model, with the same results as when checking every
+step: masks keep what finished samples found."""
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 import attacks.cw
 import attacks.deepfool
 from attacks import ATTACKS
+from attacks.common import CHECK_EVERY, check_every
 from attacks.deepfool import DeepFool, candidate_gradients
 from host_syncs import ForwardPasses, HostSyncs
 from models.normalize import Normalize
@@ -42,6 +44,13 @@ def inputs(model, n=8):
     x = torch.rand(n, 1, 14, 14, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     with torch.no_grad():
         return x, model(x).argmax(1)
+
+
+@pytest.fixture
+def gpu_checks(monkeypatch):
+    """The attacks check as on a GPU, though they run on the CPU."""
+    for module in (attacks.deepfool, attacks.cw):
+        monkeypatch.setattr(module, "check_every", lambda device: CHECK_EVERY)
 
 
 def counted(model, run):
@@ -119,8 +128,13 @@ def test_a_loop_that_asks_the_host_every_step_is_caught():
 
 # --- the attacks -----------------------------------------------------------------------------------------------
 
+def test_the_cpu_checks_at_every_step_and_other_devices_every_tenth():
+    assert check_every(torch.device("cpu")) == 1
+    assert check_every(torch.device("cuda")) == CHECK_EVERY == 10
+
+
 @pytest.mark.parametrize("name", sorted(name for name in ATTACKS if not name.startswith("aa-")))
-def test_attack_asks_the_host_at_most_once_per_ten_forward_passes(name):
+def test_attack_asks_the_host_at_most_once_per_ten_forward_passes(name, gpu_checks):
     model = tiny_cnn()
     x, y = inputs(model)
     attack = build(name)
@@ -130,16 +144,15 @@ def test_attack_asks_the_host_at_most_once_per_ten_forward_passes(name):
 
 
 @pytest.mark.parametrize("name", ["deepfool-linf", "deepfool-l2", "cw-l2"])
-def test_checking_every_step_or_every_tenth_gives_the_same_result(name, monkeypatch):
+def test_checking_every_step_or_every_tenth_gives_the_same_result(name, request):
     """What a sample found before the check that drops it from the batch is kept, untouched by the steps
     the batch still takes (C&W: with the early abort and samples leaving the search inside the ball)."""
     model = tiny_cnn()
     x, y = inputs(model, 12)
     attack = build(name)
-    module = attacks.deepfool if name.startswith("deepfool") else attacks.cw
-    every_tenth = attack.minimize(model, x, y)
-    monkeypatch.setattr(module, "CHECK_EVERY", 1)
     every_step = attack.minimize(model, x, y)
+    request.getfixturevalue("gpu_checks")
+    every_tenth = attack.minimize(model, x, y)
     # Equal up to the float32 rounding of batches of another size.
     torch.testing.assert_close(every_tenth, every_step, rtol=1e-6, atol=1e-6)
     assert not torch.equal(every_step, x)  # something was found
@@ -161,11 +174,14 @@ def test_deepfool_candidate_gradients_batched_are_those_one_by_one():
     torch.testing.assert_close(batched, one_by_one)
 
 
-def test_deepfool_stops_when_every_sample_is_done():
-    """Early stopping is still early: a model every sample fools at once costs the clean pass and one check's
-    worth of steps, not the 50 steps."""
+def test_deepfool_stops_when_every_sample_is_done(request):
+    """Early stopping is still early: on a model that every sample fools within a few steps, the CPU runs
+    those steps (and the clean pass), a GPU one check's worth, not the 50 steps."""
     model = tiny_cnn()
     x, y = inputs(model)
     attack = DeepFool(0.1, "linf", steps=50)
-    passes, _ = counted(model, lambda: attack.minimize(model, x, y))
-    assert passes <= 1 + attacks.deepfool.CHECK_EVERY
+    on_the_cpu, _ = counted(model, lambda: attack.minimize(model, x, y))
+    request.getfixturevalue("gpu_checks")
+    as_on_a_gpu, _ = counted(model, lambda: attack.minimize(model, x, y))
+    assert 2 <= on_the_cpu < 1 + CHECK_EVERY
+    assert as_on_a_gpu == 1 + CHECK_EVERY
