@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 NORMS = ("linf", "l2", "l1")
-# Attacks that stop early ask the host whether anything is left to do (a wait for the device on a GPU) once
-# per this many steps, and keep finished samples unchanged with masks in between.
+# On a GPU, attacks that stop early ask the host whether anything is left to do (a wait for the device) once
+# per this many steps, and keep finished samples unchanged with masks in between (see check_every).
 CHECK_EVERY = 10
 _P = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
 
