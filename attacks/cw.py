@@ -9,12 +9,15 @@ With stop_inside_ball, a sample leaves the search once it holds an adversarial e
 ball: the attack's output at epsilon (that example) can then no longer change from adversarial to not, so
 the steps it would still take are spent only on making it smaller. The batch's early abort then watches
 the loss of the samples still searched.
+
+Nothing is read back from the device between checks (see check_every): masks keep what a sample found from
+the steps the batch still takes after the sample left the search or the early abort stopped the search step.
 """
 import math
 
 import torch
 
-from .common import attacking, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm
 
 
 def to_tanh_space(x):
@@ -24,6 +27,25 @@ def to_tanh_space(x):
 
 def from_tanh_space(w):
     return torch.tanh(w) * 0.5 + 0.5
+
+
+class Adam:
+    """torch.optim.Adam's update (its defaults, the same arithmetic) on one tensor, with the step count kept on
+    the host: torch's keeps it in a tensor and reads it back at every step."""
+
+    def __init__(self, parameter, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.parameter, self.lr, self.betas, self.eps, self.steps = parameter, lr, betas, eps, 0
+        self.average = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+        self.average_square = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, gradient):
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.average.lerp_(gradient, 1 - beta1)
+        self.average_square.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        denominator = (self.average_square.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
+        self.parameter.addcdiv_(self.average, denominator, value=-self.lr / (1 - beta1 ** self.steps))
 
 
 class CarliniWagnerL2:
@@ -48,58 +70,68 @@ class CarliniWagnerL2:
         n = len(x)
         w0 = to_tanh_space(x)
         x_reconstructed = from_tanh_space(w0)  # the distance term is measured from here, so it is 0 at delta = 0
-        # The search runs in float64 on the CPU (as foolbox's, in numpy); the loss gets the consts in x's dtype.
-        consts = torch.full((n,), float(self.initial_const), dtype=torch.float64)
+        # The search in float64 (as foolbox's, in numpy); the loss gets the consts in x's dtype.
+        consts = torch.full((n,), float(self.initial_const), dtype=torch.float64, device=x.device)
         lower = torch.zeros_like(consts)
         upper = torch.full_like(consts, math.inf)
         best, best_norms = x.clone(), torch.full((n,), math.inf, device=x.device)
         searching = torch.ones(n, dtype=torch.bool, device=x.device)  # all, unless stop_inside_ball
-        check_every = math.ceil(self.steps / 10)
+        # The batch worked on: a superset of the samples searched (those left are masked), narrowed to them
+        # at each check (see check_every), the only time the host reads anything back.
+        rows = torch.arange(n, device=x.device)
+        every = check_every(x.device)
+        abort_check_every = math.ceil(self.steps / 10)
         with attacking(model):
             for search_step in range(self.binary_search_steps):
                 if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
                     consts = upper.clamp(max=1e10)  # a long search ends with one more try at the best const
                 delta = torch.zeros_like(w0, requires_grad=True)
-                optimizer = torch.optim.Adam([delta], lr=self.stepsize, betas=(0.9, 0.999), eps=1e-8)
+                optimizer = Adam(delta, lr=self.stepsize)
                 found = torch.zeros(n, dtype=torch.bool, device=x.device)
-                loss_at_last_check = math.inf
-                consts_now = consts.to(x.device, x.dtype)
+                running = torch.ones((), dtype=torch.bool, device=x.device)  # until the early abort
+                loss_at_last_check = torch.full((), math.inf, dtype=torch.float64, device=x.device)
+                consts_now = consts.to(x.dtype)
                 for step in range(self.steps):
-                    rows = searching.nonzero().flatten()
-                    if len(rows) == 0:
-                        break
                     # A sample out of the search gets no gradient; its delta is never read again.
+                    weights = searching[rows].to(x.dtype)
                     with torch.enable_grad():
                         x_adv = from_tanh_space(w0[rows] + delta[rows])
                         logits = model(x_adv).float()
-                        loss = self._loss(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows])
-                        (delta.grad,) = torch.autograd.grad(loss, delta)
-                    optimizer.step()
-                    if self.abort_early and step % check_every == 0:
-                        # Adam is stopped when a tenth of its steps did not lower the (whole batch's) loss.
-                        if not loss.item() <= 0.9999 * loss_at_last_check:
-                            break
-                        loss_at_last_check = loss.item()
+                        loss = self._loss(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows], weights)
+                        (gradient,) = torch.autograd.grad(loss, delta)
+                    optimizer.step(gradient)
+                    if self.abort_early and step % abort_check_every == 0:
+                        # Adam is stopped when a tenth of its steps did not lower the (searched samples') loss:
+                        # from here on nothing of this search step is kept.
+                        loss = loss.detach().double()
+                        running = running & (loss <= 0.9999 * loss_at_last_check)
+                        loss_at_last_check = loss
                     x_adv, logits = x_adv.detach(), logits.detach()
-                    adversarial = self._is_adversarial(logits, y[rows])
-                    found[rows] |= adversarial
+                    adversarial = self._is_adversarial(logits, y[rows]) & searching[rows] & running
+                    found[rows] = found[rows] | adversarial
                     norms = flat_norm(x_adv - x[rows], "l2")
                     improved = adversarial & (norms < best_norms[rows])
-                    best[rows[improved]], best_norms[rows[improved]] = x_adv[improved], norms[improved]
+                    best[rows] = torch.where(improved.view((-1,) + (1,) * (x.dim() - 1)), x_adv, best[rows])
+                    best_norms[rows] = torch.where(improved, norms, best_norms[rows])
                     if self.stop_inside_ball:
-                        searching[rows] = best_norms[rows] > self.epsilon
-                found = found.cpu()
+                        searching[rows] = searching[rows] & (best_norms[rows] > self.epsilon)
+                    if (step + 1) % every == 0:
+                        left = (searching & running).nonzero().flatten()
+                        if len(left) == 0:
+                            break  # rows, kept, still holds every sample searched
+                        rows = left
                 upper = torch.where(found, consts, upper)
                 lower = torch.where(found, lower, consts)
                 consts = torch.where(upper.isinf(), consts * 10, (lower + upper) / 2)
         return best
 
-    def _loss(self, logits, y, consts, x_adv, x_reference):
+    def _loss(self, logits, y, consts, x_adv, x_reference, weights):
+        """The summed loss of the samples with weight 1; those with weight 0 add nothing, nor get a gradient."""
         label_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         best_other = logits.scatter(1, y.unsqueeze(1), -math.inf).amax(dim=1)
         misclassification = (label_logit - best_other + self.confidence).clamp_min(0) * consts
         distance = (x_adv - x_reference).flatten(1).square().sum(dim=1)
-        return misclassification.sum() + distance.sum()
+        return (misclassification * weights).sum() + (distance * weights).sum()
 
     def _is_adversarial(self, logits, y):
         """Misclassified even with the label's logit raised by the confidence margin."""

@@ -5,10 +5,27 @@ Each step linearises the logit differences to the top `candidates` classes of th
 the nearest linearised boundary (dual norm of the gradient in the denominator); the accumulated perturbation
 is applied with (1 + overshoot) and the image clipped into [0, 1]. A sample stops as soon as it is
 misclassified, so its result is the first adversarial iterate.
+
+The loop never waits for the host between checks: a mask freezes the samples that are done, and only at a
+check (every step on the CPU, every CHECK_EVERY steps on a GPU: see check_every) does the host look which are
+left, to drop the others from the batch and to stop when none is.
 """
 import torch
 
-from .common import attacking, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm
+
+
+def candidate_gradients(differences, x, batched):
+    """The gradient of each column of `differences` (B x K) with respect to x: B x K x input. Batched, the K
+    backward passes run as one (fewer, larger kernels: for a GPU); otherwise one by one, which is faster on
+    the CPU (batching was 1.2x to 1.7x slower on 16 to 64 images of the MNIST net and resnet32, one thread)."""
+    k = differences.shape[1]
+    if batched:
+        basis = torch.eye(k, dtype=differences.dtype, device=x.device).unsqueeze(1).expand(k, len(x), k)
+        (grads,) = torch.autograd.grad(differences, x, grad_outputs=basis, is_grads_batched=True)
+        return grads.transpose(0, 1)
+    return torch.stack([torch.autograd.grad(differences[:, j].sum(), x, retain_graph=j < k - 1)[0]
+                        for j in range(k)], dim=1)
 
 
 class DeepFool:
@@ -36,28 +53,34 @@ class DeepFool:
             # Candidates ranked on the clean input, once: the top class first (foolbox's order, ties included).
             classes = logits.argsort(dim=1).flip(1)[:, :n_candidates]
             x_adv, p_total = x.clone(), torch.zeros_like(x)
-            active = torch.arange(len(x), device=x.device)  # samples not yet misclassified
-            for _ in range(self.steps):
-                logits, losses, grads = self._linearisation(model, x_adv[active], classes[active])
-                still_correct = logits.argmax(dim=1) == y[active]
-                active, losses, grads = active[still_correct], losses[still_correct], grads[still_correct]
-                if len(active) == 0:
-                    break
-                p_total[active] += self._step(losses, grads)
-                x_adv[active] = (x[active] + (1 + self.overshoot) * p_total[active]).clamp(0, 1)
+            active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # not yet misclassified
+            rows = torch.arange(len(x), device=x.device)  # the batch worked on: all active ones at the last check
+            every = check_every(x.device)
+            for step in range(self.steps):
+                logits, losses, grads = self._linearisation(model, x_adv[rows], classes[rows])
+                still_correct = active[rows] & (logits.argmax(dim=1) == y[rows])
+                active[rows] = still_correct
+                mask = still_correct.view((-1,) + (1,) * (x.dim() - 1))
+                p = torch.where(mask, p_total[rows] + self._step(losses, grads), p_total[rows])
+                p_total[rows] = p
+                x_adv[rows] = torch.where(mask, (x[rows] + (1 + self.overshoot) * p).clamp(0, 1), x_adv[rows])
+                if (step + 1) % every == 0:
+                    rows = active.nonzero().flatten()
+                    if len(rows) == 0:
+                        break
         return x_adv
 
     def _linearisation(self, model, x, classes):
         """Logits at x, and for each candidate k >= 1 the difference logit_k - logit_top (B x K-1) and its
-        gradient with respect to x (B x K-1 x input): one forward, one backward per candidate."""
+        gradient with respect to x (B x K-1 x input): one forward, and the backward passes batched on CUDA
+        (see candidate_gradients)."""
         x = x.detach().requires_grad_(True)
         rows = torch.arange(len(x), device=x.device)
         with torch.enable_grad():
             logits = model(x).float()
             differences = logits.gather(1, classes[:, 1:]) - logits[rows, classes[:, 0]].unsqueeze(1)
-            grads = [torch.autograd.grad(differences[:, k].sum(), x, retain_graph=k < differences.shape[1] - 1)[0]
-                     for k in range(differences.shape[1])]
-        return logits.detach(), differences.detach(), torch.stack(grads, dim=1)
+            grads = candidate_gradients(differences, x, batched=x.device.type == "cuda")
+        return logits.detach(), differences.detach(), grads
 
     def _step(self, losses, grads):
         """Step to the nearest linearised boundary: distance |loss| / ||grad||_dual, then that far along the

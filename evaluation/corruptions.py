@@ -78,7 +78,7 @@ def evaluate_corruptions(model, folder, dataset="cifar10", n=None, *, batch_size
     load_corruptions). Returns the report, the figures under report["corruptions"]."""
     corruptions, labels, per_severity = load_corruptions(folder, dataset, n)
     device = device_of(model)
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = batch_size or default_batch_size(device, model, next(iter(corruptions.values()))[0])
     report = new_report(model_info or {"model": type(model).__name__}, dataset, labels.shape[1], batch_size,
                         device, None, None, 1, {"worst_case_only": False, "norms": None, "attacks": None,
                                                 "epsilons": None})

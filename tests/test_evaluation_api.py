@@ -189,14 +189,6 @@ def test_epsilons_beyond_the_image_diameter_are_warned_about(norm, epsilon, warn
     assert len(warnings) == warns
 
 
-@pytest.mark.parametrize("free_gib, expected", [(0.1, 50), (2, 128), (80, 1000)])
-def test_default_batch_size_is_small_on_cpu_and_follows_free_memory_on_cuda(free_gib, expected, monkeypatch):
-    """The CUDA branch with mem_get_info stubbed: runs on a CPU-only machine too."""
-    assert evaluation.default_batch_size(CPU) <= 16  # a progress bar moves every few seconds, even under C&W
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2 ** 30), 80 * 2 ** 30))
-    assert evaluation.default_batch_size(torch.device("cuda")) == expected
-
-
 @pytest.mark.parametrize("version", ["standard", "plus", "rand"])
 def test_the_autoattack_version_reaches_the_adapter_and_the_table_header(version):
     ((_, _, _, attacks),) = evaluation.plan_threat_models("mnist", ["linf"], ["aa"], aa_version=version)

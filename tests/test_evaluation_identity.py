@@ -280,7 +280,7 @@ def test_a_continued_evaluation_keeps_its_batch_size_without_b(capsys, nets, dat
     import eval as eval_script
     json_path = tmp_path / "A.json"
     stopped_halfway(capsys, stop_in_unit, nets["A"], data_root, json_path)
-    monkeypatch.setattr(eval_script, "default_batch_size", lambda device: 6)
+    monkeypatch.setattr(eval_script, "default_batch_size", lambda *args: 6)
     without_b = [a for a in SELECTION if a not in ("-b", "4")]
     code, out, err = run_eval(capsys, nets["A"], "--data-root", data_root, "--json", json_path, *without_b)
     assert code == 0 and "continuing: 3 finished units" in out, err
