@@ -309,7 +309,7 @@ def main(argv=None):
         with interruptible():
             validation_cost = (validation_seconds(net, val_loader, validation_attack, spec.num_classes)
                                if run.is_main else None)
-            clock = BatchClock(device)
+            clock = BatchClock(device, untimed=GraphedStep.UNTIMED if args.cuda_graph else 1)
             for epoch in range(start_epoch, args.epochs):
                 started, lr = time.time(), optimizer.param_groups[0]["lr"]
                 tally = EpochTally(device)
