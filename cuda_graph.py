@@ -96,6 +96,7 @@ class GraphedStep:
         self.recorder = (recorder or CUDAGraphRecorder(self.device)) if self.capture else None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.capture_failure = None  # why the graph is not used (found before capturing, or the failed capture)
+        self.compile_failure = None  # why a compiled network was replaced by the network itself
 
     def __call__(self, x, y):
         if len(y) != self.batch_size or self.capture_failure is not None:
@@ -179,7 +180,8 @@ class GraphedStep:
         originals = tuple(getattr(model, "_orig_mod", model) for model in self.models)
         if originals == self.models:
             return False
-        self.log(f"CUDA graph: the compiled network failed in a warm-up ({short_reason(error)}); the network "
+        self.compile_failure = short_reason(error)
+        self.log(f"CUDA graph: the compiled network failed in a warm-up ({self.compile_failure}); the network "
                  f"runs uncompiled")
         self.models = originals
         self.optimizer.zero_grad(set_to_none=True)
