@@ -86,7 +86,9 @@ class GraphedStep:
             raise ValueError("BatchNorm with momentum=None reads its batch count on the host: not capturable")
         self.device = next(attack_model.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
-        self.models, self.attack, self.optimizer = (train_model, attack_model), attack, optimizer
+        self.attack, self.optimizer = attack, optimizer
+        self.cast_dtype = _autocast_dtype(autocast, self.device.type)
+        self._use_networks(train_model, attack_model)
         self.leverage, self.autocast, self.batch_size = leverage, autocast, batch_size
         self.static_x = self.static_y = None  # allocated like the first full batch: same strides and dtype
         # float32: the fused CUDA kernels read the learning rate through a float pointer
@@ -114,11 +116,21 @@ class GraphedStep:
         loss, logits_adv = self.outputs
         return loss.clone(), logits_adv.clone()  # the static outputs change at the next replay
 
-    def _eager(self, x, y):
-        train_model, attack_model = self.models
+    def _use_networks(self, train_model, attack_model):
+        self.models = train_model, attack_model
+        # Under autocast the attack's passes (2 x steps, weights frozen) would each cast every weight anew.
+        self.attack_network = (attack_model if self.cast_dtype is None
+                               else WeightsCastOnce(attack_model, self.cast_dtype))
+
+    def _train_step(self, x, y):
+        if self.attack_network is not self.models[1]:
+            self.attack_network.refresh()
         with _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, x, y, self.leverage,
+            return train_step(self.models[0], self.attack_network, self.attack, self.optimizer, x, y, self.leverage,
                               self.autocast)
+
+    def _eager(self, x, y):
+        return self._train_step(x, y)
 
     def _copy_in(self, x, y):
         if self.static_x is None:
@@ -145,10 +157,8 @@ class GraphedStep:
                 group["lr"] = value
 
     def _iterate_on_static_batch(self):
-        train_model, attack_model = self.models
-        with self._tensor_learning_rates(), _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, self.static_x, self.static_y,
-                              self.leverage, self.autocast)
+        with self._tensor_learning_rates():
+            return self._train_step(self.static_x, self.static_y)
 
     def _warm_up(self, look_for_host_reads):
         """One eager iteration on the static batch. With look_for_host_reads, under HostReads (a compiled
@@ -183,7 +193,7 @@ class GraphedStep:
         self.compile_failure = short_reason(error)
         self.log(f"CUDA graph: the compiled network failed in a warm-up ({self.compile_failure}); the network "
                  f"runs uncompiled")
-        self.models = originals
+        self._use_networks(*originals)
         self.optimizer.zero_grad(set_to_none=True)
         return True
 
@@ -212,6 +222,39 @@ class GraphedStep:
         self.graph, self.outputs = graph, outputs
         graph.replay()
         return True
+
+
+class WeightsCastOnce(torch.nn.Module):
+    """A network for the attack's passes, whose convolutions and linear layers compute with copies of their
+    weights and biases cast to `dtype` (autocast's) by refresh(), once per iteration; autocast leaves
+    tensors already in its dtype alone, so the attack's passes cast none of them anew. The casts round as
+    autocast's do: the figures are those of the network under autocast. Its parameters are the network's
+    (attacks.common.attacking freezes them)."""
+
+    CAST = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)  # what autocast runs in bf16
+
+    def __init__(self, network, dtype):
+        super().__init__()
+        self.network = network
+        self.originals = {f"{owner}.{name}" if owner else name: tensor
+                          for owner, module in network.named_modules() if isinstance(module, self.CAST)
+                          for name, tensor in module.named_parameters(recurse=False)}
+        self.casts = {name: torch.empty_like(tensor, dtype=dtype) for name, tensor in self.originals.items()}
+
+    def refresh(self):
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.casts.values()), list(self.originals.values()))
+
+    def forward(self, x):
+        return torch.func.functional_call(self.network, self.casts, (x,))
+
+
+def _autocast_dtype(autocast, device_type):
+    """The dtype `autocast()` casts to on `device_type`, or None where it casts nothing."""
+    with autocast():
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def _first_cause(error):

@@ -17,7 +17,7 @@ from cuda_graph import GraphedStep, HostReads
 from data import DeviceLoader
 from models import MODELS
 from conftest import run_epoch
-from training import BatchClock, train_step
+from training import BatchClock, mixed_precision, train_step
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -257,6 +257,50 @@ def test_a_step_that_reads_device_values_on_the_host_is_found_before_any_capture
     assert recorder.recordings == 0  # never tried
     assert lines == ["CUDA graph: the step reads device values on the host (aten._local_scalar_dense x1), which a "
                      "CUDA graph cannot record; the eager step runs instead"]
+    assert torch.equal(losses, eager_losses)
+    assert_same_weights(model, eager_model)
+
+
+class WeightCasts(TorchDispatchMode):
+    """Counts the casts of `weights` (tensors) to bf16, seen at the dispatcher (under autocast, below it)."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.pointers, self.count = {w.data_ptr() for w in weights}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16
+                and args[0].data_ptr() in self.pointers):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def test_under_autocast_the_attack_casts_the_weights_once_per_iteration_with_the_same_figures(generator):
+    """bf16 autocast casts each convolution's and linear layer's weights at every pass; the attack's passes
+    (PGD-2 here, weights frozen) take copies cast once per iteration instead, rounded as autocast rounds."""
+    autocast = mixed_precision("cpu", True)  # emulated where the CPU lacks bf16: slow, but the figures hold
+    steps, batches = 2, 3
+    casts = {}
+
+    def counted(name, step_of):
+        def make_step(model, optimizer, attack):
+            step = step_of(model, optimizer, ATTACKS["pgd-linf"](8 / 255, steps=steps, stepsize=4 / 255))
+
+            def counting_step(x, y):
+                with WeightCasts(list(model.parameters())) as weight_casts:
+                    result = step(x, y)
+                casts.setdefault(name, []).append(weight_casts.count)
+                return result
+            return counting_step
+        return make_step
+
+    model, _, losses = train_tiny(counted("graphed", lambda model, optimizer, attack: GraphedStep(
+        model, model, attack, optimizer, 0.5, autocast, BATCH, capture=False)), batches)
+    eager_model, _, eager_losses = train_tiny(counted("eager", lambda model, optimizer, attack: (
+        lambda x, y: train_step(model, model, attack, optimizer, x, y, 0.5, autocast))), batches)
+    cast = 4  # the convolution's and the linear layer's weight and bias
+    assert casts == {"eager": [(steps + 2) * cast] * batches, "graphed": [2 * cast] * batches}  # 2: training
     assert torch.equal(losses, eager_losses)
     assert_same_weights(model, eager_model)
 
