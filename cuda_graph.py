@@ -44,7 +44,8 @@ class GraphedStep:
     - the optimizer must be fused (optimization.OPTIMIZERS[name](..., fused=True)): its one kernel reads the learning
       rate from a device tensor that the graph holds. The param groups keep plain floats, which the
       scheduler sets and checkpoints save; a changed float is copied into the tensor before the next replay;
-    - autocast must not cache weight casts (`mixed_precision` does not);
+    - autocast must not cache weight casts (`mixed_precision` does not); the attack's passes, whose weights
+      are frozen, take copies cast once per iteration instead (WeightsCastOnce);
     - the first WARMUP full batches run eagerly on a side stream (lazy initialisation, cudnn benchmarks,
       momentum buffers, compilation of a compiled network) and the next one is captured. The PGD random
       start draws from the default CUDA generator, whose offset each replay advances as the eager step would.
