@@ -1,8 +1,9 @@
 """The ALP training iteration replayed as one CUDA graph (ALP.py on CUDA, bench.py).
 
-An eager ALP iteration launches one kernel per op, each launch waiting on Python: a static count for resnet32
-gives roughly 150 kernels per forward pass and 115 per input-gradient pass, (2 x PGD steps + 3) passes in
-all, some 3,500 kernels per PGD-10 iteration; on a fast GPU the GPU mostly waits for them. Recorded once as a
+An eager ALP iteration launches about one kernel per op, each launch waiting on Python: counted at the
+dispatcher, resnet32's forward pass is about 145 ops and its input-gradient pass about 120 (float32; bf16
+autocast adds a cast of every convolution and linear weight per pass), (2 x PGD steps + 3) passes in all,
+some 3,000 to 3,500 kernels per PGD-10 iteration; on a fast GPU the GPU mostly waits for them. Recorded once as a
 CUDA graph, the whole iteration (the PGD pair, both forward passes, the loss, the backward pass and the
 optimiser step) is one launch. A network passed in compiled (torch.compile, whose inductor fuses the
 element-wise work between convolutions into fewer kernels) is compiled during the warm-ups and recorded
