@@ -206,12 +206,12 @@ class GraphedStep:
         try:
             state_before = generator.clone_state()  # a copy that the capture does not mark as capturing
             graph, outputs = self.recorder.record(self._iterate_on_static_batch)
-        except Interrupted:
-            raise
-        except Exception as error:  # whatever refused capture: the eager step never needed it
-            self.capture_failure = short_reason(_first_cause(error))
-            if state_before is not None:
+        except BaseException as error:  # whatever refused capture: the eager step never needed it
+            if state_before is not None:  # a Ctrl-C in the capture too: the process may go on (a notebook)
                 generator.graphsafe_set_state(state_before)
+            if isinstance(error, Interrupted) or not isinstance(error, Exception):
+                raise
+            self.capture_failure = short_reason(_first_cause(error))
             # What the abandoned capture allocated (gradients, outputs) is dropped with it: the eager step
             # starts from no gradients, as every eager step does.
             self.optimizer.zero_grad(set_to_none=True)
