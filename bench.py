@@ -124,6 +124,8 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     model = build_model(model_name, dataset).to(device)
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if variant.compile:
+        torch._dynamo.reset()  # each figure compiles afresh: earlier networks count against dynamo's cache limit
     net = torch.compile(model) if variant.compile else model
     optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4,
                                   fused=variant.graph)
