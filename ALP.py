@@ -118,7 +118,7 @@ def train(args, filled, run, resumed, rank, world_size, device, graph_note):
         with interruptible():
             validation_cost = (validation_seconds(net, val_loader, validator, spec.num_classes)
                                if run.is_main else None)
-            clock = BatchClock(device)
+            clock = BatchClock(device, untimed=GraphedStep.UNTIMED if args.cuda_graph else 1)
             for epoch in range(start_epoch, args.epochs):
                 started, lr = time.time(), optimizer.param_groups[0]["lr"]
                 tally = EpochTally(device)

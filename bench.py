@@ -13,8 +13,9 @@ Training: images/s and projected seconds per epoch (50,000 CIFAR / 60,000 MNIST 
 iteration (PGD pair + two forward passes + one backward). On CPU it is also timed with a PGD that calls
 loss.backward() at every attack step, as the reference implementation does, to show what input-only
 gradients save. On CUDA it is timed with and without the speed options (bf16 autocast, channels_last,
-cudnn.benchmark), each as one CUDA graph replay per iteration (cuda_graph.GraphedStep, ALP.py --cuda-graph)
-and as the eager step, and with --compile also under torch.compile. The output names the GPU.
+cudnn.benchmark), each as one CUDA graph replay per iteration (cuda_graph.GraphedStep, what ALP.py runs on
+CUDA) and as the eager step; with the options also with the network compiled (torch.compile, default mode)
+inside the graph, and with --compile also compiled without the graph. The output names the GPU.
 """
 import argparse
 import json
@@ -102,7 +103,8 @@ CPU_VARIANTS = [Variant("float32, input-grad PGD", False, False, False, False, F
                 Variant("float32 + channels_last", False, True, False, False, False)]
 CPU_BF16_VARIANTS = [Variant("bf16", True, False, False, False, False),  # where the CPU has bf16 arithmetic
                      Variant("bf16 + channels_last", True, True, False, False, False)]
-CUDA_VARIANTS = [Variant("bf16+channels_last+cudnn.benchmark, graph", True, True, False, True, False),
+CUDA_VARIANTS = [Variant("bf16+channels_last+cudnn.benchmark, compiled + graph", True, True, True, True, False),
+                 Variant("bf16+channels_last+cudnn.benchmark, graph", True, True, False, True, False),
                  Variant("bf16+channels_last+cudnn.benchmark, eager", True, True, False, False, False),
                  Variant("float32, no options, graph", False, False, False, True, False),
                  Variant("float32, no options, eager", False, False, False, False, False)]
@@ -110,9 +112,10 @@ COMPILE_VARIANT = Variant("bf16+channels_last+cudnn.benchmark + torch.compile", 
 
 
 def time_training(config, device, repeats, iterations, variant, steps=None):
-    """(seconds per ALP iteration, the median over repeats of `iterations` iterations each; why recording the
-    CUDA graph failed, or None). `steps` replaces the configuration's PGD steps. After a failed recording
-    the graph variant times the eager step, which its row must say."""
+    """(seconds per ALP iteration, the median over repeats of `iterations` iterations each; why the graph
+    variant did not time what its label says, or None). `steps` replaces the configuration's PGD steps. After
+    a failed recording the graph variant times the eager step, after a failed compilation the uncompiled
+    network: its row must say so."""
     model_name, dataset, batch_size, config_steps, epsilon, stepsize = TRAINING_CONFIGS[config]
     steps = steps or config_steps
     spec = DATASETS[dataset]
@@ -120,6 +123,8 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     model = build_model(model_name, dataset).to(device)
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if variant.compile:
+        torch._dynamo.reset()  # each figure compiles afresh: earlier networks count against dynamo's cache limit
     net = torch.compile(model) if variant.compile else model
     optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4,
                                   fused=variant.graph)
@@ -129,7 +134,7 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
     x, y = synthetic_batch(spec, batch_size, device, variant.channels_last)
     if variant.graph:
         step = GraphedStep(net, net, attack, optimizer, 0.5, autocast, batch_size)
-        for _ in range(GraphedStep.WARMUP + 1):  # the eager warm-ups and the capture, untimed
+        for _ in range(GraphedStep.UNTIMED):  # the warm-ups (compilation included) and the capture
             step(x, y)
     else:
         def step(x, y):
@@ -140,7 +145,10 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
             step(x, y)
 
     seconds = median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
-    return seconds, step.capture_failure if variant.graph else None
+    if not variant.graph:
+        return seconds, None
+    return seconds, step.capture_failure or (step.compile_failure and f"compiling failed, the network ran "
+                                             f"uncompiled: {step.compile_failure}")
 
 
 def ran_config(config, steps=None):
@@ -215,8 +223,9 @@ def run_benchmarks(args, device, results, save):
                 print(f"  {config}: input-grad PGD is {baseline / ours:.2f}x faster than backward-every-step; the "
                       f"fastest options {ours / fastest:.2f}x faster than plain float32")
             else:
-                graph, eager = (seconds[config, v.label] for v in CUDA_VARIANTS[:2])
-                print(f"  {config}: the CUDA graph is {eager / graph:.2f}x faster than the eager step (bf16 options)")
+                compiled, graph, eager = (seconds[config, v.label] for v in CUDA_VARIANTS[:3])
+                print(f"  {config}: the CUDA graph is {eager / graph:.2f}x faster than the eager step, "
+                      f"{eager / compiled:.2f}x with the network compiled (bf16 options)")
     if not args.skip_attacks:
         print(f"attacks on an untrained model, synthetic batch of {args.attack_batch} (minimisation attacks, "
               f"DeepFool and C&W, stop early when every sample is broken: their speed depends on the model):")

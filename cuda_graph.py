@@ -1,37 +1,43 @@
-"""The ALP training iteration replayed as one CUDA graph (ALP.py --cuda-graph, bench.py).
+"""The ALP training iteration replayed as one CUDA graph (ALP.py on CUDA, bench.py).
 
-An eager ALP iteration launches about 40 kernels per forward or backward pass, (2 x PGD steps + 3) passes in
-all, each launch waiting on Python; on a fast GPU the GPU mostly waits. Recorded once as a CUDA graph, the
-whole iteration (the PGD pair, both forward passes, the loss, the backward pass and the optimiser step) is
-one launch. `GraphedStep` is called like `training.train_step` and gives the same figures.
+An eager ALP iteration launches about one kernel per op, each launch waiting on Python: counted at the
+dispatcher, resnet32's forward pass is about 145 ops and its input-gradient pass about 120 (float32; bf16
+autocast adds a cast of every convolution and linear weight per pass), (2 x PGD steps + 3) passes in all,
+some 3,000 to 3,500 kernels per PGD-10 iteration; on a fast GPU the GPU mostly waits for them. Recorded once as a
+CUDA graph, the whole iteration (the PGD pair, both forward passes, the loss, the backward pass and the
+optimiser step) is one launch. A network passed in compiled (torch.compile, whose inductor fuses the
+element-wise work between convolutions into fewer kernels) is compiled during the warm-ups and recorded
+compiled. `GraphedStep` is called like `training.train_step` and gives the same figures.
 """
 import sys
 import warnings
-from contextlib import contextmanager, suppress
+from collections import Counter
+from contextlib import contextmanager
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from interrupts import Interrupted
 from training import train_step
-from utils import short_reason
+from utils import fail, short_reason
 
 
-def cuda_graph_refusal(device, world_size, compiled):
-    """Why the graph-replayed step cannot run here, or None if it can."""
+def cuda_graph_refusal(device, world_size, compiled=False):
+    """Why the graph-replayed step cannot run here, or None if it can. A compiled network (`compiled`) is
+    no reason: it is compiled during the warm-ups and recorded compiled."""
     if torch.device(device).type != "cuda":
         return "CUDA graphs need a CUDA device"
     if world_size > 1:
         return "DistributedDataParallel inside a CUDA graph is unproven here"
-    if compiled:
-        return "--compile and CUDA graphs are not combined here"
     return None
 
 
 class GraphedStep:
     """`train_step` for batches of `batch_size` images, recorded once as a CUDA graph and replayed: one
-    launch per iteration instead of ~40 kernels per pass, 2 x steps + 3 passes, each waiting on Python.
-    Called as step(x, y) -> (loss, adversarial logits), like the eager step.
+    launch per iteration instead of one per kernel. Called as step(x, y) -> (loss, adversarial logits), like
+    the eager step.
 
     A graph replays fixed kernels on fixed memory, hence:
     - each batch is copied into static input buffers; a batch of another size (the epoch's last) runs the
@@ -39,23 +45,38 @@ class GraphedStep:
     - the optimizer must be fused (optimization.OPTIMIZERS[name](..., fused=True)): its one kernel reads the learning
       rate from a device tensor that the graph holds. The param groups keep plain floats, which the
       scheduler sets and checkpoints save; a changed float is copied into the tensor before the next replay;
-    - autocast must not cache weight casts (`mixed_precision` does not);
+    - autocast must not cache weight casts (`mixed_precision` does not); the attack's passes, whose weights
+      are frozen, take copies cast once per iteration instead (WeightsCastOnce);
     - the first WARMUP full batches run eagerly on a side stream (lazy initialisation, cudnn benchmarks,
-      momentum buffers) and the next one is captured. The PGD random start draws from the default CUDA
-      generator, whose offset each replay advances as the eager step would.
+      momentum buffers, compilation of a compiled network) and the next one is captured. The PGD random
+      start draws from the default CUDA generator, whose offset each replay advances as the eager step would.
     BatchNorm (momentum set, not None) updates its running statistics inside the graph, as in eager mode.
+    UNTIMED full batches (the warm-ups and the capture) pay one-off costs: a time estimate starts after them.
 
-    Recording can fail where eager code runs (an op that refuses capture, a driver or GPU without support):
-    then `log` gets one line naming the cause and every later batch takes the eager step. Capturing runs no
-    kernel, so the weights, optimizer state and BatchNorm statistics are those the warm-ups left; the failed
-    batch itself is trained eagerly, so the run goes on as if it had never asked for a graph.
+    A capture is never started where it would fail for a reason that can be seen beforehand: the first
+    warm-up runs under `HostReads`, and a step that reads device values on the host (.item(), a boolean
+    mask, a copy to the CPU: each waits for the GPU, and a capture refuses it) takes the eager step from
+    then on, with one line to `log`. A capture can still fail (an op or a driver that refuses capture in a
+    way no op shows): then `log` gets one line naming the cause and every later batch takes the eager step.
+    Capturing runs no kernel, so the weights, optimizer state and BatchNorm statistics are those the
+    warm-ups left and the failed batch is trained eagerly. A refused capture leaves the device's default
+    random generator marked as capturing (PyTorch unmarks it only when a capture ends cleanly), after which
+    every random draw on the device raises; GraphedStep puts back a copy of the generator's state taken
+    before the capture, unmarked, so the eager step draws the numbers the capture would have drawn. Should
+    random draws still fail after that, the run stops in one line that names --no-cuda-graph (the epochs
+    saved so far are kept). What the failed capture allocated in its private memory pool stays reserved.
+
+    A compiled network whose compilation fails in a warm-up is replaced by the network itself, with one line
+    to `log`, and the warm-up runs again uncompiled.
 
     capture=False (the default off CUDA) runs the same plumbing without a graph: every full batch is
     `train_step` on the static buffers with the tensor learning rate. The CPU tests compare that with the
     plain eager step; the graph itself is tested in tests/test_cuda.py. `recorder` replaces the CUDA graph
-    recorder (a CUDAGraphRecorder's two methods) where capture is on: the CPU tests make recording fail."""
+    recorder (a CUDAGraphRecorder's generator and two methods) where capture is on: the CPU tests make
+    recording fail, with the generator left as a refused CUDA capture leaves it."""
 
     WARMUP = 3
+    UNTIMED = WARMUP + 1  # full batches before the step runs as it will: the warm-ups and the capture
 
     def __init__(self, train_model, attack_model, attack, optimizer, leverage, autocast, batch_size, capture=None,
                  log=None, recorder=None):
@@ -67,7 +88,9 @@ class GraphedStep:
             raise ValueError("BatchNorm with momentum=None reads its batch count on the host: not capturable")
         self.device = next(attack_model.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
-        self.models, self.attack, self.optimizer = (train_model, attack_model), attack, optimizer
+        self.attack, self.optimizer = attack, optimizer
+        self.cast_dtype = _autocast_dtype(autocast, self.device.type)
+        self._use_networks(train_model, attack_model)
         self.leverage, self.autocast, self.batch_size = leverage, autocast, batch_size
         self.static_x = self.static_y = None  # allocated like the first full batch: same strides and dtype
         # float32: the fused CUDA kernels read the learning rate through a float pointer
@@ -76,7 +99,8 @@ class GraphedStep:
         self.warmups_done, self.graph, self.outputs = 0, None, None
         self.recorder = (recorder or CUDAGraphRecorder(self.device)) if self.capture else None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.capture_failure = None  # why recording failed, once it has
+        self.capture_failure = None  # why the graph is not used (found before capturing, or the failed capture)
+        self.compile_failure = None  # why a compiled network was replaced by the network itself
 
     def __call__(self, x, y):
         if len(y) != self.batch_size or self.capture_failure is not None:
@@ -88,17 +112,27 @@ class GraphedStep:
             return self._iterate_on_static_batch()
         elif self.warmups_done < self.WARMUP:
             self.warmups_done += 1
-            return self.recorder.warm_up(self._iterate_on_static_batch)
+            return self._warm_up(look_for_host_reads=self.warmups_done == 1)
         elif not self._record():
             return self._eager(x, y)
         loss, logits_adv = self.outputs
         return loss.clone(), logits_adv.clone()  # the static outputs change at the next replay
 
-    def _eager(self, x, y):
-        train_model, attack_model = self.models
+    def _use_networks(self, train_model, attack_model):
+        self.models = train_model, attack_model
+        # Under autocast the attack's passes (2 x steps, weights frozen) would each cast every weight anew.
+        self.attack_network = (attack_model if self.cast_dtype is None
+                               else WeightsCastOnce(attack_model, self.cast_dtype))
+
+    def _train_step(self, x, y):
+        if self.attack_network is not self.models[1]:
+            self.attack_network.refresh()
         with _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, x, y, self.leverage,
+            return train_step(self.models[0], self.attack_network, self.attack, self.optimizer, x, y, self.leverage,
                               self.autocast)
+
+    def _eager(self, x, y):
+        return self._train_step(x, y)
 
     def _copy_in(self, x, y):
         if self.static_x is None:
@@ -125,36 +159,189 @@ class GraphedStep:
                 group["lr"] = value
 
     def _iterate_on_static_batch(self):
-        train_model, attack_model = self.models
-        with self._tensor_learning_rates(), _stepping_uncaptured_by_design():
-            return train_step(train_model, attack_model, self.attack, self.optimizer, self.static_x, self.static_y,
-                              self.leverage, self.autocast)
+        with self._tensor_learning_rates():
+            return self._train_step(self.static_x, self.static_y)
+
+    def _warm_up(self, look_for_host_reads):
+        """One eager iteration on the static batch. With look_for_host_reads, under HostReads (a compiled
+        network runs uncompiled there: every op passes the dispatcher): a step that reads device values on
+        the host is never captured. Retried uncompiled after a compiled network fails, from the same random
+        numbers."""
+        random_states = _random_states(self.device)
+        try:
+            if not look_for_host_reads:
+                return self.recorder.warm_up(self._iterate_on_static_batch)
+            with HostReads(self.device) as reads:
+                result = self.recorder.warm_up(self._iterate_on_static_batch)
+        except Interrupted:
+            raise
+        except Exception as error:
+            if not self._uncompile(error):
+                raise
+            _set_random_states(self.device, random_states)
+            return self._warm_up(look_for_host_reads)
+        if reads.counts:
+            self.capture_failure = f"the step reads device values on the host ({reads.summary()})"
+            self.log(f"CUDA graph: {self.capture_failure}, which a CUDA graph cannot record; the eager step "
+                     f"runs instead")
+        return result
+
+    def _uncompile(self, error):
+        """After `error` in a warm-up: the networks themselves in place of compiled ones, with one line to
+        `log`; False if none was compiled (the error is the step's own)."""
+        originals = tuple(getattr(model, "_orig_mod", model) for model in self.models)
+        if originals == self.models:
+            return False
+        self.compile_failure = short_reason(error)
+        self.log(f"CUDA graph: the compiled network failed in a warm-up ({self.compile_failure}); the network "
+                 f"runs uncompiled")
+        self._use_networks(*originals)
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
 
     def _record(self):
         """Capture one iteration on the static batch and replay it (capturing runs no kernel). False, with
-        the cause logged, if recording failed."""
+        the cause logged and the device's random generator usable again, if recording failed."""
+        generator, state_before = self.recorder.generator, None
         try:
+            state_before = generator.clone_state()  # a copy that the capture does not mark as capturing
             graph, outputs = self.recorder.record(self._iterate_on_static_batch)
-        except Exception as error:  # whatever refused capture: the eager step never needed it
-            self.capture_failure = short_reason(error)
+        except BaseException as error:  # whatever refused capture: the eager step never needed it
+            if state_before is not None:  # a Ctrl-C in the capture too: the process may go on (a notebook)
+                generator.graphsafe_set_state(state_before)
+            if isinstance(error, Interrupted) or not isinstance(error, Exception):
+                raise
+            self.capture_failure = short_reason(_first_cause(error))
             # What the abandoned capture allocated (gradients, outputs) is dropped with it: the eager step
             # starts from no gradients, as every eager step does.
             self.optimizer.zero_grad(set_to_none=True)
-            self.log(f"--cuda-graph: recording the CUDA graph failed ({self.capture_failure}); the eager step "
-                     f"runs instead")
+            if not _random_draws_work(self.device):
+                fail(f"recording the CUDA graph failed ({self.capture_failure}) and left the random number "
+                     f"generator of {self.device} unusable; stopping (the epochs saved so far are kept): "
+                     f"continue with --resume --no-cuda-graph", status=1)
+            self.log(f"CUDA graph: recording it failed ({self.capture_failure}); the eager step runs instead")
             return False
         self.graph, self.outputs = graph, outputs
         graph.replay()
         return True
 
 
+class WeightsCastOnce(torch.nn.Module):
+    """A network for the attack's passes, whose convolutions and linear layers compute with copies of their
+    weights and biases cast to `dtype` (autocast's) by refresh(), once per iteration; autocast leaves
+    tensors already in its dtype alone, so the attack's passes cast none of them anew. The casts round as
+    autocast's do: the figures are those of the network under autocast. Its parameters are the network's
+    (attacks.common.attacking freezes them)."""
+
+    CAST = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)  # what autocast runs in bf16
+
+    def __init__(self, network, dtype):
+        super().__init__()
+        self.network = network
+        self.originals = {f"{owner}.{name}" if owner else name: tensor
+                          for owner, module in network.named_modules() if isinstance(module, self.CAST)
+                          for name, tensor in module.named_parameters(recurse=False)}
+        self.casts = {name: torch.empty_like(tensor, dtype=dtype) for name, tensor in self.originals.items()}
+
+    def refresh(self):
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.casts.values()), list(self.originals.values()))
+
+    def forward(self, x):
+        return torch.func.functional_call(self.network, self.casts, (x,))
+
+
+def _autocast_dtype(autocast, device_type):
+    """The dtype `autocast()` casts to on `device_type`, or None where it casts nothing."""
+    with autocast():
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _first_cause(error):
+    """The exception that started a chain: a capture that fails inside ends in a second error from the
+    capture's end, raised while the first is handled."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return error
+
+
+def _random_states(device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_random_states(device, states):
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def _random_draws_work(device):
+    """Whether a random draw on `device` succeeds; the generators' states are left as they were."""
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.empty(1, device=device).uniform_()
+    except RuntimeError:
+        return False
+    return True
+
+
+class HostReads(TorchDispatchMode):
+    """Counts, by op, what the code run under it does that reads the values of a tensor on `device` on the
+    host, seen at the dispatcher: on CUDA each waits for the GPU, and a CUDA graph capture refuses it.
+    .item(), bool() and float() of a tensor, nonzero and boolean-mask indexing (the result's size depends on
+    the values), unique, bincount, and copies between the device and the CPU."""
+
+    VALUE_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+                   torch.ops.aten.equal.default, torch.ops.aten.nonzero.default,
+                   torch.ops.aten.masked_select.default, torch.ops.aten._unique.default,
+                   torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default,
+                   torch.ops.aten.unique_dim.default, torch.ops.aten.bincount.default,
+                   torch.ops.aten.repeat_interleave.Tensor}
+    INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+                torch.ops.aten._index_put_impl_.default}
+    COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
+
+    def __init__(self, device):
+        super().__init__()
+        self.device = torch.device(device)
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if self._reads_on_host(func, args, result):
+            self.counts[str(func.overloadpacket.__name__)] += 1
+        return result
+
+    def _reads_on_host(self, func, args, result):
+        tensors = [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+        on_device = [t for t in tensors if t.device == self.device]
+        if func in self.VALUE_READS:
+            return bool(on_device)
+        if func in self.INDEXING:  # a boolean mask among the indices: its nonzero runs inside the kernel
+            return bool(on_device) and any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:])
+        if func in self.COPIES:
+            ends = tensors[:2] if func is torch.ops.aten.copy_.default else [tensors[0], result]
+            return len({t.device.type for t in ends}) > 1 and any(t.device == self.device for t in ends)
+        return False
+
+    def summary(self):
+        return ", ".join(f"aten.{name} x{count}" for name, count in self.counts.most_common())
+
+
 class CUDAGraphRecorder:
     """How GraphedStep warms up and records on CUDA, as PyTorch's CUDA graph notes do it: the warm-up
-    iterations run on a side stream, then one iteration is captured into a CUDAGraph."""
+    iterations run on a side stream, then one iteration is captured into a CUDAGraph. `generator` is the
+    random generator a capture on the device registers (its default one)."""
 
     def __init__(self, device):
         self.device = device
         self.side_stream = torch.cuda.Stream(device)
+        torch.cuda.init()  # fills torch.cuda.default_generators
+        self.generator = torch.cuda.default_generators[device.index if device.index is not None
+                                                       else torch.cuda.current_device()]
 
     def warm_up(self, fn):
         """fn() on the side stream, ordered after and before the current stream's work."""
@@ -170,16 +357,9 @@ class CUDAGraphRecorder:
         capture (torch.cuda.graph's exit) before it propagates."""
         graph = torch.cuda.CUDAGraph()
         eager_stream = torch.cuda.current_stream(self.device)
-        rng_state = torch.cuda.get_rng_state(self.device)
         try:
             with torch.cuda.graph(graph):
                 outputs = fn()
-        except Exception:
-            # The eager step that takes over draws the random numbers the capture would have drawn. Should
-            # the generator refuse (still marked as capturing), the capture's own error is the one to report.
-            with suppress(RuntimeError):
-                torch.cuda.set_rng_state(rng_state, self.device)
-            raise
         finally:  # when ending a broken capture raises, torch.cuda.graph leaves its capture stream current
             torch.cuda.set_stream(eager_stream)
         return graph, outputs

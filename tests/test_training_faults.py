@@ -4,8 +4,10 @@ Everything runs on the CPU; runs use the synthetic digits and a one-step validat
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -46,17 +48,31 @@ def test_a_checkpoint_of_shared_references_is_refused_at_once_not_walked_for_eve
         load_checkpoint(str(path))
 
 
-def test_a_checkpoint_nested_thousands_deep_is_refused_without_a_recursion_error(tmp_path, monkeypatch):
-    nested = []
-    for _ in range(5000):
-        nested = [nested]
-    monkeypatch.setattr(sys, "getrecursionlimit", sys.getrecursionlimit)  # restored whatever happens
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(50_000)  # pickling it needs the depth; loading and checking must not
-    try:
-        torch.save({"model": {}, "meta": {}, "payload": nested, "digest": "0" * 64}, tmp_path / "deep.pt")
-    finally:
-        sys.setrecursionlimit(limit)
+def torch_file_holding(path, payload_pickle, **entries):
+    """A torch.save file of `entries` plus "payload", whose pickle is `payload_pickle` (raw opcodes): an object
+    too deep for the pickler (Python 3.12 limits the C pickler's depth whatever sys.setrecursionlimit says)
+    is written as the bytes its unpickler reads."""
+    marker = "PAYLOAD-TO-REPLACE"
+    torch.save({**entries, "payload": marker}, path)
+    pickled_marker = b"X" + struct.pack("<I", len(marker)) + marker.encode()  # BINUNICODE, as protocol 2 writes
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in records:
+            if name.endswith("/data.pkl"):
+                assert data.count(pickled_marker) == 1
+                data = data.replace(pickled_marker, payload_pickle)
+            archive.writestr(name, data)
+
+
+def test_a_checkpoint_nested_thousands_deep_is_refused_without_a_recursion_error(tmp_path):
+    depth = 5000
+    nested_lists = b"]" * (depth + 1) + b"a" * depth  # [[[...[]...]]]: EMPTY_LIST each, then APPEND each
+    torch_file_holding(tmp_path / "deep.pt", nested_lists, model={}, meta={}, digest="0" * 64)
+    payload = torch.load(tmp_path / "deep.pt")["payload"]
+    for _ in range(depth):
+        (payload,) = payload
+    assert payload == []  # the fixture is what it claims: 5,000 levels
     with pytest.raises(CheckpointError, match="nests deeper than"):
         load_checkpoint(str(tmp_path / "deep.pt"))
 
@@ -268,7 +284,9 @@ def stopped_script(tmp_path, argv, **stop):
     """`python ARGV` (a script of the repository) stopped as `stop` says (see STOPPING_SITECUSTOMIZE)."""
     (tmp_path / "shim").mkdir(exist_ok=True)
     (tmp_path / "shim" / "sitecustomize.py").write_text(STOPPING_SITECUSTOMIZE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "shim"), **stop}
+    # The shim goes first on PYTHONPATH; what was there stays (packages installed through it).
+    search_path = os.pathsep.join(filter(None, [str(tmp_path / "shim"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": search_path, **stop}
     return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=300)
 

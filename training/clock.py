@@ -10,20 +10,38 @@ from .hyp import HYP
 
 
 class BatchClock:
-    """Seconds per training batch, measured on the first batches a process trains: the first batch is left
-    out (it pays one-off costs), then HYP["timed_batches"] batches or HYP["timed_seconds"] of them, whichever
-    comes first. tick() after each batch returns the figure once, when it is ready (at the latest after the
-    epoch's last batch, from whatever was timed), and None otherwise. Only the clock is read: the device is
-    waited for at those ticks, nothing else changes."""
+    """Seconds per training batch, measured on the first batches a process trains: the first `untimed`
+    batches are left out (they pay one-off costs; cuda_graph.GraphedStep.UNTIMED for the graph-replayed
+    step, whose warm-ups and capture are not what the epoch repeats), then HYP["timed_batches"] batches or
+    HYP["timed_seconds"] of them, whichever comes first. tick() after each batch returns the figure once,
+    when it is ready (at the latest after the epoch's last batch, from whatever was timed), and None
+    otherwise. Only the clock is read: the device is waited for at those ticks, nothing else changes."""
 
-    def __init__(self, device):
+    def __init__(self, device, untimed=1):
         self.device = torch.device(device)
         self.ticks, self.first, self.started, self.done = 0, None, time.perf_counter(), False
+        self.untimed = untimed
         self.timed = 0  # batches the figure comes from
 
     def tick(self, last=False):
         if self.done:
             return None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ticks += 1
+        if self.ticks <= self.untimed:
+            self.first = now
+            if not last:
+                return None
+        timed = self.ticks - self.untimed
+        if last or timed >= HYP["timed_batches"] or now - self.first >= HYP["timed_seconds"]:
+            if timed <= 0:  # an epoch too short to time past the untimed batches: the whole of it
+                self.done, self.timed = True, self.ticks
+                return (now - self.started) / self.ticks
+            self.done, self.timed = True, timed
+            return (now - self.first) / timed
+        return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
