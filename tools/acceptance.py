@@ -210,7 +210,7 @@ def run_training(parts, form, device, data_root, offline_data, work):
                                   "validation_seconds": float(r["validation_seconds"] or 0) or None,
                                   "clean_percent": percent(r["clean_accuracy"]),
                                   "robust_percent": percent(r["robust_accuracy"])} for r in rows],
-                      "graph_notes": [line for line in lines if line.startswith("--cuda-graph")]}
+                      "graph_notes": [line for line in lines if line.startswith(("--cuda-graph", "CUDA graph:"))]}
         if kind == "graph" and last and os.path.exists(last):
             checkpoint = last
         parts.record("training", {"runs": runs})

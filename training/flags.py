@@ -88,10 +88,12 @@ def build_parser(description=None):
                        help="keep images and weights in the contiguous (NCHW) memory format")
     speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                        help="do not let cuDNN time its algorithms for each shape")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (inductor fuses the element-wise work between convolutions; "
+                            "with the CUDA graph it is compiled during the warm-ups and recorded compiled)")
     speed.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                        help="replay each training iteration as one CUDA graph (default: on where it can run: a "
-                            "CUDA device, one process, no --compile; elsewhere the eager step runs); "
+                            "CUDA device and one process; elsewhere the eager step runs); "
                             "--no-cuda-graph runs the eager step")
     return p
 
