@@ -436,6 +436,7 @@ def plot(title, label, threat_models, path):
             axes.annotate("*", (x + 0.2, row["ours"]), ha="center", va="bottom")
     axes.set_xticks(list(positions), [name for name, _ in bars], fontsize=7)
     axes.set_ylabel("accuracy (%)")
+    axes.set_xlabel("*: outside the run-to-run spread (report.md says how it is set)", fontsize=8)
     axes.set_ylim(0, 105)
     axes.set_title(title + ("\n" + label.split(" (")[0] if label else ""), fontsize=9)
     axes.legend(fontsize=8)
