@@ -34,10 +34,13 @@ MNIST_COMMAND = ["-lp=null", "--epochs=84", "-lr=0.0001", "-wd=0", "-mom=0", "--
                  "--epsilon=0.3", "--steps=40", "--stepsize=0.01", "--leverage=0.5"]
 
 
-def cifar_table(title, dataset, net, leverage, training_source, clean, linf_8, linf_16, l2, l1):
-    """A CIFAR table: ℓ∞ 8/255 and 16/255 (FGSM, PGD-10, PGD-40, DeepFool, AA), ℓ2 0.5 (PGD-50, DeepFool,
-    C&W, AA), ℓ1 12 (PGD-50, SLIDE)."""
+def cifar_table(name):
+    """A CIFAR table from CIFAR_RUNS and CIFAR_FIGURES: ℓ∞ 8/255 and 16/255 (FGSM, PGD-10, PGD-40, DeepFool,
+    AA), ℓ2 0.5 (PGD-50, DeepFool, C&W, AA), ℓ1 12 (PGD-50, SLIDE)."""
+    dataset, net, leverage, training_source = CIFAR_RUNS[name]
+    clean, linf_8, linf_16, l2, l1 = CIFAR_FIGURES[name]
     linf = ["FGSM", "PGD-10", "PGD-40", "DeepFool", "AA"]
+    title = f"{'CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100'}, {net}, leverage {leverage}"
     return Table(title, dataset, net, leverage, "AT",
                  [net.lower(), dataset, *CIFAR_COMMAND, f"--leverage={leverage}"], training_source, clean, [
                      ThreatModel("linf", "8/255", columns(linf, linf_8)),
@@ -62,32 +65,34 @@ def columns(labels, figures):
             for label, figure in zip(labels, figures, strict=True)]
 
 
+# The reference's CIFAR runs: name -> (data set, network, leverage, where the training command comes from).
+CIFAR_RUNS = {
+    "cifar10-resnet32": ("cifar10", "ResNet32", "0.5", "the reference's CIFAR-10 command, as written"),
+    "cifar10-resnet32-leverage1": ("cifar10", "ResNet32", "1",
+                                   "the reference's CIFAR-10 command with --leverage=1, the rows' leverage"),
+    "cifar10-resnet18": ("cifar10", "ResNet18", "0.5", "the reference's CIFAR-10 command with resnet18, the "
+                         "rows' network (its later commit d8017a1 writes the command so)"),
+    "cifar100-resnet18": ("cifar100", "ResNet18", "0.5", "the reference's CIFAR-100 command with resnet18, the "
+                          "rows' network (this commit's command says resnet32; its later commit d8017a1 says "
+                          "resnet18)"),
+}
+# Their figures, row by row as the reference prints them: Nat(%), ℓ∞ 8/255, ℓ∞ 16/255, ℓ2 0.5, ℓ1 12.
+CIFAR_FIGURES = {
+    "cifar10-resnet32": (80.70, [53.18, 47.76, 46.95, 49.54, 43.23], [33.85, 18.83, 16.55, 27.22, 12.27],
+                         [56.22, 58.91, 54.26, 53.34], [55.68, 22.16]),
+    "cifar10-resnet32-leverage1": (77.12, [54.04, 49.34, 48.61, 49.53, 44.89], [36.26, 22.35, 19.64, 28.56, 14.34],
+                                   [56.34, 58.00, 53.91, 53.25], [55.69, 24.11]),
+    "cifar10-resnet18": (85.07, [57.68, 48.32, 46.54, 54.59, 44.13], [41.54, 19.66, 15.77, 36.84, 10.67],
+                         [57.19, 63.23, 56.32, 55.30], [57.55, 23.03]),
+    "cifar100-resnet18": (55.71, [29.16, 25.83, 25.14, 25.32, 22.02], [17.21, 10.47, 9.37, 12.74, 7.15],
+                          [32.38, 33.18, 30.21, 29.51], [32.93, 13.18]),
+}
+
 # reproduce.py's table names -> tables.
 TABLES = {
     "mnist": mnist_table("MNIST", "mnist", 99.41, linf=[97.84, 96.71, 96.08, 97.17, 92.60],
                          l2=[95.72, 97.62, 89.07, 16.90], l1=[97.91, 90.74]),
     "fashionmnist": mnist_table("FashionMNIST", "fashionmnist", 83.08, linf=[68.21, 61.40, 55.82, 56.35, 24.25],
                                 l2=[64.14, 66.16, 25.53, 2.35], l1=[65.74, 53.65]),
-    "cifar10-resnet32": cifar_table(
-        "CIFAR-10, ResNet32, leverage 0.5", "cifar10", "ResNet32", "0.5",
-        "the reference's CIFAR-10 command, as written", 80.70,
-        linf_8=[53.18, 47.76, 46.95, 49.54, 43.23], linf_16=[33.85, 18.83, 16.55, 27.22, 12.27],
-        l2=[56.22, 58.91, 54.26, 53.34], l1=[55.68, 22.16]),
-    "cifar10-resnet32-leverage1": cifar_table(
-        "CIFAR-10, ResNet32, leverage 1", "cifar10", "ResNet32", "1",
-        "the reference's CIFAR-10 command with --leverage=1, the rows' leverage", 77.12,
-        linf_8=[54.04, 49.34, 48.61, 49.53, 44.89], linf_16=[36.26, 22.35, 19.64, 28.56, 14.34],
-        l2=[56.34, 58.00, 53.91, 53.25], l1=[55.69, 24.11]),
-    "cifar10-resnet18": cifar_table(
-        "CIFAR-10, ResNet18, leverage 0.5", "cifar10", "ResNet18", "0.5",
-        "the reference's CIFAR-10 command with resnet18, the rows' network (its later commit d8017a1 writes "
-        "the command so)", 85.07,
-        linf_8=[57.68, 48.32, 46.54, 54.59, 44.13], linf_16=[41.54, 19.66, 15.77, 36.84, 10.67],
-        l2=[57.19, 63.23, 56.32, 55.30], l1=[57.55, 23.03]),
-    "cifar100-resnet18": cifar_table(
-        "CIFAR-100, ResNet18, leverage 0.5", "cifar100", "ResNet18", "0.5",
-        "the reference's CIFAR-100 command with resnet18, the rows' network (this commit's command says "
-        "resnet32; its later commit d8017a1 says resnet18)", 55.71,
-        linf_8=[29.16, 25.83, 25.14, 25.32, 22.02], linf_16=[17.21, 10.47, 9.37, 12.74, 7.15],
-        l2=[32.38, 33.18, 30.21, 29.51], l1=[32.93, 13.18]),
+    **{name: cifar_table(name) for name in CIFAR_RUNS},
 }

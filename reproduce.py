@@ -21,7 +21,6 @@ from interrupts import stop_in_one_line
 if __name__ == "__main__":
     stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
 
-import argparse
 import csv
 import ctypes
 import glob
@@ -112,24 +111,14 @@ def tables_help():
 
 # --- command line ------------------------------------------------------------------------------------------
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
-
-
 def build_parser():
     p = CLIParser(description=__doc__, epilog=tables_help())
     p.add_argument("table", metavar="TABLE", choices=TABLES, help="the reference's table: " + ", ".join(TABLES))
     trial = p.add_argument_group("shortened trial (labelled everywhere as not a reproduction)")
-    trial.add_argument("--epochs", type=positive_int, help="train this many epochs instead of the reference's")
-    trial.add_argument("--subset", type=positive_int, help="train and validate on N images of each split "
+    trial.add_argument("--epochs", type=int, help="train this many epochs instead of the reference's")
+    trial.add_argument("--subset", type=int, help="train and validate on N images of each split "
                                                            "(ALP.py --subset)")
-    trial.add_argument("--images", type=positive_int, help="evaluate the first N test images instead of all")
+    trial.add_argument("--images", type=int, help="evaluate the first N test images instead of all")
     p.add_argument("--data-root", help="folder of the data sets, for ALP.py and eval.py (default: theirs, "
                                        "./data)")
     p.add_argument("--out", help="this reproduction's folder (default: reproductions/TABLE, or "
@@ -478,7 +467,11 @@ def write_report(folder, table, table_name, cut, training_command, checkpoint, r
 # --- main --------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("epochs", "subset", "images"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be a positive integer, not {getattr(args, flag)}")
     table = TABLES[args.table]
     cut = shortening(args, table)
     trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
@@ -494,9 +487,9 @@ def main(argv=None):
     where = [*(["--data-root", args.data_root] if args.data_root else []),
              *(["--device", args.device] if args.device else [])]
     print(label or f"REPRODUCTION of the reference's {table.title} table", flush=True)
-    print(f"reproduce.py: {table.title} in {folder}: training with {table.training_source} ({epochs} epoch{'s' if epochs > 1 else ''}), "
-          f"then {len(runs)} eval.py runs on {images:,} test images; the estimate of both follows ALP.py's "
-          f"timing of its first batches", flush=True)
+    print(f"reproduce.py: {table.title} in {folder}: training with {table.training_source} "
+          f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test images; "
+          f"the estimate of both follows ALP.py's timing of its first batches", flush=True)
     estimate = Estimate(folder, table.dataset, images, runs, args.device or default_device())
     stage = "training"
     try:
