@@ -160,11 +160,17 @@ def command(data_root, out):
     return [sys.executable, str(ROOT / "reproduce.py"), *TRIAL, "--data-root", str(data_root), "--out", str(out)]
 
 
+def start(data_root, out, **kwargs):
+    return subprocess.Popen(command(data_root, out), text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            **kwargs)
+
+
 def run(data_root, out):
-    result = subprocess.run(command(data_root, out), capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    """The trial's output, once it has ended well."""
+    process = start(data_root, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output, errors = process.communicate()
+    assert process.returncode == 0, output[-3000:] + errors[-3000:]
+    return output
 
 
 def descendants(pid):
@@ -188,8 +194,7 @@ def descendants(pid):
 def kill_when(data_root, out, seen, how):
     """Start the trial; once a line of its output contains `seen`, stop it: "kill" kills it and the script
     it runs with SIGKILL (a lost machine), "ctrl-c" sends SIGINT to reproduce.py alone. Returns its output."""
-    process = subprocess.Popen(command(data_root, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = start(data_root, out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -219,9 +224,21 @@ def figures(folder):
 @pytest.mark.slow
 def test_a_shortened_trial_runs_end_to_end_and_a_kill_in_each_stage_changes_no_figure_on_cpu(
         mnist_stand_in_root, tmp_path):
-    """One test, so that the uninterrupted trial runs once even when the tests are shared out over processes."""
+    """One test, so that the uninterrupted trial runs once even when the tests are shared out over processes;
+    it runs beside the interrupted one, on the other core."""
     finished = tmp_path / "uninterrupted"
-    output = run(mnist_stand_in_root, finished)
+    log = tmp_path / "uninterrupted.log"
+    with open(log, "w") as sink:  # a file, not a pipe, which would fill while nothing reads it
+        uninterrupted = start(mnist_stand_in_root, finished, stdout=sink, stderr=subprocess.STDOUT)
+    out = tmp_path / "interrupted"
+    kill_when(mnist_stand_in_root, out, "epoch   1/2", "kill")  # training, after its first epoch
+    stopped = kill_when(mnist_stand_in_root, out, "runs ℓ2 2", "ctrl-c")  # evaluation, in its second run
+    kill_when(mnist_stand_in_root, out, "All figures: " + str(out / "eval-l1.json"), "kill")  # the report
+    continued = run(mnist_stand_in_root, out)
+
+    uninterrupted.wait()
+    output = log.read_text()
+    assert uninterrupted.returncode == 0, output[-3000:]
     label = "SHORTENED TRIAL, NOT A REPRODUCTION (2 of the reference's 84 epochs, 50 training images"
     assert output.startswith(label)
     assert "reproduce.py: estimated on cpu: training" in output
@@ -238,12 +255,7 @@ def test_a_shortened_trial_runs_end_to_end_and_a_kill_in_each_stage_changes_no_f
     assert [len(t["rows"]) for t in report["threat_models"]] == [1, 5, 4, 2]  # clean, ℓ∞, ℓ2, ℓ1
     assert re.search(r"\n  PGD-100 +96\.08 +[0-9.]+ +[-+][0-9.]+ +±[0-9.]+", output)  # the side-by-side table
 
-    out = tmp_path / "interrupted"
-    kill_when(mnist_stand_in_root, out, "epoch   1/2", "kill")  # training, after its first epoch
-    stopped = kill_when(mnist_stand_in_root, out, "runs ℓ2 2", "ctrl-c")  # evaluation, in its second run
     assert "stopped by Ctrl-C in the evaluation; the same command continues" in stopped
     assert "--resume" in stopped and "resuming" in stopped and "All figures: " + str(out / "eval-linf.json") in stopped
-    kill_when(mnist_stand_in_root, out, "All figures: " + str(out / "eval-l1.json"), "kill")  # the report
-    output = run(mnist_stand_in_root, out)
-    assert "training: done" in output and "evaluation at ℓ∞: done" in output
+    assert "training: done" in continued and "evaluation at ℓ∞: done" in continued
     assert figures(out) == figures(finished)
