@@ -31,6 +31,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 from interrupts import Interrupted, interruptible
 from reference import SOURCE, TABLES, TEST_IMAGES
@@ -195,37 +196,63 @@ def end_with_parent():
         pass
 
 
-def run_script(script, argv, on_line=None):
-    """Run a script of this repository with this Python; its stdout is passed through line by line (to
-    on_line too), its stderr (progress bars, warnings) straight. The child has a session of its own, so a
-    Ctrl-C reaches it once, from here. Returns its exit status; a stop of this script (Interrupted) is passed
-    on to it and raised once it has ended."""
+def run_script(script, argv, watch=None):
+    """Run a script of this repository with this Python, its output (progress bars included) straight to
+    this script's. watch(), if given, is called every half second while it runs. The child has a session of
+    its own, so that a Ctrl-C reaches it once, from here. Returns its exit status; a stop of this script
+    (Interrupted) is passed on to it and raised once it has ended."""
     command = [sys.executable, os.path.join(ROOT, script), *argv]
     print(f"$ {' '.join(command[1:])}", flush=True)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
-                               preexec_fn=end_with_parent)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               start_new_session=True, preexec_fn=end_with_parent)
     try:
-        for line in process.stdout:
-            print(line, end="", flush=True)
-            if on_line:
-                on_line(line)
-        return process.wait()
+        while process.poll() is None:
+            time.sleep(0.5)
+            if watch:
+                watch()
+        if watch:
+            watch()
+        return process.returncode
     except Interrupted as stop:
         process.send_signal(signal.SIGTERM if str(stop) == "SIGTERM" else signal.SIGINT)
-        for line in process.stdout:  # its closing line
-            print(line, end="", flush=True)
         process.wait()
         raise
 
 
-def run_or_stop(script, argv, stage, on_line=None):
-    status = run_script(script, argv, on_line)
+def run_or_stop(script, argv, stage, watch=None):
+    status = run_script(script, argv, watch)
     if status in (130, 143):  # the child itself was stopped
         raise Interrupted("SIGTERM" if status == 143 else "Ctrl-C")
     if status != 0:
         fail(f"{stage} stopped: {script} ended with exit status {status} (its message above)",
              status=2 if status == 2 else 1)
+
+
+class LogFollower:
+    """Calls on_line(line) for each line that ALP.py adds to its run's log.txt (under `parent`) from now on."""
+
+    def __init__(self, parent, on_line):
+        self.parent, self.on_line = parent, on_line
+        folder = run_folder(parent)
+        self.path = os.path.join(folder, "log.txt") if folder else None
+        self.offset = os.path.getsize(self.path) if self.path and os.path.isfile(self.path) else 0
+        self.partial = ""
+
+    def __call__(self):
+        if self.path is None:
+            folder = run_folder(self.parent)
+            self.path = os.path.join(folder, "log.txt") if folder else None
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self.offset)
+                text = f.read()
+                self.offset = f.tell()
+        except (OSError, TypeError):
+            return
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            self.on_line(line)
 
 
 # --- training ----------------------------------------------------------------------------------------------
@@ -254,7 +281,8 @@ def train(argv, parent, epochs, estimate):
         print(f"training: done, {epochs} epochs in {folder}", flush=True)
         return os.path.join(folder, "last.pt")
     resume = folder is not None and os.path.isfile(os.path.join(folder, "last.pt"))
-    run_or_stop("ALP.py", [*argv, *(["--resume"] if resume else [])], "training", estimate.read_training_line)
+    run_or_stop("ALP.py", [*argv, *(["--resume"] if resume else [])], "training",
+                LogFollower(parent, estimate.read_training_line))
     folder = run_folder(parent)
     if not folder or epochs_done(folder) < epochs:
         fail(f"training ended before its {epochs} epochs (see ALP.py's lines above)", status=1)
