@@ -243,6 +243,8 @@ class LogFollower:
             folder = run_folder(self.parent)
             self.path = os.path.join(folder, "log.txt") if folder else None
         try:
+            if os.path.getsize(self.path) < self.offset:  # a run started again writes its log anew
+                self.offset, self.partial = 0, ""
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 f.seek(self.offset)
                 text = f.read()
@@ -302,12 +304,21 @@ def read_report(path):
 def evaluate(checkpoint, norm, attacks, json_path, common):
     """eval.py's report of the checkpoint at this norm, running or continuing it first."""
     report = read_report(json_path)
-    if report and report.get("complete") and report["evaluation"]["requested"]["checkpoint"] == checkpoint:
+    if complete(report, checkpoint):
         print(f"evaluation at {NORM_SYMBOLS[norm]}: done, {json_path}", flush=True)
         return report
     run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common],
                 f"evaluation at {NORM_SYMBOLS[norm]}")
-    return read_report(json_path)
+    report = read_report(json_path)
+    if not complete(report, checkpoint):
+        fail(f"eval.py ended well but {json_path} holds no finished evaluation of {checkpoint}", status=1)
+    return report
+
+
+def complete(report, checkpoint):
+    """Whether eval.py's report is a finished evaluation of this checkpoint."""
+    requested = ((report or {}).get("evaluation") or {}).get("requested") or {}
+    return bool(report and report.get("complete")) and requested.get("checkpoint") == checkpoint
 
 
 # --- the estimate ------------------------------------------------------------------------------------------
@@ -527,7 +538,7 @@ def main(argv=None):
             checkpoint = os.path.abspath(checkpoint)
             json_paths = [os.path.abspath(os.path.join(folder, f"eval-{norm}.json")) for norm, _ in runs]
             left = [(norm, attacks) for (norm, attacks), path in zip(runs, json_paths)
-                    if not (read_report(path) or {}).get("complete")]
+                    if not complete(read_report(path), checkpoint)]
             if estimate.validation_images is None:  # training was done before this start
                 estimate.say_for_evaluation(left)
             stage = "evaluation"

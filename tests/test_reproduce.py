@@ -111,6 +111,8 @@ def test_a_folder_holding_other_work_is_refused_in_one_line_on_cpu(monkeypatch, 
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert "not a reproduction's" in refusal(capsys, ["mnist", "--out", str(foreign)])
+    assert "--epochs must be a positive integer, not 0" in refusal(capsys, ["mnist", "--epochs", "0"])
+    assert "invalid choice: 'cifar10'" in refusal(capsys, ["cifar10"])
 
 
 def test_shortening_flags_make_a_labelled_trial_with_a_folder_of_its_own_on_cpu(monkeypatch, tmp_path, capsys):
