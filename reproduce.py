@@ -7,8 +7,8 @@
 2. evaluation: eval.py on the final checkpoint (last.pt), one run per threat model with the attacks of the
    reference's table, on the full test split;
 3. report: the reference's figures and ours side by side, each difference, and a flag on every figure
-   farther from the reference's than run-to-run randomness explains (SPREAD below); written to the folder
-   as report.json, report.md and report.png.
+   farther from the reference's than run-to-run randomness explains (the rule is printed with them);
+   written to the folder as report.json, report.md and report.png.
 The two scripts' progress bars and estimates show as they run, and once ALP.py has timed its first batches
 this script says how long training and evaluation will take. Killed or stopped by Ctrl-C at any moment, the
 same command continues (ALP.py --resume, eval.py's units of work). A folder holding another table's or
