@@ -1,0 +1,98 @@
+"""The reference implementation's published tables, as data: one entry per training run it reports, with the
+command that trains it, the attacks of its table (as eval.py names them) and its figures.
+
+Source: MTandHJ/PyTorch-Robust, ALP/README.md at commit 807ed31 (SOURCE below), copied figure by figure. Later
+commits of that file changed it: d8017a1 wrote the CIFAR commands with resnet18, and 3b2311e replaced these
+tables by one ResNet18 row (ℓ∞ 8/255, clean and AutoAttack only, last and best epoch). The tables below are
+the last full ones, and the ones this repository's README quotes (tests/test_reproduce.py checks its
+"Reference results" against them). Figures are robust accuracies in % on the full test split (10,000 images
+for every data set here).
+"""
+from collections import namedtuple
+
+SOURCE = {
+    "repository": "MTandHJ/PyTorch-Robust",
+    "file": "ALP/README.md",
+    "commit": "807ed3184889afecb42048785054054587d9ffcb",
+    "url": "https://github.com/MTandHJ/PyTorch-Robust/blob/807ed3184889afecb42048785054054587d9ffcb/ALP/README.md",
+}
+
+TEST_IMAGES = 10_000  # the test split of MNIST, FashionMNIST, CIFAR-10 and CIFAR-100
+
+# A column of a table: its label as the reference prints it (and as eval.py's JSON labels it), the eval.py
+# --attacks name that runs it, and the reference's figure.
+Column = namedtuple("Column", "label attack figure")
+# One threat model: the norm and ε (as eval.py's suite writes it), and its columns in the reference's order.
+ThreatModel = namedtuple("ThreatModel", "norm epsilon columns")
+# One training run of the reference and what its tables say of it. net: the network as the reference's tables
+# name it; training: ALP.py's arguments; training_source: where that command comes from; clean: Nat(%).
+Table = namedtuple("Table", "title dataset net leverage lp training training_source clean threat_models")
+
+# The reference's commands, as its README writes them (less `python ALP.py`).
+CIFAR_COMMAND = ["-lp=AT", "--epochs=200", "-wd=0.0002"]
+MNIST_COMMAND = ["-lp=null", "--epochs=84", "-lr=0.0001", "-wd=0", "-mom=0", "--optimizer=adam", "-b=50",
+                 "--epsilon=0.3", "--steps=40", "--stepsize=0.01", "--leverage=0.5"]
+
+
+def cifar_table(name):
+    """A CIFAR table from CIFAR_RUNS and CIFAR_FIGURES: ℓ∞ 8/255 and 16/255 (FGSM, PGD-10, PGD-40, DeepFool,
+    AA), ℓ2 0.5 (PGD-50, DeepFool, C&W, AA), ℓ1 12 (PGD-50, SLIDE)."""
+    dataset, net, leverage, training_source = CIFAR_RUNS[name]
+    clean, linf_8, linf_16, l2, l1 = CIFAR_FIGURES[name]
+    linf = ["FGSM", "PGD-10", "PGD-40", "DeepFool", "AA"]
+    title = f"{'CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100'}, {net}, leverage {leverage}"
+    return Table(title, dataset, net, leverage, "AT",
+                 [net.lower(), dataset, *CIFAR_COMMAND, f"--leverage={leverage}"], training_source, clean, [
+                     ThreatModel("linf", "8/255", columns(linf, linf_8)),
+                     ThreatModel("linf", "16/255", columns(linf, linf_16)),
+                     ThreatModel("l2", "0.5", columns(["PGD-50", "DeepFool", "C&W", "AA"], l2)),
+                     ThreatModel("l1", "12", columns(["PGD-50", "SLIDE"], l1))])
+
+
+def mnist_table(title, dataset, clean, linf, l2, l1):
+    """An MNIST-type table: ℓ∞ 0.3 (FGSM, PGD-50, PGD-100, DeepFool, AA), ℓ2 2 (PGD-100, DeepFool, C&W, AA),
+    ℓ1 10 (PGD-50, SLIDE)."""
+    return Table(title, dataset, "mnist", "0.5", "null", ["mnist", dataset, *MNIST_COMMAND],
+                 f"the reference's {title} command, as written", clean, [
+                     ThreatModel("linf", "0.3", columns(["FGSM", "PGD-50", "PGD-100", "DeepFool", "AA"], linf)),
+                     ThreatModel("l2", "2", columns(["PGD-100", "DeepFool", "C&W", "AA"], l2)),
+                     ThreatModel("l1", "10", columns(["PGD-50", "SLIDE"], l1))])
+
+
+def columns(labels, figures):
+    """Columns from labels and figures; the eval.py name is the label in lower case without '&'."""
+    return [Column(label, label.lower().replace("&", ""), figure)
+            for label, figure in zip(labels, figures, strict=True)]
+
+
+# The reference's CIFAR runs: name -> (data set, network, leverage, where the training command comes from).
+CIFAR_RUNS = {
+    "cifar10-resnet32": ("cifar10", "ResNet32", "0.5", "the reference's CIFAR-10 command, as written"),
+    "cifar10-resnet32-leverage1": ("cifar10", "ResNet32", "1",
+                                   "the reference's CIFAR-10 command with --leverage=1, the rows' leverage"),
+    "cifar10-resnet18": ("cifar10", "ResNet18", "0.5", "the reference's CIFAR-10 command with resnet18, the "
+                         "rows' network (its later commit d8017a1 writes the command so)"),
+    "cifar100-resnet18": ("cifar100", "ResNet18", "0.5", "the reference's CIFAR-100 command with resnet18, the "
+                          "rows' network (this commit's command says resnet32; its later commit d8017a1 says "
+                          "resnet18)"),
+}
+# Their figures, row by row as the reference prints them: Nat(%), ℓ∞ 8/255, ℓ∞ 16/255, ℓ2 0.5, ℓ1 12.
+CIFAR_FIGURES = {
+    "cifar10-resnet32": (80.70, [53.18, 47.76, 46.95, 49.54, 43.23], [33.85, 18.83, 16.55, 27.22, 12.27],
+                         [56.22, 58.91, 54.26, 53.34], [55.68, 22.16]),
+    "cifar10-resnet32-leverage1": (77.12, [54.04, 49.34, 48.61, 49.53, 44.89], [36.26, 22.35, 19.64, 28.56, 14.34],
+                                   [56.34, 58.00, 53.91, 53.25], [55.69, 24.11]),
+    "cifar10-resnet18": (85.07, [57.68, 48.32, 46.54, 54.59, 44.13], [41.54, 19.66, 15.77, 36.84, 10.67],
+                         [57.19, 63.23, 56.32, 55.30], [57.55, 23.03]),
+    "cifar100-resnet18": (55.71, [29.16, 25.83, 25.14, 25.32, 22.02], [17.21, 10.47, 9.37, 12.74, 7.15],
+                          [32.38, 33.18, 30.21, 29.51], [32.93, 13.18]),
+}
+
+# reproduce.py's table names -> tables.
+TABLES = {
+    "mnist": mnist_table("MNIST", "mnist", 99.41, linf=[97.84, 96.71, 96.08, 97.17, 92.60],
+                         l2=[95.72, 97.62, 89.07, 16.90], l1=[97.91, 90.74]),
+    "fashionmnist": mnist_table("FashionMNIST", "fashionmnist", 83.08, linf=[68.21, 61.40, 55.82, 56.35, 24.25],
+                                l2=[64.14, 66.16, 25.53, 2.35], l1=[65.74, 53.65]),
+    **{name: cifar_table(name) for name in CIFAR_RUNS},
+}
