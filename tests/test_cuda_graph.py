@@ -11,13 +11,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ALP
-import training
+import training.clock
 from attacks import ATTACKS
 from cuda_graph import GraphedStep, HostReads
 from data import DeviceLoader
 from models import MODELS
 from conftest import run_epoch
-from training import BatchClock, mixed_precision, train_step
+from training import mixed_precision, train_step
+from training.clock import BatchClock
+from training.hyp import HYP
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -351,19 +353,19 @@ def test_the_time_estimate_times_the_replays_not_the_warm_ups_and_the_capture(ge
             self.now += seconds
 
     clock = FakeClock()
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock.now)
+    monkeypatch.setattr(training.clock.time, "perf_counter", lambda: clock.now)
     recorder = ReplayingRecorder(generator, clock)
     model, optimizer, attack, x, y = tiny_setup()
     step = GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=True, recorder=recorder)
     estimates = {untimed: BatchClock(DEVICE, untimed=untimed) for untimed in (GraphedStep.UNTIMED, 1)}
     figures = {}
-    for batch in range(GraphedStep.UNTIMED + training.HYP["timed_batches"]):
+    for batch in range(GraphedStep.UNTIMED + HYP["timed_batches"]):
         step(x, y)
         for untimed, batch_clock in estimates.items():
             figure = batch_clock.tick()
             if figure is not None:
                 figures[untimed] = figure
-    assert recorder.recordings == 1 and step.graph.replays == training.HYP["timed_batches"] + 1
+    assert recorder.recordings == 1 and step.graph.replays == HYP["timed_batches"] + 1
     assert figures[GraphedStep.UNTIMED] == ReplayingRecorder.REPLAY_SECONDS
     assert figures[1] > 2 * ReplayingRecorder.REPLAY_SECONDS  # what leaving out the first batch alone gave
 

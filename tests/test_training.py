@@ -158,8 +158,13 @@ def test_the_graph_step_runs_by_default_where_a_graph_can_run_and_no_cuda_graph_
     """CPU, as on a GPU: the refusal of graphs off the GPU switched off, the graph step without a capture."""
     built = []
     monkeypatch.setattr(ALP, "cuda_graph_refusal", lambda *_: None)
-    monkeypatch.setattr(ALP, "GraphedStep", lambda *args, **kwargs: built.append(1) or GraphedStep(
-        *args, **kwargs, capture=False))
+
+    class UncapturedStep(GraphedStep):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs, capture=False)
+
+    monkeypatch.setattr(ALP, "GraphedStep", UncapturedStep)
     ALP.main(["mnist", "mnist", "--device=cpu", "-b=5", "--steps=1", "--epochs=1", "--subset=10", *flags,
               "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])
     (record,) = tmp_path.glob("*/args.json")
