@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -51,13 +52,17 @@ def test_cpu_form_reports_every_part_and_exits_1_on_a_failed_test(synthetic_mnis
     training = parts["training"]
     assert training["ok"] and training["agree"] and training["gap_points"] == {"clean_percent": 0.0,
                                                                                "robust_percent": 0.0}
+    assert set(training["runs"]) == {"eager", "graph", "mnist-reference"}
     for run in training["runs"].values():
         (epoch,) = run["epochs"]
         assert epoch["seconds"] > 0 and 0 <= epoch["clean_percent"] <= 100
+        assert run["estimated_seconds_per_epoch"] > 0  # read back from the run's own estimate line
     assert "CUDA graphs need a CUDA device" in training["runs"]["graph"]["graph_notes"][0]
 
-    fgsm = [a for a in parts["evaluation"]["attacks"] if a["attack"] == "FGSM"]
-    assert parts["evaluation"]["ok"] and len(fgsm) == 1 and fgsm[0]["seconds"] > 0
+    suite = parts["evaluation"]["suites"]["mnist"]  # on the reference command's checkpoint
+    fgsm = [a for a in suite["attacks"] if a["attack"] == "FGSM"]
+    assert parts["evaluation"]["ok"] and suite["finished"] and len(fgsm) == 1 and fgsm[0]["seconds"] > 0
+    assert "targets" not in report  # the speed targets are the GPU's
 
     tests = parts["tests"]
     assert (tests["passed"], tests["failed"], tests["skipped"]) == (1, 1, 1)
@@ -65,6 +70,14 @@ def test_cpu_form_reports_every_part_and_exits_1_on_a_failed_test(synthetic_mnis
     markdown = (out / "acceptance.md").read_text()
     assert "test_fake.py::test_fails" in markdown and "| eager | 1 |" in markdown
     assert "$ " in (out / "acceptance.log").read_text()  # every command, with its output
+
+    # A second call evaluates the checkpoints the first left under --work: eval.py reprints its finished report
+    again = tmp_path / "again"
+    assert acceptance.main([str(again), "--device=cpu", "--data-root", str(synthetic_mnist_root), "--workers=0",
+                            "--parts", "evaluation", "--work", str(tmp_path / "work")]) == 0
+    second = json.loads((again / "acceptance.json").read_text())
+    assert set(second["parts"]) == {"evaluation"} and second["parts"]["evaluation"]["suites"]["mnist"]["attacks"] \
+        == suite["attacks"]
 
 
 def run(epochs_clean_robust):
@@ -76,6 +89,54 @@ def run(epochs_clean_robust):
 def test_eager_and_graph_runs_agree_within_one_and_a_half_points(graph_run, agree):
     """CPU: the gaps in clean and robust accuracy are checked each."""
     assert acceptance.agreement({"eager": run([(40.0, 26.0)]), "graph": run([graph_run])})["agree"] is agree
+
+
+def test_the_estimate_is_read_back_from_alp_pys_line():
+    """CPU: the seconds per epoch of each unit that ALP.py's estimate line may use."""
+    lines = ["starting ...", "estimated: 14 s per epoch (training 11 s, validation 3 s), 28 s for 2 epochs (timed "
+             "on 3 training batches and 2000 validation images)"]
+    assert acceptance.estimated_seconds_per_epoch(lines) == 14
+    assert acceptance.estimated_seconds_per_epoch(["estimated: 3.5 min per epoch (training 3.0 min, ..."]) == 210
+    assert acceptance.estimated_seconds_per_epoch(["estimated: 11 s per epoch of training, 3 s per validation"]) is None
+
+
+def test_speed_targets_are_read_off_the_figures_and_say_what_was_not_measured():
+    """CPU: a made-up CUDA report; the fastest bf16 graph row of a configuration counts, a failed recording
+    does not."""
+    rows = [{"config": "mnist/mnist b50 PGD-40", "variant": variant, "ms_per_iteration": ms, "capture_failure": failure}
+            for variant, ms, failure in (("bf16+channels_last+cudnn.benchmark, compiled + graph", 3.5, None),
+                                         ("bf16+channels_last+cudnn.benchmark, graph", 9.0, None),
+                                         ("bf16+channels_last+cudnn.benchmark, eager", 2.0, None),
+                                         ("bf16+channels_last+cudnn.benchmark, graph", 1.0, "refused"))]
+    epochs = [{"seconds": 20.0}, {"seconds": 10.0}]
+    parts = {"timings": {"rows": rows},
+             "training": {"runs": {"graph": {"epochs": epochs, "estimated_seconds_per_epoch": 12.0},
+                                   "mnist-reference": {"epochs": [{"seconds": 9.0}, {"seconds": 5.5}]}}},
+             "evaluation": {"suites": {"mnist": {"attack_seconds": 200.0, "finished": True},
+                                       "cifar10": {"attack_seconds": 400.0, "finished": False}}},
+             "tests": {"failed": 0}}
+    targets = {t["target"].split(":")[0]: (t["measured"], t["met"]) for t in acceptance.speed_targets(parts)}
+    assert targets["mnist/mnist b50 PGD-40, bf16 graph"] == (3.5, True)
+    assert targets["resnet32/cifar10 b128 PGD-10, bf16 graph"] == (None, None)
+    assert targets["reference MNIST command"] == (5.5, True)  # the last epoch: the first pays the capture
+    assert targets["ALP.py's estimate against the graph run's last epoch"] == (0.2, True)
+    assert targets["default mnist suite on the 10,000 test images"] == (200.0, False)
+    assert targets["default cifar10 suite on the 10,000 test images"] == (None, None)  # unfinished
+    assert targets["tests failed"] == (0, True)
+
+
+def test_timing_stand_in_is_mnist_sized_from_the_real_test_digits(tmp_path):
+    """CPU: 60,000 training and 10,000 test images that data.py loads; needs ../shared's digits."""
+    digits = ROOT.parent / "shared" / "data" / "mnist"
+    if not digits.is_dir():
+        pytest.skip("no ../shared/data/mnist here")
+    from timing_data import has_mnist, write_mnist_timing_root
+    from data import train_val_splits
+    write_mnist_timing_root(str(digits), str(tmp_path))
+    assert has_mnist(str(tmp_path))
+    (train_x, train_y), (test_x, test_y) = train_val_splits("mnist", str(tmp_path), 0.0, None, 1)
+    assert (len(train_y), len(test_y)) == (60_000, 10_000)
+    assert torch.equal(train_x[:10_000], test_x) and torch.equal(train_x[50_000:], test_x)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -3,17 +3,25 @@
     python tools/acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
     python tools/acceptance.py --prepare-device [.device]   # on a networked machine: what a bare GPU box lacks
 
-On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, ~8 minutes in all):
-  0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already;
+On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, 500 by default, so that
+the whole call ends within 9 minutes):
+  0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already, and an
+     MNIST-sized timing root (tools/timing_data.py) from the real MNIST test digits;
   1. bench.py: one ALP iteration of resnet32/cifar10 b128 PGD-10, resnet18/cifar10 b128 PGD-10 and
-     mnist b50 PGD-40, eager and as a CUDA graph replay, with bf16 + channels_last and in float32;
-  2. ALP.py resnet32 cifar10 -lp=cosine for 2 epochs twice, eager and --cuda-graph: seconds per epoch
-     (validation included) and validation accuracies, which must agree within 1.5 points;
-  3. eval.py: the default attack suite on the graph run's checkpoint, 500 test images, seconds per attack
-     (one process per threat model, so that a cut keeps the finished ones);
+     mnist b50 PGD-40: compiled inside the CUDA graph, the graph, eager, with bf16 + channels_last and in
+     float32;
+  2. ALP.py resnet32 cifar10 -lp=cosine for 2 epochs twice, eager (--no-cuda-graph) and with the graph:
+     seconds per epoch (validation included), the estimate each run printed, and validation accuracies,
+     which must agree within 1.5 points; then the reference's MNIST command for 2 of its 84 epochs;
+  3. eval.py: the default attack suites on the whole 10,000 test images, MNIST on the reference command's
+     checkpoint, then CIFAR-10 on the graph run's, one process per threat model (a cut keeps the finished
+     ones), seconds per attack;
   4. pytest over the whole suite with --workers processes: passed, failed, skipped, the failures' names.
 The order puts the timings first, on an idle machine. Each part has its share of the budget; a part that
-runs past it is stopped and reported, and the later parts get the time that earlier ones saved.
+runs past it is stopped and reported, and the later parts get the time that earlier ones saved. The report
+ends with the speed targets (ITERATION_TARGETS_MS and below), each measured or "not measured". The CIFAR-10
+suite on 10,000 images may take more than its share: a second call on the same warm machine,
+`--parts evaluation --work W` with the first call's --work W, evaluates the checkpoints the first left there.
 
 On CPU the same parts run in miniature (the MNIST net on MNIST-format data, a few iterations, one epoch on
 a subset, FGSM only, no graph), so that the command itself is tested on machines without a GPU.
@@ -34,6 +42,9 @@ pyautoattack or foolbox, and carries only the working tree and the folders named
        export PYTHONPATH=$PWD/.device/site
        OFFLINE=.device/tools/offline_data.py
        python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
+     and, for the suites that did not finish, on the same machine while it is warm:
+       python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance \
+           --parts evaluation --budget 520
      It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
      which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
      on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
@@ -46,6 +57,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -68,24 +80,39 @@ if ROOT not in sys.path:
 from acceptance_report import markdown, write_report  # noqa: E402  (importable once ROOT is on the path)
 from device_folder import prepare_device  # noqa: E402
 from pytest_counts import junit_counts, streamed_counts  # noqa: E402
+from timing_data import has_mnist, write_mnist_timing_root  # noqa: E402
 from utils import CLIParser, fail  # noqa: E402
 
 AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in robust validation accuracy
 
-# What each part runs, by device. train: ALP.py's arguments less --device, --data-root, --out and
-# --cuda-graph; eval: eval.py's less the checkpoint, --data-root and --json.
-Form = namedtuple("Form", "dataset bench train eval images")
+# What each part runs, by device. train: ALP.py's arguments for the eager and graph runs, less --device,
+# --data-root, --out and the graph flag; reference_mnist: the reference's MNIST command (the defaults of
+# MNIST-type data are its flags), for its seconds per epoch; eval_*: eval.py's selections, one process each
+# (a cut keeps the finished ones), less the checkpoint, --data-root and --json; images: test images (None:
+# the whole test split).
+Form = namedtuple("Form", "bench train reference_mnist eval_mnist eval_cifar images")
+NORM_BY_NORM = [["--norms", norm] for norm in ("linf", "l2", "l1")]
 FORMS = {
-    "cuda": Form("cifar10", bench=[], train=["resnet32", "cifar10", "-lp=cosine", "--epochs=2"],
-                 eval=[["--norms", norm] for norm in ("linf", "l2", "l1")], images=500),
-    "cpu": Form("mnist", bench=["--configs", "mnist/mnist b50 PGD-40", "--steps=2", "--repeats=1",
-                                "--iterations=1"],
+    "cuda": Form(bench=[], train=["resnet32", "cifar10", "-lp=cosine", "--epochs=2"],
+                 reference_mnist=["mnist", "mnist", "--epochs=2"],
+                 eval_mnist=NORM_BY_NORM, eval_cifar=NORM_BY_NORM, images=None),
+    "cpu": Form(bench=["--configs", "mnist/mnist b50 PGD-40", "--steps=2", "--repeats=1", "--iterations=1"],
                 train=["mnist", "mnist", "-lp=cosine", "--epochs=1", "--subset=20", "-b=10", "--steps=2",
                        "--epsilon=0.3", "--stepsize=0.1"],
-                eval=[["--norms", "linf", "--attacks", "fgsm"]], images=10),
+                reference_mnist=["mnist", "mnist", "--epochs=1", "--subset=20", "-b=10", "--steps=2"],
+                eval_mnist=[["--norms", "linf", "--attacks", "fgsm"]], eval_cifar=[], images=10),
 }
-# Each part's share of --budget, in run order; a part's deadline is the sum of the shares up to its own.
-SHARES = {"data": 0.04, "timings": 0.11, "training": 0.33, "evaluation": 0.2, "tests": 0.32}
+# Each part's share of --budget, in run order; a part's deadline is the sum of the shares up to its own, so a
+# part that ends early leaves its time to the later ones. With --parts, the chosen parts share the budget.
+SHARES = {"data": 0.04, "timings": 0.18, "training": 0.3, "evaluation": 0.28, "tests": 0.2}
+
+# What one GPU must reach (CUDA form): the speed targets of the project, each read off this run's figures.
+# bench.py's fastest bf16 graph variant per configuration, in ms per ALP iteration:
+ITERATION_TARGETS_MS = {"resnet32/cifar10 b128 PGD-10": 10.0, "resnet18/cifar10 b128 PGD-10": 15.0,
+                        "mnist/mnist b50 PGD-40": 4.0}
+REFERENCE_MNIST_EPOCH_SECONDS = 6.0  # the reference's MNIST command, one epoch with its validation
+ESTIMATE_TOLERANCE = 0.25  # ALP.py's printed seconds per epoch against the epoch it then took
+SUITE_TARGET_SECONDS = {"mnist": 180.0, "cifar10": 600.0}  # the default suite on the 10,000 test images
 
 
 # --- running the parts -------------------------------------------------------------------------------------
@@ -94,13 +121,14 @@ class Parts:
     """Runs subprocesses against the deadlines, keeps their output in acceptance.log, and rewrites the
     report after each part."""
 
-    def __init__(self, out_dir, budget, report):
+    def __init__(self, out_dir, budget, report, parts=None):
         self.out_dir, self.report = out_dir, report
         self.started = time.monotonic()
         self.deadlines, total = {}, 0.0
-        for name, share in SHARES.items():
+        chosen = {name: share for name, share in SHARES.items() if name in (parts or SHARES)}
+        for name, share in chosen.items():
             total += share
-            self.deadlines[name] = self.started + total * budget
+            self.deadlines[name] = self.started + total / sum(chosen.values()) * budget
         self.log = open(os.path.join(out_dir, "acceptance.log"), "w")
 
     def run(self, part, command, output=None):
@@ -160,6 +188,22 @@ def script_command(script, args, offline_data):
     return [sys.executable, path, *args]
 
 
+def run_data(parts, form_name, data_root, mnist_root, offline_data):
+    """On CUDA, the data roots that are not there yet: the CIFAR-10 stand-in (the offline tool) and the MNIST
+    timing stand-in (tools/timing_data.py, from the real test digits carried beside the tool)."""
+    figures = {"ok": True, "seconds": 0.0, "built": []}
+    if form_name == "cuda" and offline_data:
+        if not os.path.exists(os.path.join(data_root, "cifar-10-batches-py", "test_batch")):
+            verdict = outcome(*parts.run("data", [sys.executable, offline_data, "cifar10", data_root]))
+            figures.update(ok=verdict["ok"], seconds=verdict["seconds"], built=["cifar10"],
+                           **({"error": verdict["error"]} if not verdict["ok"] else {}))
+        if not has_mnist(mnist_root):
+            digits = os.path.join(os.path.dirname(os.path.dirname(offline_data)), "data", "mnist")
+            write_mnist_timing_root(digits, mnist_root)
+            figures["built"].append("mnist timing stand-in")
+    parts.record("data", figures)
+
+
 def run_timings(parts, form, device, work):
     path = os.path.join(work, "bench.json")
     status, seconds = parts.run("timings", [sys.executable, os.path.join(ROOT, "bench.py"), "--skip-attacks",
@@ -195,32 +239,58 @@ def percent(value):
     return None if value in (None, "") else round(100 * float(value), 2)
 
 
-def run_training(parts, form, device, data_root, offline_data, work):
-    """Eager, then --cuda-graph. Returns the graph run's checkpoint (None if it has none). On CUDA the graph
-    must have run: a refusal or a failed recording (the run's log says which) fails the part."""
-    runs, checkpoint = {}, None
-    for kind, flags in (("eager", ["--no-cuda-graph"]), ("graph", ["--cuda-graph"])):
-        out = os.path.join(work, f"train-{kind}")
-        status, seconds = parts.run("training", script_command(
-            "ALP.py", [*form.train, f"--device={device}", "--data-root", data_root, "--out", out, *flags],
-            offline_data))
-        rows, lines, last = read_run(out)
-        runs[kind] = {**outcome(status, seconds),
-                      "epochs": [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"]),
-                                  "validation_seconds": float(r["validation_seconds"] or 0) or None,
-                                  "clean_percent": percent(r["clean_accuracy"]),
-                                  "robust_percent": percent(r["robust_accuracy"])} for r in rows],
-                      "graph_notes": [line for line in lines if line.startswith(("--cuda-graph", "CUDA graph:"))]}
-        if kind == "graph" and last and os.path.exists(last):
-            checkpoint = last
+def train_run(parts, name, arguments, device, data_root, offline_data, work):
+    """One ALP.py run in WORK/train-NAME: its verdict, epochs, graph notes, estimate; and its checkpoint."""
+    out = os.path.join(work, f"train-{name}")
+    status, seconds = parts.run("training", script_command(
+        "ALP.py", [*arguments, f"--device={device}", "--data-root", data_root, "--out", out], offline_data))
+    rows, lines, last = read_run(out)
+    run = {**outcome(status, seconds),
+           "epochs": [{"epoch": int(r["epoch"]), "seconds": float(r["seconds"]),
+                       "validation_seconds": float(r["validation_seconds"] or 0) or None,
+                       "clean_percent": percent(r["clean_accuracy"]),
+                       "robust_percent": percent(r["robust_accuracy"])} for r in rows],
+           "graph_notes": [line for line in lines if line.startswith(("--cuda-graph", "CUDA graph:"))],
+           "estimated_seconds_per_epoch": estimated_seconds_per_epoch(lines)}
+    return run, (last if last and os.path.exists(last) else None)
+
+
+ESTIMATE = re.compile(r"^estimated: ([\d.]+) (s|min|h) per epoch \(")
+UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600}
+
+
+def estimated_seconds_per_epoch(log_lines):
+    """The seconds per epoch, validation included, that ALP.py's estimate line printed (None without one)."""
+    for line in log_lines:
+        match = ESTIMATE.match(line)
+        if match:
+            return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    return None
+
+
+def run_training(parts, form, device, data_root, mnist_root, offline_data, work):
+    """Eager, then the CUDA graph (ALP.py's default on CUDA), then the reference's MNIST command. Returns
+    the checkpoints to evaluate, by data set. On CUDA the graph must have run: a refusal or a failed
+    recording (the run's log says which) fails the part."""
+    runs, checkpoints = {}, {}
+    plan = [("eager", [*form.train, "--no-cuda-graph"], data_root, offline_data),
+            ("graph", [*form.train, "--cuda-graph"], data_root, offline_data),
+            ("mnist-reference", form.reference_mnist, mnist_root, None)]
+    for name, arguments, root, tool in plan:
+        runs[name], last = train_run(parts, name, arguments, device, root, tool, work)
+        if last and name == "graph":
+            checkpoints[form.train[1]] = last
+        if last and name == "mnist-reference":
+            checkpoints["mnist"] = last
         parts.record("training", {"runs": runs})
-        if status is None:
+        if not runs[name]["ok"] and "deadline" in runs[name]["error"]:
             break
-    figures = {"runs": runs, **agreement(runs)}
+    pair = {kind: runs[kind] for kind in ("eager", "graph") if kind in runs}
+    figures = {"runs": runs, **agreement(pair), "allowed_points": 100 * AGREEMENT}
     graph_replayed = device == "cpu" or ("graph" in runs and not runs["graph"]["graph_notes"])
-    figures["ok"] = all(run["ok"] for run in runs.values()) and len(runs) == 2 and figures["agree"] and graph_replayed
+    figures["ok"] = all(run["ok"] for run in runs.values()) and len(runs) == 3 and figures["agree"] and graph_replayed
     parts.record("training", figures)
-    return checkpoint
+    return checkpoints
 
 
 def agreement(runs):
@@ -246,30 +316,43 @@ def attack_records(node, norm=None, epsilon=None):
                 yield from attack_records(value, norm, epsilon)
 
 
-def run_evaluation(parts, form, device, data_root, offline_data, checkpoint, work):
-    if checkpoint is None:
-        parts.record("evaluation", {"ok": False, "error": "no checkpoint: the graph run did not finish"})
-        return
-    figures = {"ok": True, "images": form.images, "seconds": 0.0, "attacks": []}
-    for k, selection in enumerate(form.eval):
-        path = os.path.join(work, f"eval-{k}.json")
-        status, seconds = parts.run("evaluation", script_command(
-            "eval.py", [checkpoint, f"--n={form.images}", *selection, f"--device={device}", "--data-root",
-                        data_root, "--json", path], offline_data))
-        verdict = outcome(status, seconds)
-        figures["seconds"] = round(figures["seconds"] + seconds, 1)
-        if not verdict["ok"]:
-            figures.update(ok=False, error=f"eval.py {' '.join(selection)}: {verdict['error']}")
-        if os.path.exists(path):
-            with open(path) as f:
-                report = json.load(f)
-            figures["attacks"] += [{"norm": norm, "epsilon": epsilon, "attack": label, "seconds": round(sec, 2),
-                                    "seconds_per_10000_images": round(sec * 10_000 / form.images, 1),
-                                    "robust_percent": percent(accuracy)}
-                                   for norm, epsilon, label, sec, accuracy in attack_records(report)]
+def run_evaluation(parts, form, device, roots, offline_data, checkpoints, work):
+    """The default suite of each data set on its checkpoint, MNIST first (its target is the nearer), one
+    eval.py process per selection. A suite's `seconds` are its processes' in this call (start-ups included);
+    its `attack_seconds` the sum of its attacks' own, as eval.py reports them (across calls, for units that a
+    second call continued)."""
+    figures = {"ok": True, "images": form.images or "all", "suites": {}}
+    plan = [("mnist", form.eval_mnist, None), ("cifar10", form.eval_cifar, offline_data)]
+    for dataset, selections, tool in (step for step in plan if step[1]):
+        suite = figures["suites"][dataset] = {"seconds": 0.0, "attack_seconds": 0.0, "finished": False,
+                                              "attacks": []}
+        if dataset not in checkpoints:
+            figures.update(ok=False, error=f"no {dataset} checkpoint: its training run did not finish")
+            continue
+        for k, selection in enumerate(selections):
+            # beside the run that trained the checkpoint: a second call (--parts evaluation) reprints what
+            # finished and continues the units of what did not
+            path = os.path.join(os.path.dirname(os.path.dirname(checkpoints[dataset])), f"eval-{dataset}-{k}.json")
+            images = [f"--n={form.images}"] if form.images else []
+            status, seconds = parts.run("evaluation", script_command(
+                "eval.py", [checkpoints[dataset], *images, *selection, f"--device={device}", "--data-root",
+                            roots[dataset], "--json", path], tool))
+            verdict = outcome(status, seconds)
+            suite["seconds"] = round(suite["seconds"] + seconds, 1)
+            if not verdict["ok"]:
+                figures.update(ok=False, error=f"{dataset}, eval.py {' '.join(selection)}: {verdict['error']}")
+            if os.path.exists(path):
+                with open(path) as f:
+                    report = json.load(f)
+                suite["attacks"] += [{"norm": norm, "epsilon": epsilon, "attack": label, "seconds": round(sec, 2),
+                                      "robust_percent": percent(accuracy)}
+                                     for norm, epsilon, label, sec, accuracy in attack_records(report)]
+                suite["attack_seconds"] = round(sum(a["seconds"] for a in suite["attacks"]), 1)
+            parts.record("evaluation", figures)
+            if status is None:
+                return
+        suite["finished"] = figures["ok"]
         parts.record("evaluation", figures)
-        if status is None:
-            break
 
 
 def run_tests(parts, tests, workers, work):
@@ -289,6 +372,47 @@ def run_tests(parts, tests, workers, work):
     parts.record("tests", figures)
 
 
+# --- the targets ---------------------------------------------------------------------------------------
+
+def speed_targets(parts):
+    """Each speed target of the CUDA form: what it asks, what this run measured (None: not measured), met."""
+    rows = parts.get("timings", {}).get("rows", [])
+    runs = parts.get("training", {}).get("runs", {})
+    suites = parts.get("evaluation", {}).get("suites", {})
+    targets = []
+    for config, limit in ITERATION_TARGETS_MS.items():
+        graphed = [r["ms_per_iteration"] for r in rows if r["config"] == config and "graph" in r["variant"]
+                   and "bf16" in r["variant"] and not r["capture_failure"]]
+        targets.append((f"{config}, bf16 graph: ms per iteration", limit, min(graphed) if graphed else None))
+    mnist_epochs = runs.get("mnist-reference", {}).get("epochs", [])
+    targets.append(("reference MNIST command: seconds per epoch, validation included (last epoch)",
+                    REFERENCE_MNIST_EPOCH_SECONDS, mnist_epochs[-1]["seconds"] if mnist_epochs else None))
+    graph = runs.get("graph", {})
+    estimate, epochs = graph.get("estimated_seconds_per_epoch"), graph.get("epochs", [])
+    targets.append((f"ALP.py's estimate against the graph run's last epoch: relative error",
+                    ESTIMATE_TOLERANCE, round(abs(estimate / epochs[-1]["seconds"] - 1), 3)
+                    if estimate and epochs else None))
+    for dataset, limit in SUITE_TARGET_SECONDS.items():
+        suite = suites.get(dataset, {})
+        targets.append((f"default {dataset} suite on the 10,000 test images: its attacks' seconds", limit,
+                        suite["attack_seconds"] if suite.get("finished") else None))
+    failed = parts.get("tests", {}).get("failed")
+    targets.append(("tests failed", 0, failed))
+    return [{"target": name, "at_most": limit, "measured": measured,
+             "met": None if measured is None else measured <= limit} for name, limit, measured in targets]
+
+
+def previous_checkpoints(work_parent):
+    """The checkpoints of the newest earlier acceptance run under work_parent, by data set (for --parts
+    without training: the evaluation of a second call on the same machine)."""
+    for folder in sorted(glob.glob(os.path.join(work_parent, "acceptance-*")), key=os.path.getmtime, reverse=True):
+        found = {dataset: glob.glob(os.path.join(folder, f"train-{run}", "*", "last.pt"))
+                 for dataset, run in (("cifar10", "graph"), ("mnist", "mnist-reference"))}
+        if any(found.values()):
+            return {dataset: paths[0] for dataset, paths in found.items() if paths}
+    return {}
+
+
 # --- main --------------------------------------------------------------------------------------------------
 
 def build_parser():
@@ -299,11 +423,17 @@ def build_parser():
     p.add_argument("--offline-data", help="the offline data tool (offline_data.py): builds the CIFAR-10 stand-in "
                                           "in --data-root if absent, and runs ALP.py and eval.py without "
                                           "torchvision's md5 check")
+    p.add_argument("--mnist-root", help="MNIST data root of the MNIST parts on CUDA (default: DATA_ROOT/mnist-timing, "
+                                        "built there as tools/timing_data.py's timing stand-in from the real "
+                                        "test digits beside --offline-data's tool if absent)")
+    p.add_argument("--parts", nargs="+", choices=SHARES, default=list(SHARES),
+                   help="the parts to run, sharing --budget (the evaluation without the training takes the "
+                        "checkpoints of the newest earlier run under --work)")
     p.add_argument("--tests", nargs="+", default=["tests"], help="what pytest runs (default: the whole suite)")
     p.add_argument("--workers", type=int, default=None,
                    help="pytest-xdist processes (default: one per core, at most 16; 0: no xdist)")
-    p.add_argument("--budget", type=float, default=460.0,
-                   help="seconds for all the parts together (the GPU command must end within 8 minutes)")
+    p.add_argument("--budget", type=float, default=500.0,
+                   help="seconds for all the parts together (the GPU command must end within 9 minutes)")
     p.add_argument("--work", help="folder in which a fresh folder takes the runs and intermediate files "
                                   "(default: the system's temporary folder)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if present); picks the form")
@@ -327,6 +457,8 @@ def check_arguments(args):
         fail("--data-root is required: the data set of the training and evaluation parts")
     if not args.offline_data and not os.path.isdir(args.data_root):
         fail(f"--data-root: no folder {args.data_root}")
+    if "evaluation" in args.parts and "training" not in args.parts and not args.work:
+        fail("--parts evaluation without training needs --work: the folder of the earlier run's checkpoints")
 
 
 def main(argv=None):
@@ -350,17 +482,27 @@ def main(argv=None):
     report = {"machine": machine, "device": device, "form": form_name, "torch": torch.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(), "budget_seconds": args.budget,
               "elapsed_seconds": 0.0, "parts": {}}
-    parts = Parts(args.out_dir, args.budget, report)
+    parts = Parts(args.out_dir, args.budget, report, args.parts)
     print(f"acceptance ({form_name} form) on {machine}, torch {torch.__version__}: figures in {args.out_dir}",
           flush=True)
 
-    if offline_data and form.dataset == "cifar10" and not os.path.exists(
-            os.path.join(data_root, "cifar-10-batches-py", "test_batch")):
-        parts.record("data", outcome(*parts.run("data", [sys.executable, offline_data, "cifar10", data_root])))
-    run_timings(parts, form, device, work)
-    checkpoint = run_training(parts, form, device, data_root, offline_data, work)
-    run_evaluation(parts, form, device, data_root, offline_data, checkpoint, work)
-    run_tests(parts, args.tests, workers, work)
+    mnist_root = data_root if form_name == "cpu" else os.path.abspath(
+        args.mnist_root or os.path.join(data_root, "mnist-timing"))
+    if "data" in args.parts:
+        run_data(parts, form_name, data_root, mnist_root, offline_data)
+    if "timings" in args.parts:
+        run_timings(parts, form, device, work)
+    if "training" in args.parts:
+        checkpoints = run_training(parts, form, device, data_root, mnist_root, offline_data, work)
+    else:
+        checkpoints = previous_checkpoints(args.work or tempfile.gettempdir())
+    if "evaluation" in args.parts:
+        run_evaluation(parts, form, device, {"cifar10": data_root, "mnist": mnist_root}, offline_data, checkpoints,
+                       work)
+    if "tests" in args.parts:
+        run_tests(parts, args.tests, workers, work)
+    if form_name == "cuda":
+        report["targets"] = speed_targets(report["parts"])
 
     failed = [name for name, figures in report["parts"].items() if not figures.get("ok")]
     report["verdict"] = f"FAILED: {', '.join(failed)}" if failed else "passed"

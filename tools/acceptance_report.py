@@ -16,8 +16,14 @@ def markdown(report):
              f"torch {report['torch']}, Python {report['python']}, {report['form']} form, "
              f"{report['elapsed_seconds']:.0f} s so far of a {report['budget_seconds']:.0f} s budget; "
              f"verdict: {report.get('verdict', 'unfinished')}", ""]
+    if report.get("targets"):
+        lines += ["## Speed targets", "", "| target | at most | measured | met |", "| :-- | --: | --: | :-- |"]
+        lines += [f"| {t['target']} | {t['at_most']:g} | {'not measured' if t['measured'] is None else t['measured']} "
+                  f"| {'—' if t['met'] is None else ('yes' if t['met'] else 'NO')} |" for t in report["targets"]]
+        lines.append("")
     if "data" in parts:
-        lines += [f"CIFAR-10 stand-in data root built: {status_line(parts['data'])}", ""]
+        built = ", ".join(parts["data"].get("built", [])) or "nothing (all present)"
+        lines += [f"Data roots built: {built}; {status_line(parts['data'])}", ""]
     if "timings" in parts:
         lines += ["## One ALP iteration (median of repeats after a warm-up)", "", status_line(parts["timings"]),
                   "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
@@ -29,27 +35,30 @@ def markdown(report):
         lines.append("")
     if "training" in parts:
         training = parts["training"]
-        allowed = training.get("allowed_points")  # absent until both runs have ended
-        lines += ["## Training, eager and --cuda-graph (seconds include validation)", "",
-                  f"agreement within {allowed:g} points: {training.get('agree')}, gaps (points): "
+        allowed = training.get("allowed_points")  # absent until the runs have ended
+        lines += ["## Training: eager, the CUDA graph, the reference's MNIST command (seconds include validation)",
+                  "", f"eager and graph agree within {allowed:g} points: {training.get('agree')}, gaps (points): "
                   f"{training.get('gap_points')}" if allowed is not None else "agreement: not measured yet", "",
                   "| run | epoch | seconds | clean % | robust % |", "| :-- | --: | --: | --: | --: |"]
         for kind, run in training["runs"].items():
             lines += [f"| {kind} | {e['epoch']} | {e['seconds']:.1f} | {e['clean_percent']} | {e['robust_percent']} |"
                       for e in run["epochs"]]
+            if run.get("estimated_seconds_per_epoch"):
+                lines.append(f"| {kind} | its estimate: {run['estimated_seconds_per_epoch']:g} s per epoch | | | |")
             lines += [f"| {kind} | {status_line(run)} | | | |"] if not run["ok"] else []
             lines += [f"| {kind} | {note} | | | |" for note in run["graph_notes"]]
         lines.append("")
     if "evaluation" in parts:
         evaluation = parts["evaluation"]
-        lines += [f"## Default attack suite on {evaluation.get('images', '?')} test images", "",
-                  status_line(evaluation), "",
-                  "| norm | ε | attack | seconds | projected s / 10,000 images (linear) | robust % |",
-                  "| :-- | :-- | :-- | --: | --: | --: |"]
-        lines += [f"| {a['norm']} | {a['epsilon']} | {a['attack']} | {a['seconds']:.2f} | "
-                  f"{a['seconds_per_10000_images']:.1f} | {a['robust_percent']} |"
-                  for a in evaluation.get("attacks", [])]
-        lines.append("")
+        lines += [f"## Default attack suites on {evaluation.get('images', '?')} test images", "",
+                  status_line(evaluation), ""]
+        for dataset, suite in evaluation.get("suites", {}).items():
+            lines += [f"{dataset}: {suite['attack_seconds']:.1f} s of attacks, {suite['seconds']:.1f} s of eval.py "
+                      f"processes in this call{'' if suite['finished'] else ' (unfinished)'}", "",
+                      "| norm | ε | attack | seconds | robust % |", "| :-- | :-- | :-- | --: | --: |"]
+            lines += [f"| {a['norm']} | {a['epsilon']} | {a['attack']} | {a['seconds']:.2f} | {a['robust_percent']} |"
+                      for a in suite["attacks"]]
+            lines.append("")
     if "tests" in parts:
         tests = parts["tests"]
         lines += ["## Test suite", "", status_line(tests), "",

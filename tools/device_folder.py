@@ -15,7 +15,8 @@ from utils import fail
 # The packages that the GPU machine's image lacks (it has torch, torchvision, numpy, scipy, tqdm, matplotlib,
 # pytest and pytest-xdist), pinned below to the versions installed here: the device runs what we test.
 DEVICE_PACKAGES = ["pyautoattack", "foolbox", "eagerpy", "GitPython", "gitdb", "smmap"]
-DEVICE_DATA = ["tools/offline_data.py", "data/cifar10-jpeg.npz"]  # from ../shared, same layout
+DEVICE_DATA = ["tools/offline_data.py", "data/cifar10-jpeg.npz",  # from ../shared, same layout
+               "data/mnist/t10k-images-idx3-ubyte.gz", "data/mnist/t10k-labels-idx1-ubyte.gz"]  # timing_data.py
 CARRY_LIMIT = 64 * 2 ** 20  # what the device tool carries: the working tree and the carried folders together
 
 
