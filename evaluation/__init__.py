@@ -15,8 +15,9 @@ reported. Each attack runs in units of one batch, each drawing from its own rand
 (seed, norm, epsilon, attack, the batch's position), so that its result depends neither on which other
 attacks or tables were selected nor on which process ran it.
 
-The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, their
-store, and a runner that shares them out over processes), engine (the entry points), checks (the
+The modules: suite (the tables as data, and the selection), units (how an attack runs: units of work, and a
+runner that shares them out over processes), store (the digests of what is evaluated, and finished units
+kept on disk), width (how many images a unit takes by default), engine (the entry points), checks (the
 gradient-masking checks), corruptions, report (markdown, plot, JSON), files (eval.py's JSON report and units
 folder, recognised by the digests of what they evaluated). eval.py's own, imported by name and never by the
 engine: command_line (its options), inputs (checkpoints and test images, refused in one line), console (what
@@ -37,9 +38,10 @@ _NAMES = {
     "suite": ("AA_VERSIONS", "NORM_SYMBOLS", "SANITY", "SUITES", "attack_names",
               "check_sweep_epsilons", "cli_name", "parse_epsilon", "plan_summary", "plan_sweep",
               "plan_threat_models", "suite_summary", "epsilon_warnings"),
-    "units": ("CPU_BATCH_SIZE", "Job", "Runner", "ThreatModelViolation", "UnitStore", "check_in_threat_model",
-              "clean_predictions", "default_batch_size", "evaluation_digests", "flat_norm", "random_stream",
-              "run_unit", "shared", "stream_seed", "weights_digest"),
+    "units": ("Job", "Runner", "ThreatModelViolation", "check_in_threat_model", "clean_predictions", "flat_norm",
+              "random_stream", "run_unit", "shared", "stream_seed"),
+    "store": ("UnitStore", "evaluation_digests", "weights_digest"),
+    "width": ("CPU_BATCH_SIZE", "default_batch_size"),
     "files": ("check_report", "default_json_path", "evaluation_identity", "open_units", "recorded_batch_size",
               "remove", "units_folder"),
 }

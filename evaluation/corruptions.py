@@ -10,7 +10,8 @@ from attacks.common import device_of
 from data import DATASETS
 
 from .engine import new_report
-from .units import clean_predictions, default_batch_size, evaluates_models
+from .units import clean_predictions, evaluates_models
+from .width import default_batch_size
 
 SEVERITIES = 5  # severities 1..5, one block of images each, in that order
 PUBLISHED_FOR = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}  # the data sets whose layout this reads

@@ -10,8 +10,9 @@ from data import DATASETS
 from .checks import constant_predictor_check, masking_checks, sweep_checks
 from .suite import (SANITY, check_sweep_epsilons, cli_name, epsilon_warnings, parse_epsilon,
                     plan_sweep, plan_threat_models, run_order)
-from .units import (Job, Runner, as_float, clean_predictions, default_batch_size, evaluates_models,
-                    evaluation_digests, stream_seed, unit_context)
+from .store import evaluation_digests, unit_context
+from .units import Job, Runner, as_float, clean_predictions, evaluates_models, stream_seed
+from .width import default_batch_size
 
 
 def check_inputs(images, labels, dataset, batch_size=None):

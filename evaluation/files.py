@@ -18,7 +18,7 @@ import shutil
 from utils import write_atomically
 
 from .engine import REPORT_FORMAT
-from .units import MANIFEST, UnitStore, evaluation_digests
+from .store import MANIFEST, UnitStore, evaluation_digests
 
 # How each part of an identity is named where two differ ("a finished evaluation of other weights").
 DIFFERENCES = {

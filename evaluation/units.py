@@ -5,8 +5,8 @@ A unit checks that every adversarial example it made lies in [0, 1] and inside t
 records which samples it broke, how large their perturbations are and how long it took. It draws its
 randomness from its own stream, seeded from the job's stream and the batch's position, so that its outcome
 does not depend on which process runs it or on what ran before. That is what lets a Runner share units out
-over the processes of torch.distributed, and keep finished ones in a UnitStore, from which a killed
-evaluation continues.
+over the processes of torch.distributed, and keep finished ones in a UnitStore (store.py), from which a
+killed evaluation continues.
 """
 import functools
 import hashlib
@@ -14,7 +14,6 @@ import inspect
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -26,66 +25,10 @@ from tqdm import tqdm
 
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
-from attacks.deepfool import DeepFool
-from data import data_digest
-from utils import update_digest, write_atomically
 
 from .suite import is_autoattack
 
 TOLERANCE = 1e-5  # float32 slack, absolute and relative, when checking that x_adv is in the threat model
-
-# Default batch sizes. On the CPU small enough that a progress bar moves every few seconds even under C&W on
-# the MNIST net (about 2.3 images/s on 2 cores, README's Speed section). On CUDA as wide as memory allows, up
-# to the whole split (each process's share of it): units run one after another and each has fixed costs (its
-# checks' host syncs, its file's fsync, AutoAttack's set-up), which a few wide units pay least often.
-CPU_BATCH_SIZE = 16
-CUDA_MEMORY_SHARE = 0.7  # of the free memory; the rest covers fragmentation and cuDNN's workspaces
-# Image-sized float32 tensors an attack holds per sample beside the model's activations: AutoAttack's current
-# and best iterates, gradients and momentum, C&W's Adam moments, the threat-model check's float64 copies.
-ATTACK_STATE_IMAGES = 48
-PROBE_IMAGES = 64  # enough that the step's fixed costs, shared out per image, weigh little
-
-
-class CudaMemory:
-    """What a CUDA unit's width is sized from: the free memory, and the peak memory per image of the costliest
-    attack step, measured on the model. Anything with these two methods can stand in (the tests' fakes)."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def free(self):
-        return torch.cuda.mem_get_info(self.device)[0]
-
-    def peak_bytes_per_image(self, model, x):
-        x = x.to(self.device)
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device)
-        costliest_step(model, x)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - before
-        torch.cuda.empty_cache()  # the probe's blocks back to the device, so that free() counts them
-        return peak / len(x)
-
-
-def costliest_step(model, x):
-    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and the
-    backward of every candidate class at once on CUDA (a PGD, C&W or AutoAttack step backpropagates one
-    loss)."""
-    DeepFool(1.0, "l2", steps=1).minimize(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
-
-
-def default_batch_size(device, model, images, processes=1, memory=None):
-    """The images per unit: CPU_BATCH_SIZE on the CPU. On CUDA as many as CUDA_MEMORY_SHARE of the free memory
-    holds at the model's measured peak per image (memory: a CudaMemory by default) plus the attack's state, at
-    most each process's share of `images` (so that every process gets units), at least 1."""
-    if device.type != "cuda":
-        return CPU_BATCH_SIZE
-    memory = memory or CudaMemory(device)
-    sample = as_float(images[:PROBE_IMAGES])
-    per_image = memory.peak_bytes_per_image(model, sample) + ATTACK_STATE_IMAGES * sample[0].numel() * 4
-    share = math.ceil(len(images) / processes)
-    return int(max(1, min(share, memory.free() * CUDA_MEMORY_SHARE // per_image)))
 
 
 def as_float(images):
@@ -161,40 +104,6 @@ def clean_predictions(model, images, batch_size, num_classes=None):
         raise ValueError(f"the model's logits are not finite (NaN or inf) for {not_finite} of {len(images)} "
                          f"images: check its weights and its forward")
     return torch.cat(predicted)
-
-
-# --- what is evaluated ----------------------------------------------------------------------------------------
-
-def weights_digest(model):
-    """SHA-256 of a model's class name and state_dict (every parameter and buffer, by name), whatever the
-    memory layout its tensors are held in: two models with the same digest give the same figures."""
-    sha = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        sha.update(name.encode())
-        update_digest(sha, tensor)
-    return sha.hexdigest()
-
-
-def images_digest(images, labels):
-    """SHA-256 of the evaluated images (as given: uint8 or float) and their labels (as class indices)."""
-    return data_digest(images, labels.long())
-
-
-def evaluation_digests(model, images=None, labels=None, source=None):
-    """{"weights", "images", "source_weights"}: the digests of what an evaluation evaluates (those given)."""
-    digests = {"weights": weights_digest(model)}
-    if images is not None:
-        digests["images"] = images_digest(images, labels)
-    if source is not None:
-        digests["source_weights"] = weights_digest(source)
-    return digests
-
-
-def unit_context(digests, device):
-    """What a unit's outcome depends on besides its job: the weights and images (their digests) and the kind
-    of device (CPU and CUDA kernels round differently). Part of every unit's key, so that a stored unit is
-    never taken for an evaluation of other weights or images."""
-    return hashlib.sha256(json.dumps([digests, torch.device(device).type], sort_keys=True).encode()).hexdigest()
 
 
 # --- random streams ------------------------------------------------------------------------------------------
@@ -312,63 +221,7 @@ def combine(units):
     return Outcome(broken, size_sums, sum(unit["seconds"] for unit in units))
 
 
-# --- finished units on disk, and units shared out over processes ---------------------------------------------
-
-MANIFEST = "manifest.json"  # in a units folder: what evaluation its units belong to (eval.py writes it)
-
-
-def is_outcome(outcome):
-    """Whether a stored unit's outcome has run_unit's shape: a file edited by hand, or written by another
-    release, is recomputed rather than trusted."""
-    try:
-        n, broken, sizes = len(outcome["indices"]), outcome["broken"], outcome["sizes"]
-        return (all(isinstance(i, int) for i in outcome["indices"]) and len(broken) == n
-                and all(isinstance(b, bool) for b in broken) and len(sizes) == sum(broken)
-                and all(len(size) == len(NORMS) and all(isinstance(v, (int, float)) and math.isfinite(v)
-                                                        for v in size) for size in sizes)
-                and isinstance(outcome["seconds"], (int, float)) and math.isfinite(outcome["seconds"]))
-    except (KeyError, TypeError):
-        return False
-
-
-class UnitStore:
-    """Finished units' outcomes, one small JSON file each in `folder`, written atomically as each unit
-    finishes: a killed evaluation loses only the units in flight. Files that cannot be read, or do not hold
-    a unit's outcome, are counted in `unreadable`, and their units run again."""
-
-    def __init__(self, folder):
-        self.folder, self.outcomes, self.unreadable = folder, {}, 0
-        if os.path.isdir(folder):
-            for name in sorted(os.listdir(folder)):
-                if name.endswith(".json") and name != MANIFEST:
-                    try:
-                        with open(os.path.join(folder, name)) as f:
-                            saved = json.load(f)
-                        if not (isinstance(saved["key"], str) and is_outcome(saved["outcome"])):
-                            raise ValueError("not a unit's outcome")
-                        self.outcomes[saved["key"]] = saved["outcome"]
-                    except (OSError, ValueError, KeyError, TypeError):
-                        self.unreadable += 1
-
-    def kept(self):
-        """How many units the folder holds: under torch.distributed, other processes' too."""
-        if not os.path.isdir(self.folder):
-            return 0
-        return sum(name.endswith(".json") and name != MANIFEST for name in os.listdir(self.folder))
-
-    def get(self, key, indices):
-        """The outcome stored for `key`, if it attacked these very samples."""
-        outcome = self.outcomes.get(key)
-        return outcome if outcome is not None and outcome["indices"] == indices else None
-
-    def put(self, key, outcome, write=True):
-        """Keeps the outcome; raises OSError where the folder cannot be written (a full disk)."""
-        self.outcomes[key] = outcome
-        if write:
-            os.makedirs(self.folder, exist_ok=True)
-            name = hashlib.sha256(key.encode()).hexdigest()[:24] + ".json"
-            write_atomically(os.path.join(self.folder, name), json.dumps({"key": key, "outcome": outcome}))
-
+# --- units shared out over processes -------------------------------------------------------------------------
 
 def shared(value, world_size):
     """Rank 0's value, in every process of torch.distributed (with world_size > 1): a point every process

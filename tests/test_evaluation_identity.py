@@ -79,7 +79,7 @@ def stop_in_unit(monkeypatch):
 
 
 def units_in(folder):
-    return [name for name in os.listdir(folder) if name != evaluation.units.MANIFEST]
+    return [name for name in os.listdir(folder) if name != evaluation.store.MANIFEST]
 
 
 def stopped_halfway(capsys, stop_in_unit, checkpoint, data_root, json_path):
@@ -246,19 +246,19 @@ def test_unit_files_that_hold_no_unit_are_recomputed_with_one_warning(capsys, ne
 def test_a_unit_that_cannot_be_written_stops_in_one_line_and_the_run_continues_later(capsys, nets, data_root, fresh,
                                                                                      tmp_path, monkeypatch):
     import errno
-    real, writes = evaluation.units.write_atomically, []
+    real, writes = evaluation.store.write_atomically, []
 
     def disk_fills_up(path, data):
         writes.append(path)
         if len(writes) == 4:
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return real(path, data)
-    monkeypatch.setattr(evaluation.units, "write_atomically", disk_fills_up)
+    monkeypatch.setattr(evaluation.store, "write_atomically", disk_fills_up)
     json_path = tmp_path / "A.json"
     code, _, err = evaluate(capsys, nets["A"], data_root, json_path)
     assert_one_line_error(code, err, "no space left on the device")
     assert "the 3 finished units of work are kept in" in err and "run the same command to continue" in err
-    monkeypatch.setattr(evaluation.units, "write_atomically", real)
+    monkeypatch.setattr(evaluation.store, "write_atomically", real)
     code, out, err = evaluate(capsys, nets["A"], data_root, json_path)
     assert code == 0 and "continuing: 3 finished units" in out, err
     assert figures(json.loads(json_path.read_text())) == fresh["A"]

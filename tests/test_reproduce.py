@@ -1,6 +1,6 @@
-"""reproduce.py: the reference's tables as data (and the README's copy of them), the folder it claims, its
-labels and estimate, and a shortened trial end to end on the MNIST stand-in, killed in each stage and
-continued. Every test runs on the CPU."""
+"""reproduce.py and its reproduction package: the reference's tables as data (and the README's copy of them),
+the folder it claims, its labels and estimate, and a shortened trial end to end on the MNIST stand-in, killed
+in each stage and continued. Every test runs on the CPU."""
 import json
 import os
 import re
@@ -14,6 +14,10 @@ import pytest
 import reproduce
 from conftest import ROOT
 from reference import SOURCE, TABLES, TEST_IMAGES
+from reproduction import child_scripts
+from reproduction.comparison import allowed_difference
+from reproduction.estimate import Estimate
+from reproduction.plan import evaluations, trial_label
 
 # --- the reference's figures: one place, and the README's copy --------------------------------------------
 
@@ -63,7 +67,7 @@ def test_every_table_trains_with_the_reference_command_and_names_eval_attacks_on
     for name, table in TABLES.items():
         assert table.training[:2] == [table.net.lower(), table.dataset]
         assert f"--leverage={table.leverage}" in table.training
-        for _, attacks in reproduce.evaluations(table):
+        for _, attacks in evaluations(table):
             assert set(attacks) <= set(attack_names())
     assert TABLES["mnist"].training[2:] == ("-lp=null --epochs=84 -lr=0.0001 -wd=0 -mom=0 --optimizer=adam -b=50 "
                                             "--epsilon=0.3 --steps=40 --stepsize=0.01 --leverage=0.5").split()
@@ -87,7 +91,7 @@ def start_and_stop(monkeypatch, argv):
     """reproduce.main in-process up to its first script, which is not run: the folder is claimed."""
     def no_script(*args, **kwargs):
         raise Stop
-    monkeypatch.setattr(reproduce, "run_script", no_script)
+    monkeypatch.setattr(child_scripts, "run_script", no_script)
     with pytest.raises(Stop):
         reproduce.main(argv)
 
@@ -117,8 +121,8 @@ def test_a_folder_holding_other_work_is_refused_in_one_line_on_cpu(monkeypatch, 
 
 def test_shortening_flags_make_a_labelled_trial_with_a_folder_of_its_own_on_cpu(monkeypatch, tmp_path, capsys):
     table = TABLES["mnist"]
-    assert reproduce.trial_label(table, {}, TEST_IMAGES) is None
-    label = reproduce.trial_label(table, {"epochs": 2, "subset": 100}, 50)
+    assert trial_label(table, {}, TEST_IMAGES) is None
+    label = trial_label(table, {"epochs": 2, "subset": 100}, 50)
     assert label.startswith("SHORTENED TRIAL, NOT A REPRODUCTION (2 of the reference's 84 epochs, 100 training "
                             "images (--subset), 50 of the 10,000 test images)")
     monkeypatch.chdir(tmp_path)
@@ -136,7 +140,7 @@ def test_the_estimate_says_the_cpu_order_of_the_full_mnist_table_on_cpu(tmp_path
     """ALP.py's lines as it printed them for the reference MNIST command on this project's CPU (README,
     Train: 12-13 min per epoch, 7 min of it validation): training 84 x 13 min, evaluation hours more."""
     table = TABLES["mnist"]
-    estimate = reproduce.Estimate(str(tmp_path), "mnist", TEST_IMAGES, reproduce.evaluations(table), "cpu")
+    estimate = Estimate(str(tmp_path), "mnist", TEST_IMAGES, evaluations(table), "cpu")
     estimate.read_training_line("starting runs/x at epoch 1/84 on 1 x cpu (...); 60000 training, 10000 "
                                 "validation images\n")
     estimate.read_training_line("estimated: 13 min per epoch (training 5.8 min, validation 7.1 min), 18 h for "
@@ -149,8 +153,8 @@ def test_the_estimate_says_the_cpu_order_of_the_full_mnist_table_on_cpu(tmp_path
 
 
 def test_allowed_difference_is_three_binomial_standard_errors_plus_the_seed_allowance_on_cpu():
-    assert reproduce.allowed_difference(50.0, TEST_IMAGES) == pytest.approx(300 * (0.5 / TEST_IMAGES) ** 0.5 + 1)
-    assert reproduce.allowed_difference(99.41, 20) > reproduce.allowed_difference(99.41, TEST_IMAGES)
+    assert allowed_difference(50.0, TEST_IMAGES) == pytest.approx(300 * (0.5 / TEST_IMAGES) ** 0.5 + 1)
+    assert allowed_difference(99.41, 20) > allowed_difference(99.41, TEST_IMAGES)
 
 
 # --- a shortened trial on the MNIST stand-in, in a subprocess ---------------------------------------------

@@ -185,8 +185,10 @@ def test_off_the_gpu_the_default_runs_the_eager_step_without_a_word(synthetic_mn
 
 def test_training_starts_without_the_evaluation_engine():
     """CPU. ALP.py reads the suite's tables and the one-class check, not the engine that runs eval.py's
-    attacks (its units and their store): a training run needs none of it."""
+    attacks (its units, their store and their width): a training run needs none of it."""
     code = ("import sys; sys.argv[0] = 'ALP.py'; import ALP; "
             "print(sorted(m for m in sys.modules if m.startswith('evaluation')))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert loaded.stdout.split() and "engine" not in loaded.stdout and "units" not in loaded.stdout, loaded.stdout
+    assert loaded.stdout.split(), loaded.stdout
+    for module in ("engine", "units", "store", "width"):
+        assert f"evaluation.{module}" not in loaded.stdout, loaded.stdout

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from evaluation.units import (ATTACK_STATE_IMAGES, CPU_BATCH_SIZE, CUDA_MEMORY_SHARE, PROBE_IMAGES, CudaMemory,
+from evaluation.width import (ATTACK_STATE_IMAGES, CPU_BATCH_SIZE, CUDA_MEMORY_SHARE, PROBE_IMAGES, CudaMemory,
                               costliest_step, default_batch_size)
 from models.normalize import Normalize
 

@@ -1,0 +1,63 @@
+"""How wide a unit of work is when no batch size is given: the images per unit, small on the CPU and on CUDA
+sized from the free memory and the model's measured peak per image."""
+import math
+
+import torch
+
+from attacks.deepfool import DeepFool
+
+from .units import as_float
+
+# Default batch sizes. On the CPU small enough that a progress bar moves every few seconds even under C&W on
+# the MNIST net (about 2.3 images/s on 2 cores, README's Speed section). On CUDA as wide as memory allows, up
+# to the whole split (each process's share of it): units run one after another and each has fixed costs (its
+# checks' host syncs, its file's fsync, AutoAttack's set-up), which a few wide units pay least often.
+CPU_BATCH_SIZE = 16
+CUDA_MEMORY_SHARE = 0.7  # of the free memory; the rest covers fragmentation and cuDNN's workspaces
+# Image-sized float32 tensors an attack holds per sample beside the model's activations: AutoAttack's current
+# and best iterates, gradients and momentum, C&W's Adam moments, the threat-model check's float64 copies.
+ATTACK_STATE_IMAGES = 48
+PROBE_IMAGES = 64  # enough that the step's fixed costs, shared out per image, weigh little
+
+
+class CudaMemory:
+    """What a CUDA unit's width is sized from: the free memory, and the peak memory per image of the costliest
+    attack step, measured on the model. Anything with these two methods can stand in (the tests' fakes)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def free(self):
+        return torch.cuda.mem_get_info(self.device)[0]
+
+    def peak_bytes_per_image(self, model, x):
+        x = x.to(self.device)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        costliest_step(model, x)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        torch.cuda.empty_cache()  # the probe's blocks back to the device, so that free() counts them
+        return peak / len(x)
+
+
+def costliest_step(model, x):
+    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and the
+    backward of every candidate class at once on CUDA (a PGD, C&W or AutoAttack step backpropagates one
+    loss)."""
+    DeepFool(1.0, "l2", steps=1).minimize(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
+
+
+def default_batch_size(device, model, images, processes=1, memory=None):
+    """The images per unit: CPU_BATCH_SIZE on the CPU. On CUDA as many as CUDA_MEMORY_SHARE of the free memory
+    holds at the model's measured peak per image (memory: a CudaMemory by default) plus the attack's state, at
+    most each process's share of `images` (so that every process gets units), at least 1."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    memory = memory or CudaMemory(device)
+    sample = as_float(images[:PROBE_IMAGES])
+    per_image = memory.peak_bytes_per_image(model, sample) + ATTACK_STATE_IMAGES * sample[0].numel() * 4
+    share = math.ceil(len(images) / processes)
+    return int(max(1, min(share, memory.free() * CUDA_MEMORY_SHARE // per_image)))
+
