@@ -177,7 +177,8 @@ def bench_training(args, device, rows, save):
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
             save()
-            print(f"  {ran_config(config, args.steps):30s} {variant.label:52s} {seconds:8.4f} s/it {batch_size / seconds:9.1f} img/s "
+            print(f"  {ran_config(config, args.steps):30s} {variant.label:52s} {seconds:8.4f} s/it "
+                  f"{batch_size / seconds:9.1f} img/s "
                   f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch"
                   + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else ""),
                   flush=True)

@@ -148,7 +148,7 @@ def test_a_finished_run_grows_in_its_renamed_folder_and_warns_of_speed_options_t
     captured = capsys.readouterr()
     new_dir = run_folder_of(grown)
     assert not os.path.exists(run_dir) and load_checkpoint(os.path.join(new_dir, "last.pt"))["epoch"] == 3
-    grew = f"--epochs 3: the run grows from 2 to 3 epochs (the null schedule is the same for both over the 2 epochs"
+    grew = "--epochs 3: the run grows from 2 to 3 epochs (the null schedule is the same for both over the 2 epochs"
     assert grew in captured.out and f"{run_dir} is now {new_dir}" in captured.out
     with open(os.path.join(new_dir, "args.json")) as f:
         records = json.load(f)["runs"]

@@ -389,7 +389,7 @@ def speed_targets(parts):
                     REFERENCE_MNIST_EPOCH_SECONDS, mnist_epochs[-1]["seconds"] if mnist_epochs else None))
     graph = runs.get("graph", {})
     estimate, epochs = graph.get("estimated_seconds_per_epoch"), graph.get("epochs", [])
-    targets.append((f"ALP.py's estimate against the graph run's last epoch: relative error",
+    targets.append(("ALP.py's estimate against the graph run's last epoch: relative error",
                     ESTIMATE_TOLERANCE, round(abs(estimate / epochs[-1]["seconds"] - 1), 3)
                     if estimate and epochs else None))
     for dataset, limit in SUITE_TARGET_SECONDS.items():
