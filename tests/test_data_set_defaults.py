@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 import ALP
+from reference import TABLES
 from training.flags import parse_args
 from conftest import ROOT
 
@@ -99,3 +100,12 @@ def test_args_json_records_the_defaults_that_ran_and_the_log_names_them(syntheti
     assert args["steps"] == 2  # given
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mnist's defaults:")]
     assert "--learning_policy null" in line and "--epsilon 0.3" in line and "--steps " not in line
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_each_reference_table_trains_with_our_defaults_but_its_network_and_leverage(name):
+    """reproduce.py runs the reference's commands as written (reference.py); ALP.py without flags must train
+    what they train, so that the README's short commands reproduce the same tables."""
+    table = TABLES[name]
+    model, dataset = table.training[:2]
+    assert parsed(*table.training) == parsed(model, dataset, f"--leverage={table.leverage}")
