@@ -3,12 +3,13 @@ reference and ours) in its folder, and the side-by-side table it prints."""
 import json
 import os
 
+from evaluation.suite import NORM_SYMBOLS as NORM_NAMES
 from reference import SOURCE
 from utils import fail, write_atomically
 
 from .comparison import SPREAD, spread_rule
 
-NORM_SYMBOLS = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1", None: ""}  # None: the clean accuracy's row
+NORM_SYMBOLS = {**NORM_NAMES, None: ""}  # None: the clean accuracy's row
 
 
 def outside_figures(threat_models):
