@@ -13,6 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import acceptance  # noqa: E402  (a tool, not a module of the project: it lives in tools/)
+from acceptance_parts import Parts, outcome  # noqa: E402
+from acceptance_readings import estimated_seconds_per_epoch  # noqa: E402
+from acceptance_targets import agreement, speed_targets  # noqa: E402
 from pytest_counts import streamed_counts  # noqa: E402
 
 FAKE_SUITE = """
@@ -88,16 +91,16 @@ def run(epochs_clean_robust):
 @pytest.mark.parametrize("graph_run, agree", [((41.0, 26.4), True), ((38.4, 26.0), False), ((40.0, 27.6), False)])
 def test_eager_and_graph_runs_agree_within_one_and_a_half_points(graph_run, agree):
     """CPU: the gaps in clean and robust accuracy are checked each."""
-    assert acceptance.agreement({"eager": run([(40.0, 26.0)]), "graph": run([graph_run])})["agree"] is agree
+    assert agreement({"eager": run([(40.0, 26.0)]), "graph": run([graph_run])})["agree"] is agree
 
 
 def test_the_estimate_is_read_back_from_alp_pys_line():
     """CPU: the seconds per epoch of each unit that ALP.py's estimate line may use."""
     lines = ["starting ...", "estimated: 14 s per epoch (training 11 s, validation 3 s), 28 s for 2 epochs (timed "
              "on 3 training batches and 2000 validation images)"]
-    assert acceptance.estimated_seconds_per_epoch(lines) == 14
-    assert acceptance.estimated_seconds_per_epoch(["estimated: 3.5 min per epoch (training 3.0 min, ..."]) == 210
-    assert acceptance.estimated_seconds_per_epoch(["estimated: 11 s per epoch of training, 3 s per validation"]) is None
+    assert estimated_seconds_per_epoch(lines) == 14
+    assert estimated_seconds_per_epoch(["estimated: 3.5 min per epoch (training 3.0 min, ..."]) == 210
+    assert estimated_seconds_per_epoch(["estimated: 11 s per epoch of training, 3 s per validation"]) is None
 
 
 def test_speed_targets_are_read_off_the_figures_and_say_what_was_not_measured():
@@ -115,7 +118,7 @@ def test_speed_targets_are_read_off_the_figures_and_say_what_was_not_measured():
              "evaluation": {"suites": {"mnist": {"attack_seconds": 200.0, "finished": True},
                                        "cifar10": {"attack_seconds": 400.0, "finished": False}}},
              "tests": {"failed": 0}}
-    targets = {t["target"].split(":")[0]: (t["measured"], t["met"]) for t in acceptance.speed_targets(parts)}
+    targets = {t["target"].split(":")[0]: (t["measured"], t["met"]) for t in speed_targets(parts)}
     assert targets["mnist/mnist b50 PGD-40, bf16 graph"] == (3.5, True)
     assert targets["resnet32/cifar10 b128 PGD-10, bf16 graph"] == (None, None)
     assert targets["reference MNIST command"] == (5.5, True)  # the last epoch: the first pays the capture
@@ -171,7 +174,7 @@ def test_test_counts_survive_a_stop_before_the_junit_xml():
 
 def test_a_part_past_its_deadline_is_stopped_and_reported(tmp_path):
     """CPU: a 2 s budget; the part's process sleeps for 60 s."""
-    parts = acceptance.Parts(str(tmp_path), budget=2.0, report={"parts": {}})
+    parts = Parts(str(tmp_path), budget=2.0, report={"parts": {}}, shares=acceptance.SHARES)
     status, seconds = parts.run("data", [sys.executable, "-c", "import time; time.sleep(60)"])
     assert status is None and seconds < 10
-    assert "stopped at its deadline" in acceptance.outcome(status, seconds)["error"]
+    assert "stopped at its deadline" in outcome(status, seconds)["error"]

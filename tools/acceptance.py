@@ -19,7 +19,7 @@ the whole call ends within 9 minutes):
   4. pytest over the whole suite with --workers processes: passed, failed, skipped, the failures' names.
 The order puts the timings first, on an idle machine. Each part has its share of the budget; a part that
 runs past it is stopped and reported, and the later parts get the time that earlier ones saved. The report
-ends with the speed targets (ITERATION_TARGETS_MS and below), each measured or "not measured". The CIFAR-10
+ends with the speed targets (tools/acceptance_targets.py), each measured or "not measured". The CIFAR-10
 suite on 10,000 images may take more than its share: a second call on the same warm machine,
 `--parts evaluation --work W` with the first call's --work W, evaluates the checkpoints the first left there.
 
@@ -52,20 +52,13 @@ How the budget is shared out between the parts (SHARES) is an estimate until a G
 it from each part's seconds in acceptance.json.
 """
 import argparse
-import csv
 import glob
 import json
 import os
 import platform
-import re
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections import namedtuple
-from contextlib import nullcontext
 from importlib.util import find_spec
 
 import torch
@@ -77,13 +70,15 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from acceptance_report import markdown, write_report  # noqa: E402  (importable once ROOT is on the path)
+from acceptance_readings import attack_records, estimated_seconds_per_epoch, percent, read_run  # noqa: E402
+from acceptance_parts import Parts, outcome  # noqa: E402
+from acceptance_report import markdown  # noqa: E402
+from acceptance_targets import AGREEMENT, agreement, speed_targets  # noqa: E402
 from device_folder import prepare_device  # noqa: E402
 from pytest_counts import junit_counts, streamed_counts  # noqa: E402
 from timing_data import has_mnist, write_mnist_timing_root  # noqa: E402
 from utils import CLIParser, fail  # noqa: E402
 
-AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in robust validation accuracy
 
 # What each part runs, by device. train: ALP.py's arguments for the eager and graph runs, less --device,
 # --data-root, --out and the graph flag; reference_mnist: the reference's MNIST command (the defaults of
@@ -102,82 +97,12 @@ FORMS = {
                 reference_mnist=["mnist", "mnist", "--epochs=1", "--subset=20", "-b=10", "--steps=2"],
                 eval_mnist=[["--norms", "linf", "--attacks", "fgsm"]], eval_cifar=[], images=10),
 }
-# Each part's share of --budget, in run order; a part's deadline is the sum of the shares up to its own, so a
-# part that ends early leaves its time to the later ones. With --parts, the chosen parts share the budget.
+# Each part's share of --budget, in run order (acceptance_parts.Parts turns them into deadlines); with --parts,
+# the chosen parts share the budget.
 SHARES = {"data": 0.04, "timings": 0.18, "training": 0.3, "evaluation": 0.28, "tests": 0.2}
 
-# What one GPU must reach (CUDA form): the speed targets of the project, each read off this run's figures.
-# bench.py's fastest bf16 graph variant per configuration, in ms per ALP iteration:
-ITERATION_TARGETS_MS = {"resnet32/cifar10 b128 PGD-10": 10.0, "resnet18/cifar10 b128 PGD-10": 15.0,
-                        "mnist/mnist b50 PGD-40": 4.0}
-REFERENCE_MNIST_EPOCH_SECONDS = 6.0  # the reference's MNIST command, one epoch with its validation
-ESTIMATE_TOLERANCE = 0.25  # ALP.py's printed seconds per epoch against the epoch it then took
-SUITE_TARGET_SECONDS = {"mnist": 180.0, "cifar10": 600.0}  # the default suite on the 10,000 test images
 
-
-# --- running the parts -------------------------------------------------------------------------------------
-
-class Parts:
-    """Runs subprocesses against the deadlines, keeps their output in acceptance.log, and rewrites the
-    report after each part."""
-
-    def __init__(self, out_dir, budget, report, parts=None):
-        self.out_dir, self.report = out_dir, report
-        self.started = time.monotonic()
-        self.deadlines, total = {}, 0.0
-        chosen = {name: share for name, share in SHARES.items() if name in (parts or SHARES)}
-        for name, share in chosen.items():
-            total += share
-            self.deadlines[name] = self.started + total / sum(chosen.values()) * budget
-        self.log = open(os.path.join(out_dir, "acceptance.log"), "w")
-
-    def run(self, part, command, output=None):
-        """(exit status, or None if stopped at the part's deadline; seconds). The command gets its own
-        process group, so a stopped part leaves no worker behind. Its output goes to acceptance.log, through
-        the file `output` if given (for the caller to read)."""
-        timeout = max(1.0, self.deadlines[part] - time.monotonic())
-        self.log.write(f"\n$ {' '.join(command)}   # {part}, {timeout:.0f} s left\n")
-        self.log.flush()
-        start = time.monotonic()
-        with open(output, "w") if output else nullcontext(self.log) as sink:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-            try:
-                status = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                status = None
-        if output:
-            with open(output) as f:
-                shutil.copyfileobj(f, self.log)
-        seconds = time.monotonic() - start
-        self.log.write(f"# exit status {status if status is not None else 'none: stopped at the deadline'}, "
-                       f"{seconds:.1f} s\n")
-        self.log.flush()
-        return status, seconds
-
-    def record(self, part, figures):
-        self.report["parts"][part] = figures
-        self.save()
-
-    def save(self):
-        self.report["elapsed_seconds"] = round(time.monotonic() - self.started, 1)
-        write_report(self.out_dir, self.report)
-
-    def close(self):
-        self.save()
-        self.log.close()
-
-
-def outcome(status, seconds):
-    """A part's verdict from its exit status."""
-    if status is None:
-        return {"ok": False, "error": f"stopped at its deadline after {seconds:.0f} s", "seconds": round(seconds, 1)}
-    if status != 0:
-        return {"ok": False, "error": f"exit status {status} (see acceptance.log)", "seconds": round(seconds, 1)}
-    return {"ok": True, "seconds": round(seconds, 1)}
-
+# --- the parts ------------------------------------------------------------------------------------------
 
 def script_command(script, args, offline_data):
     """python SCRIPT ARGS, through the offline data tool where given: the CIFAR-10 stand-in's decoded JPEGs
@@ -222,23 +147,6 @@ def run_timings(parts, form, device, work):
     parts.record("timings", figures)
 
 
-def read_run(run_parent):
-    """(metrics rows, log lines, last.pt path) of the one run folder that ALP.py made under run_parent."""
-    folders = glob.glob(os.path.join(run_parent, "*", "metrics.csv"))
-    if len(folders) != 1:
-        return [], [], None
-    folder = os.path.dirname(folders[0])
-    with open(folders[0]) as f:
-        rows = list(csv.DictReader(f))
-    with open(os.path.join(folder, "log.txt")) as f:
-        lines = f.read().splitlines()
-    return rows, lines, os.path.join(folder, "last.pt")
-
-
-def percent(value):
-    return None if value in (None, "") else round(100 * float(value), 2)
-
-
 def train_run(parts, name, arguments, device, data_root, offline_data, work):
     """One ALP.py run in WORK/train-NAME: its verdict, epochs, graph notes, estimate; and its checkpoint."""
     out = os.path.join(work, f"train-{name}")
@@ -253,19 +161,6 @@ def train_run(parts, name, arguments, device, data_root, offline_data, work):
            "graph_notes": [line for line in lines if line.startswith(("--cuda-graph", "CUDA graph:"))],
            "estimated_seconds_per_epoch": estimated_seconds_per_epoch(lines)}
     return run, (last if last and os.path.exists(last) else None)
-
-
-ESTIMATE = re.compile(r"^estimated: ([\d.]+) (s|min|h) per epoch \(")
-UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600}
-
-
-def estimated_seconds_per_epoch(log_lines):
-    """The seconds per epoch, validation included, that ALP.py's estimate line printed (None without one)."""
-    for line in log_lines:
-        match = ESTIMATE.match(line)
-        if match:
-            return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
-    return None
 
 
 def run_training(parts, form, device, data_root, mnist_root, offline_data, work):
@@ -291,29 +186,6 @@ def run_training(parts, form, device, data_root, mnist_root, offline_data, work)
     figures["ok"] = all(run["ok"] for run in runs.values()) and len(runs) == 3 and figures["agree"] and graph_replayed
     parts.record("training", figures)
     return checkpoints
-
-
-def agreement(runs):
-    """The largest gaps between the eager and graph runs' last validation accuracies, in points."""
-    last = [run["epochs"][-1] for run in runs.values() if run.get("epochs")]
-    if len(last) != 2 or None in (last[0]["clean_percent"], last[1]["clean_percent"]):
-        return {"agree": False, "gap_points": None, "allowed_points": 100 * AGREEMENT}
-    gaps = {key: round(abs(last[0][key] - last[1][key]), 2) for key in ("clean_percent", "robust_percent")}
-    return {"agree": max(gaps.values()) <= 100 * AGREEMENT, "gap_points": gaps, "allowed_points": 100 * AGREEMENT}
-
-
-def attack_records(node, norm=None, epsilon=None):
-    """(norm, epsilon, label, seconds, robust accuracy) of every attack in eval.py's JSON, wherever it sits."""
-    if isinstance(node, list):
-        for item in node:
-            yield from attack_records(item, norm, epsilon)
-    elif isinstance(node, dict):
-        norm, epsilon = node.get("norm", norm), node.get("epsilon_label", epsilon)
-        if "label" in node and "seconds" in node:
-            yield norm, epsilon, node["label"], node["seconds"], node.get("robust_accuracy")
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                yield from attack_records(value, norm, epsilon)
 
 
 def run_evaluation(parts, form, device, roots, offline_data, checkpoints, work):
@@ -370,36 +242,6 @@ def run_tests(parts, tests, workers, work):
         figures["counted_from"] = "pytest's progress lines: stopped before its JUnit XML"
     figures["ok"] = figures["ok"] and not figures["failed"]
     parts.record("tests", figures)
-
-
-# --- the targets ---------------------------------------------------------------------------------------
-
-def speed_targets(parts):
-    """Each speed target of the CUDA form: what it asks, what this run measured (None: not measured), met."""
-    rows = parts.get("timings", {}).get("rows", [])
-    runs = parts.get("training", {}).get("runs", {})
-    suites = parts.get("evaluation", {}).get("suites", {})
-    targets = []
-    for config, limit in ITERATION_TARGETS_MS.items():
-        graphed = [r["ms_per_iteration"] for r in rows if r["config"] == config and "graph" in r["variant"]
-                   and "bf16" in r["variant"] and not r["capture_failure"]]
-        targets.append((f"{config}, bf16 graph: ms per iteration", limit, min(graphed) if graphed else None))
-    mnist_epochs = runs.get("mnist-reference", {}).get("epochs", [])
-    targets.append(("reference MNIST command: seconds per epoch, validation included (last epoch)",
-                    REFERENCE_MNIST_EPOCH_SECONDS, mnist_epochs[-1]["seconds"] if mnist_epochs else None))
-    graph = runs.get("graph", {})
-    estimate, epochs = graph.get("estimated_seconds_per_epoch"), graph.get("epochs", [])
-    targets.append(("ALP.py's estimate against the graph run's last epoch: relative error",
-                    ESTIMATE_TOLERANCE, round(abs(estimate / epochs[-1]["seconds"] - 1), 3)
-                    if estimate and epochs else None))
-    for dataset, limit in SUITE_TARGET_SECONDS.items():
-        suite = suites.get(dataset, {})
-        targets.append((f"default {dataset} suite on the 10,000 test images: its attacks' seconds", limit,
-                        suite["attack_seconds"] if suite.get("finished") else None))
-    failed = parts.get("tests", {}).get("failed")
-    targets.append(("tests failed", 0, failed))
-    return [{"target": name, "at_most": limit, "measured": measured,
-             "met": None if measured is None else measured <= limit} for name, limit, measured in targets]
 
 
 def previous_checkpoints(work_parent):
@@ -482,7 +324,7 @@ def main(argv=None):
     report = {"machine": machine, "device": device, "form": form_name, "torch": torch.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(), "budget_seconds": args.budget,
               "elapsed_seconds": 0.0, "parts": {}}
-    parts = Parts(args.out_dir, args.budget, report, args.parts)
+    parts = Parts(args.out_dir, args.budget, report, SHARES, args.parts, cwd=ROOT)
     print(f"acceptance ({form_name} form) on {machine}, torch {torch.__version__}: figures in {args.out_dir}",
           flush=True)
 
