@@ -121,8 +121,12 @@ def parse_args(argv=None, description=None):
     if args.sweep and (args.norms or args.epsilon or args.worst_case_only):
         fail("--sweep takes its norm and epsilons itself and reports every attack: drop --norms, --epsilon "
              "and --worst-case-only")
-    if args.corruptions and (args.norms or args.attacks or args.epsilon or args.worst_case_only):
-        fail("--corruptions runs no attacks: drop --norms, --attacks, --epsilon and --worst-case-only")
+    attack_options = {"--norms": args.norms, "--attacks": args.attacks, "--epsilon": args.epsilon,
+                      "--worst-case-only": args.worst_case_only, "--seed": args.seed != 0,
+                      "--aa-version": args.aa_version != "standard"}
+    if args.corruptions and any(attack_options.values()):
+        given = [flag for flag, present in attack_options.items() if present]
+        fail(f"--corruptions runs no attacks: drop {' and '.join(given)}")
     args.sweep_epsilons = None
     if args.sweep:
         try:

@@ -114,7 +114,10 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
     (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
-    (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks"),
+    (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks: drop --attacks"),
+    (["--corruptions", "{tmp}", "--seed", "3"], "--corruptions runs no attacks: drop --seed"),
+    (["--corruptions", "{tmp}", "--aa-version", "rand", "--norms", "l2"],
+     "--corruptions runs no attacks: drop --norms and --aa-version"),
 ])
 def test_bad_combinations_exit_2_in_one_line(argv, says, capsys, checkpoint, data_root, tmp_path):  # noqa: F811
     argv = [a.format(tmp=tmp_path, checkpoint=checkpoint) for a in argv]
