@@ -3,7 +3,8 @@ CUDA form, and the agreement of the eager and graph training runs."""
 
 AGREEMENT = 0.015  # eager and graph runs: largest gap allowed in clean and in robust validation accuracy
 
-# The speed targets of the project, for the CUDA form. bench.py's fastest bf16 graph variant per configuration, in ms per ALP iteration:
+# The speed targets of the project, for the CUDA form. bench.py's fastest bf16 graph variant per
+# configuration, in ms per ALP iteration:
 ITERATION_TARGETS_MS = {"resnet32/cifar10 b128 PGD-10": 10.0, "resnet18/cifar10 b128 PGD-10": 15.0,
                         "mnist/mnist b50 PGD-40": 4.0}
 REFERENCE_MNIST_EPOCH_SECONDS = 6.0  # the reference's MNIST command, one epoch with its validation
