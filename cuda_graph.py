@@ -290,15 +290,17 @@ def _random_draws_work(device):
 class HostReads(TorchDispatchMode):
     """Counts, by op, what the code run under it does that reads the values of a tensor on `device` on the
     host, seen at the dispatcher: on CUDA each waits for the GPU, and a CUDA graph capture refuses it.
-    .item(), bool() and float() of a tensor, nonzero and boolean-mask indexing (the result's size depends on
-    the values), unique, bincount, and copies between the device and the CPU."""
+    Reading a value into Python (.item(), bool(), float(), equal, allclose), the ops whose output size
+    depends on the values (nonzero, masked_select, unique, bincount, boolean-mask indexing and assignment:
+    the host must see the values to allocate the result), and copies between the device and the CPU. The
+    tests count the host syncs of the attacks with it too (on the CPU, where they cost nothing)."""
 
     VALUE_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-                   torch.ops.aten.equal.default, torch.ops.aten.nonzero.default,
-                   torch.ops.aten.masked_select.default, torch.ops.aten._unique.default,
-                   torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default,
-                   torch.ops.aten.unique_dim.default, torch.ops.aten.bincount.default,
-                   torch.ops.aten.repeat_interleave.Tensor}
+                   torch.ops.aten.equal.default, torch.ops.aten.allclose.default}
+    DATA_DEPENDENT_SHAPES = {torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+                             torch.ops.aten._unique.default, torch.ops.aten._unique2.default,
+                             torch.ops.aten.unique_consecutive.default, torch.ops.aten.unique_dim.default,
+                             torch.ops.aten.bincount.default, torch.ops.aten.repeat_interleave.Tensor}
     INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
                 torch.ops.aten._index_put_impl_.default}
     COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
@@ -317,11 +319,12 @@ class HostReads(TorchDispatchMode):
 
     def _reads_on_host(self, func, args, result):
         tensors = [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
-        on_device = [t for t in tensors if t.device == self.device]
-        if func in self.VALUE_READS:
-            return bool(on_device)
-        if func in self.INDEXING:  # a boolean mask among the indices: its nonzero runs inside the kernel
-            return bool(on_device) and any(t.dtype in (torch.bool, torch.uint8) for t in tensors[1:])
+        on_device = any(t.device == self.device for t in tensors)
+        if func in self.VALUE_READS or func in self.DATA_DEPENDENT_SHAPES:
+            return on_device
+        if func in self.INDEXING:  # a boolean mask among the indices (not the values written): a nonzero inside
+            return on_device and any(isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
+                                     for index in args[1])
         if func in self.COPIES:
             ends = tensors[:2] if func is torch.ops.aten.copy_.default else [tensors[0], result]
             return len({t.device.type for t in ends}) > 1 and any(t.device == self.device for t in ends)

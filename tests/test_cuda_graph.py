@@ -316,10 +316,14 @@ def test_host_reads_counts_what_waits_for_the_device_and_nothing_else():
         x.nonzero()
         torch.masked_select(x, x > 0.2)
         x.unique()
-    assert reads.counts == {"_local_scalar_dense": 2, "index": 1, "nonzero": 1, "masked_select": 1, "_unique2": 1}
+        torch.allclose(x, x)
+        (x * 4).long().bincount()
+    assert reads.counts == {"_local_scalar_dense": 2, "index": 1, "nonzero": 1, "masked_select": 1, "_unique2": 1,
+                            "allclose": 1, "bincount": 1}
     with HostReads(DEVICE) as reads:  # what a training step does
         y = (x * 2).clamp(0, 1).sign()
         y[torch.arange(3)] = 0.5  # integer indices: no read
+        torch.zeros(6, dtype=torch.bool)[torch.arange(2)] = torch.tensor(True)  # boolean values, not a mask
         torch.where(x > 0.5, x, 0.0).to(torch.float64).copy_(x)
     assert not reads.counts
     with HostReads(torch.device("meta")) as reads:  # only tensors on the device watched count
