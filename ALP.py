@@ -148,8 +148,7 @@ def train(args, filled, run, resumed, rank, world_size, device, graph_note):
                                args.epochs, HYP["snapshot_every"], class_counts=counts)
     except Interrupted as stop:
         run.log(f"stopped by {stop} in epoch {epoch + 1}; {run.how_to_continue()}")
-        run.release()
-        sys.exit(stop.exit_status)
+        sys.exit(stop.exit_status)  # main() lets the run folder go on the way out
     run.finish(title=run_name(vars(args)), note=barely_learnt_note(run.best, args.dataset))
     return model
 

@@ -27,16 +27,6 @@ IMAGES = 4 * BATCH + 5  # the last batch of every epoch is smaller: it takes the
 LR, WEIGHT_DECAY = 2.0 ** -4, 2.0 ** -12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a busy 2-core machine: one intra-op thread is many times faster than two threads
-    spin-waiting on each other (one epoch here: 1 s against 28 s); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_setup(optimizer_name):
     """(model, fused optimizer, scheduler halving the rate after epoch 1, attack, loader) on DEVICE."""
     torch.manual_seed(0)

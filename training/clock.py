@@ -42,19 +42,6 @@ class BatchClock:
             self.done, self.timed = True, timed
             return (now - self.first) / timed
         return None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.ticks += 1
-        if self.ticks == 1:
-            self.first = now
-            if not last:
-                return None
-        timed = self.ticks - 1
-        if last or timed >= HYP["timed_batches"] or now - self.first >= HYP["timed_seconds"]:
-            self.done, self.timed = True, max(timed, 1)
-            return (now - self.first) / timed if timed else now - self.started
-        return None
 
 
 def estimate_line(training, batches_timed, validation, images_timed, epochs, validations, resumed):
