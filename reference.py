@@ -10,6 +10,8 @@ for every data set here).
 """
 from collections import namedtuple
 
+from evaluation.suite import cli_name
+
 SOURCE = {
     "repository": "MTandHJ/PyTorch-Robust",
     "file": "ALP/README.md",
@@ -60,8 +62,8 @@ def mnist_table(title, dataset, clean, linf, l2, l1):
 
 
 def columns(labels, figures):
-    """Columns from labels and figures; the eval.py name is the label in lower case without '&'."""
-    return [Column(label, label.lower().replace("&", ""), figure)
+    """Columns from labels and figures, each with the eval.py name of its label."""
+    return [Column(label, cli_name(label), figure)
             for label, figure in zip(labels, figures, strict=True)]
 
 

@@ -29,11 +29,11 @@ from reference import SOURCE, TABLES, TEST_IMAGES
 from reproduction.child_scripts import LogFollower, run_or_stop
 from reproduction.comparison import compare
 from reproduction.estimate import Estimate
-from reproduction.folder import claim, complete, epochs_done, read_report, run_folder
+from reproduction.folder import claim, complete, epochs_done, run_folder
 from reproduction.plan import (evaluation_argv, evaluations, reference_epochs, shortening, trial_label,
                                training_argv)
 from reproduction.report import NORM_SYMBOLS, print_report, write_report
-from utils import CLIParser, default_device, fail
+from utils import CLIParser, default_device, fail, read_json
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -86,13 +86,13 @@ def train(argv, parent, epochs, estimate):
 
 def evaluate(checkpoint, norm, attacks, json_path, common):
     """eval.py's report of the checkpoint at this norm, running or continuing it first."""
-    report = read_report(json_path)
+    report = read_json(json_path)
     if complete(report, checkpoint):
         print(f"evaluation at {NORM_SYMBOLS[norm]}: done, {json_path}", flush=True)
         return report
     run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common],
                 f"evaluation at {NORM_SYMBOLS[norm]}")
-    report = read_report(json_path)
+    report = read_json(json_path)
     if not complete(report, checkpoint):
         fail(f"eval.py ended well but {json_path} holds no finished evaluation of {checkpoint}", status=1)
     return report
@@ -133,7 +133,7 @@ def main(argv=None):
             checkpoint = os.path.abspath(checkpoint)
             json_paths = [os.path.abspath(os.path.join(folder, f"eval-{norm}.json")) for norm, _ in runs]
             left = [(norm, attacks) for (norm, attacks), path in zip(runs, json_paths)
-                    if not complete(read_report(path), checkpoint)]
+                    if not complete(read_json(path), checkpoint)]
             if estimate.validation_images is None:  # training was done before this start
                 estimate.say_for_evaluation(left)
             stage = "evaluation"

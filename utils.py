@@ -2,6 +2,7 @@
 disk leaves no half-written one, and content digests."""
 import argparse
 import errno
+import json
 import os
 import secrets
 import sys
@@ -65,6 +66,15 @@ def duration(seconds):
     return f"{seconds / 3600:.1f} h" if seconds < 10 * 3600 else f"{seconds / 3600:.0f} h"
 
 
+DURATION_PATTERN = r"\d+(?:\.\d+)? (?:s|min|h)"  # what duration() writes
+
+
+def duration_seconds(text):
+    """duration()'s text back to seconds: "45 s", "3.5 min", "4.2 h"."""
+    value, unit = text.split()
+    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
 # --- files -------------------------------------------------------------------------------------------------
 
 def write_atomically(path, data):
@@ -87,6 +97,19 @@ def write_atomically(path, data):
         if isinstance(e, OSError):
             e.filename = path
         raise
+
+
+def read_json(path):
+    """A JSON file's content, or None where it is absent, not a regular file (a FIFO would block the read),
+    unreadable, nested too deep to parse, or not a JSON object."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def describe_os_error(error):

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 
-from utils import write_atomically
+from utils import read_json, write_atomically
 
 from .engine import REPORT_FORMAT
 from .store import MANIFEST, UnitStore, evaluation_digests
@@ -94,16 +94,6 @@ def units_folder(json_path):
     """Where the finished units of work wait until the evaluation completes: beside its JSON, named from the
     JSON's whole name, so that report.json and report.txt never share one."""
     return json_path + ".units"
-
-
-def read_json(path):
-    """A JSON file's content, or None where it is absent, unreadable or not a JSON object."""
-    try:
-        with open(path) as f:
-            content = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
 
 
 def recorded_batch_size(json_path, device):

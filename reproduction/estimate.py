@@ -2,76 +2,75 @@
 own estimate of training, and the evaluation's attacks costed in gradient steps at the seconds per image and
 step that ALP.py's validation attack took."""
 import json
+import math
 import os
 import re
 
-from utils import duration, write_atomically
+from data import DATASETS
+from evaluation.suite import SANITY, SUITES, cli_name
+from training.clock import read_estimate_line
+from training.validation import validation_column
+from utils import duration, read_json, write_atomically
 
-from .folder import read_report
-
-# The gradient steps (forward + backward) each attack takes per image that resists it to the end, from its
-# settings in eval.py's suite. Attacks that stop on the samples they break (DeepFool, C&W, AutoAttack) take
-# fewer on a less robust model, so the evaluation's estimate is an upper bound.
-GRADIENT_STEPS = {
-    "fgsm": 1,
-    "slide": 50,
-    "deepfool": 50 * 10,  # 50 steps, each the gradients of the 10 candidate classes
-    "cw": 9 * 1000,  # 9 binary-search steps of 1000 Adam steps
-    "aa": 100 + 9 * 100 + 9 * 100 + 5000 / 3,  # APGD-CE, APGD-T and FAB-T (9 targets), Square's 5000 queries
-}
-PER_EVALUATION_STEPS = 1 + 20  # each eval.py run: the clean predictions and the sanity PGD-20 at ℓ∞ 0.5
-# ALP.py's validation attack, whose timing gives the seconds of one gradient step per image on this device:
-# PGD-100 for MNIST-type data and PGD-10 for CIFAR-type data (README, Train: Validation attack).
-VALIDATION_PGD_STEPS = {"mnist": 100, "fashionmnist": 100, "cifar10": 10, "cifar100": 10}
+# AutoAttack's gradient steps (or queries) per image that resists it to the end, from pyautoattack's standard
+# version: APGD-CE's 100 steps, APGD-T's and FAB-T's 100 for each of 9 target classes, Square's 5000 queries
+# counted as a third of a step each (a forward pass without the backward).
+AUTOATTACK_STEPS = 100 + 9 * 100 + 9 * 100 + 5000 / 3
+PER_EVALUATION_STEPS = 1 + SANITY["options"]["steps"]  # each eval.py run: the clean predictions, the sanity PGD
+# ALP.py's line as it starts: "... 60000 training, 10000 validation images".
+VALIDATION_IMAGES = re.compile(r"\d+ training, (\d+) validation images")
 
 
-def attack_steps(name):
-    return int(name.split("-")[1]) if name.startswith("pgd-") else GRADIENT_STEPS[name]
-
-
-def seconds_of(text):
-    """utils.duration's text back to seconds: "45 s", "3.5 min", "4.2 h"."""
-    value, unit = text.split()
-    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+def gradient_steps(column):
+    """The gradient steps (forward + backward) an attack of eval.py's suite takes per image that resists it
+    to the end. Attacks that stop on the samples they break (DeepFool, C&W, AutoAttack) take fewer on a less
+    robust model, so the evaluation's estimate is an upper bound."""
+    _, name, options = column
+    if name.startswith("aa-"):
+        return AUTOATTACK_STEPS
+    if name == "fgsm":
+        return 1
+    # DeepFool: each step the gradients of its candidate classes; C&W: its steps in each binary-search step
+    return options["steps"] * options.get("candidates", 1) * options.get("binary_search_steps", 1)
 
 
 class Estimate:
     """How long the whole will take on this device, from what ALP.py prints as it starts: its own estimate
     of training, and the validation's timing, which gives the seconds of one gradient step per image, from
-    which the evaluation's attacks are estimated by their gradient steps (GRADIENT_STEPS)."""
+    which the evaluation's attacks are estimated by their gradient steps."""
 
     def __init__(self, folder, dataset, images, evaluation_runs, device_note):
         self.path = os.path.join(folder, "estimate.json")
-        self.dataset, self.images, self.runs, self.device_note = dataset, images, evaluation_runs, device_note
+        self.family = DATASETS[dataset].family
+        self.images, self.runs, self.device_note = images, evaluation_runs, device_note
         self.validation_images = None
 
     def evaluation_steps(self, runs):
-        return sum(PER_EVALUATION_STEPS + sum(attack_steps(a) for a in attacks) for _, attacks in runs)
+        suite = SUITES[self.family]
+        return sum(PER_EVALUATION_STEPS + sum(gradient_steps(column) for column in suite[norm]["attacks"]
+                                              if cli_name(column[0]) in attacks)
+                   for norm, attacks in runs)
 
     def read_training_line(self, line):
-        found = re.search(r"(\d+) validation images", line)
-        if found and "training," in line:
+        found = VALIDATION_IMAGES.search(line)
+        if found:
             self.validation_images = int(found.group(1))
-        if not line.startswith("estimated:"):
+        figures = read_estimate_line(line)
+        if not ("total" in figures and "validation" in figures and self.validation_images):
             return
-        total = re.search(r", (\d+(?:\.\d+)? (?:s|min|h)) for ", line)
-        validation = (re.search(r"validation (\d+(?:\.\d+)? (?:s|min|h))\)", line)
-                      or re.search(r"(\d+(?:\.\d+)? (?:s|min|h)) per validation", line))
-        if not (total and validation and self.validation_images):
-            return
-        per_step = seconds_of(validation.group(1)) / (self.validation_images
-                                                      * (VALIDATION_PGD_STEPS[self.dataset] + 1))
+        validation_steps = validation_column(self.family)[2]["steps"]
+        per_step = figures["validation"] / (self.validation_images * (validation_steps + 1))
         try:
             write_atomically(self.path, json.dumps({"seconds_per_image_step": per_step}))
         except OSError:
             pass
-        self.say(seconds_of(total.group(1)), per_step, self.runs)
+        self.say(figures["total"], per_step, self.runs)
 
     def say_for_evaluation(self, runs_left):
         """At a start after training: the evaluations left, from the timing kept in estimate.json."""
-        kept = read_report(self.path) or {}
-        if runs_left and "seconds_per_image_step" in kept:
-            self.say(None, kept["seconds_per_image_step"], runs_left)
+        per_step = (read_json(self.path) or {}).get("seconds_per_image_step")
+        if runs_left and isinstance(per_step, (int, float)) and math.isfinite(per_step) and per_step > 0:
+            self.say(None, per_step, runs_left)
 
     def say(self, training_seconds, per_step, runs):
         steps = self.evaluation_steps(runs)

@@ -5,7 +5,7 @@ import glob
 import json
 import os
 
-from utils import fail, write_atomically
+from utils import describe_os_error, fail, read_json, write_atomically
 
 REQUEST = "request.json"
 
@@ -16,10 +16,8 @@ def claim(folder, request):
     if os.path.isfile(folder):
         fail(f"--out {folder} is a file, not a folder")
     if os.path.isdir(folder) and os.listdir(folder):
-        try:
-            with open(path) as f:
-                held = json.load(f)
-        except (OSError, ValueError):
+        held = read_json(path)
+        if held is None:
             fail(f"{folder} holds files that are not a reproduction's (no readable {REQUEST}): choose another --out")
         if held.get("table") != request["table"]:
             fail(f"{folder} holds the work of another table ({held.get('table')}, not {request['table']}): choose "
@@ -32,7 +30,7 @@ def claim(folder, request):
         os.makedirs(folder, exist_ok=True)
         write_atomically(path, json.dumps(request, indent=2))
     except OSError as e:
-        fail(f"cannot write {path} ({e.strerror or type(e).__name__})")
+        fail(describe_os_error(e))
 
 
 def run_folder(parent):
@@ -50,14 +48,6 @@ def epochs_done(folder):
             return max((int(row["epoch"]) for row in csv.DictReader(f)), default=0)
     except (OSError, ValueError, KeyError):
         return 0
-
-
-def read_report(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def complete(report, checkpoint):

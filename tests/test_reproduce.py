@@ -115,6 +115,12 @@ def test_a_folder_holding_other_work_is_refused_in_one_line_on_cpu(monkeypatch, 
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert "not a reproduction's" in refusal(capsys, ["mnist", "--out", str(foreign)])
+    for damaged in ("[]", "null", '"x"', "[" * 100_000):  # JSON, but no request; nested past the parser
+        (foreign / "request.json").write_text(damaged)
+        assert "not a reproduction's" in refusal(capsys, ["mnist", "--out", str(foreign)])
+    (foreign / "request.json").unlink()
+    os.mkfifo(foreign / "request.json")  # opening it would wait for a writer forever
+    assert "not a reproduction's" in refusal(capsys, ["mnist", "--out", str(foreign)])
     assert "--epochs must be a positive integer, not 0" in refusal(capsys, ["mnist", "--epochs", "0"])
     assert "invalid choice: 'cifar10'" in refusal(capsys, ["cifar10"])
 
@@ -150,6 +156,28 @@ def test_the_estimate_says_the_cpu_order_of_the_full_mnist_table_on_cpu(tmp_path
     evaluation = re.search(r"evaluation at most (\d+(?:\.\d+)?) h", out)
     assert evaluation and 10 < float(evaluation.group(1)) < 40, out  # the README's 100-image runs: ~19 h
     assert json.loads((tmp_path / "estimate.json").read_text())["seconds_per_image_step"] > 0
+
+
+def test_the_estimate_takes_the_validation_images_from_the_starting_line_alone_on_cpu(tmp_path, capsys):
+    """With --eval-freq, ALP.py's estimate line names its timed images after "training," too."""
+    estimate = Estimate(str(tmp_path), "mnist", 100, evaluations(TABLES["mnist"]), "cpu")
+    estimate.read_training_line("starting runs/x at epoch 1/84 on 1 x cpu (...); 60000 training, 10000 "
+                                "validation images\n")
+    estimate.read_training_line("estimated: 5.8 min per epoch of training, 7.1 min per validation (17 validated "
+                                "epochs), 10 h for 84 epochs (timed on 3 training batches and 100 validation "
+                                "images)\n")
+    assert estimate.validation_images == 10_000
+    per_step = json.loads((tmp_path / "estimate.json").read_text())["seconds_per_image_step"]
+    assert per_step == pytest.approx(7.1 * 60 / (10_000 * 101))  # PGD-100: 100 steps and the clean pass
+    assert "estimated on cpu: training 10 h" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kept", ['{"seconds_per_image_step": "x"}', '{"seconds_per_image_step": null}', '"x"',
+                                  "[" * 100_000])
+def test_a_damaged_estimate_json_says_nothing_and_stops_nothing_on_cpu(tmp_path, capsys, kept):
+    (tmp_path / "estimate.json").write_text(kept)
+    Estimate(str(tmp_path), "mnist", 100, [], "cpu").say_for_evaluation(evaluations(TABLES["mnist"]))
+    assert capsys.readouterr().out == ""
 
 
 def test_allowed_difference_is_three_binomial_standard_errors_plus_the_seed_allowance_on_cpu():

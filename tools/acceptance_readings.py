@@ -3,7 +3,8 @@
 import csv
 import glob
 import os
-import re
+
+from training.clock import read_estimate_line
 
 
 def read_run(run_parent):
@@ -24,16 +25,12 @@ def percent(value):
     return None if value in (None, "") else round(100 * float(value), 2)
 
 
-ESTIMATE = re.compile(r"^estimated: ([\d.]+) (s|min|h) per epoch \(")
-UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600}
-
-
 def estimated_seconds_per_epoch(log_lines):
     """The seconds per epoch, validation included, that ALP.py's estimate line printed (None without one)."""
     for line in log_lines:
-        match = ESTIMATE.match(line)
-        if match:
-            return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+        per_epoch = read_estimate_line(line).get("per_epoch")
+        if per_epoch is not None:
+            return per_epoch
     return None
 
 

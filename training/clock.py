@@ -1,10 +1,11 @@
 """The time a run will take: seconds per training batch measured on its first batches, and the line that
 says what the run will cost."""
+import re
 import time
 
 import torch
 
-from utils import duration
+from utils import DURATION_PATTERN, duration, duration_seconds
 
 from .hyp import HYP
 
@@ -59,3 +60,25 @@ def estimate_line(training, batches_timed, validation, images_timed, epochs, val
                      f"({validations} validated epoch{'s' if validations > 1 else ''})")
     return (f"estimated: {per_epoch}, {total} for {left} (timed on {batches_timed} training "
             f"batch{'es' if batches_timed > 1 else ''} and {images_timed} validation images)")
+
+
+# The figures of estimate_line's two forms (every epoch validated, or some), each found on its own.
+ESTIMATED_FIGURES = {
+    "per_epoch": re.compile(rf"^estimated: ({DURATION_PATTERN}) per epoch \("),  # validation included
+    "training": re.compile(rf"^estimated: .*?\(training ({DURATION_PATTERN}),|"
+                           rf"^estimated: ({DURATION_PATTERN}) per epoch of training,"),
+    "validation": re.compile(rf"^estimated: .*?validation ({DURATION_PATTERN})\)|"
+                             rf"^estimated: .*?, ({DURATION_PATTERN}) per validation"),
+    "total": re.compile(rf"^estimated: .*?, ({DURATION_PATTERN}) for "),
+}
+
+
+def read_estimate_line(line):
+    """The seconds that an estimate_line printed, by figure (per_epoch, training, validation, total; those
+    the line holds); {} for any other line."""
+    figures = {}
+    for name, pattern in ESTIMATED_FIGURES.items():
+        found = pattern.search(line)
+        if found:
+            figures[name] = duration_seconds(next(group for group in found.groups() if group))
+    return figures

@@ -14,12 +14,18 @@ from reference import TABLES
 from .hyp import HYP
 
 
+def validation_column(family):
+    """(label, attack name, options) of the eval.py ℓ∞ column HYP["validation_attack"] names for the family."""
+    label = HYP["validation_attack"][family]
+    (column,) = [column for column in SUITES[family]["linf"]["attacks"] if column[0] == label]
+    return column
+
+
 def validation_attack(family):
     """The attack that validates a run of the data-set family: eval.py's ℓ∞ column HYP["validation_attack"]
     names, at its table's first epsilon."""
-    table = SUITES[family]["linf"]
-    (_, name, options), = [column for column in table["attacks"] if column[0] == HYP["validation_attack"][family]]
-    return ATTACKS[name](parse_epsilon(table["epsilons"][0]), **options)
+    _, name, options = validation_column(family)
+    return ATTACKS[name](parse_epsilon(SUITES[family]["linf"]["epsilons"][0]), **options)
 
 
 def validation_batch_size(device):
