@@ -78,8 +78,9 @@ def evaluate_checkpoint(args):
         return
 
     images, labels, data_root, warnings = load_test_images(meta, args.data_root, args.n)
-    batch_size = shared(args.batch_size or recorded_batch_size(json_path, device)
-                        or default_batch_size(device, model, images, world_size), world_size)
+    attacked = source if source is not None else model  # a transfer attacks the source
+    batch_size = shared((args.batch_size or recorded_batch_size(json_path, device)
+                         or default_batch_size(device, attacked, images, world_size)) if lead else None, world_size)
     identity = evaluation_identity(model, meta["model"], dataset, device, images=images, labels=labels,
                                    batch_size=batch_size, source=source, source_name=(source_info or {}).get("model"))
     finished = checked_report(json_path, requested, identity, args.force)

@@ -72,7 +72,8 @@ def flat_norm(v, norm):
     return torch.linalg.vector_norm(v.flatten(1), ord=_P[norm], dim=1)
 
 
-def _per_sample(v, like):
+def per_sample(v, like):
+    """A per-sample vector (B) shaped to broadcast over a batch like `like` (B x ...)."""
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -80,7 +81,7 @@ def normalize(grad, norm):
     """Steepest-ascent direction of unit norm: the sign for linf, grad / ||grad||_p for l2 and l1."""
     if norm == "linf":
         return grad.sign()
-    return grad / _per_sample(flat_norm(grad, norm).clamp_min(1e-12), grad)
+    return grad / per_sample(flat_norm(grad, norm).clamp_min(1e-12), grad)
 
 
 def clip_to_ball(delta, epsilon, norm):
@@ -89,7 +90,7 @@ def clip_to_ball(delta, epsilon, norm):
     if norm == "linf":
         return delta.clamp(-epsilon, epsilon)
     factor = (epsilon / flat_norm(delta, norm).clamp_min(1e-12)).clamp(max=1.0)
-    return delta * _per_sample(factor, delta)
+    return delta * per_sample(factor, delta)
 
 
 def random_in_ball(x, epsilon, norm):

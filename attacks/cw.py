@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .common import attacking, check_every, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm, per_sample
 
 
 def to_tanh_space(x):
@@ -30,8 +30,10 @@ def from_tanh_space(w):
 
 
 class Adam:
-    """torch.optim.Adam's update (its defaults, the same arithmetic) on one tensor, with the step count kept on
-    the host: torch's keeps it in a tensor and reads it back at every step."""
+    """torch.optim.Adam's update (its defaults, the same arithmetic, the same figures) on one tensor, with the
+    step count a Python int. torch's keeps it in a CPU tensor and reads it with .item() at every step: no wait
+    for a GPU, but on the CPU, where the tests count host syncs at the dispatcher, such a read looks like one,
+    and the count could no longer hold C&W to one look per CHECK_EVERY steps."""
 
     def __init__(self, parameter, lr, betas=(0.9, 0.999), eps=1e-8):
         self.parameter, self.lr, self.betas, self.eps, self.steps = parameter, lr, betas, eps, 0
@@ -111,7 +113,7 @@ class CarliniWagnerL2:
                     found[rows] = found[rows] | adversarial
                     norms = flat_norm(x_adv - x[rows], "l2")
                     improved = adversarial & (norms < best_norms[rows])
-                    best[rows] = torch.where(improved.view((-1,) + (1,) * (x.dim() - 1)), x_adv, best[rows])
+                    best[rows] = torch.where(per_sample(improved, x), x_adv, best[rows])
                     best_norms[rows] = torch.where(improved, norms, best_norms[rows])
                     if self.stop_inside_ball:
                         searching[rows] = searching[rows] & (best_norms[rows] > self.epsilon)

@@ -12,7 +12,7 @@ left, to drop the others from the batch and to stop when none is.
 """
 import torch
 
-from .common import attacking, check_every, clip_to_ball, flat_norm
+from .common import attacking, check_every, clip_to_ball, flat_norm, per_sample
 
 
 def candidate_gradients(differences, x, batched):
@@ -60,7 +60,7 @@ class DeepFool:
                 logits, losses, grads = self._linearisation(model, x_adv[rows], classes[rows])
                 still_correct = active[rows] & (logits.argmax(dim=1) == y[rows])
                 active[rows] = still_correct
-                mask = still_correct.view((-1,) + (1,) * (x.dim() - 1))
+                mask = per_sample(still_correct, x)
                 p = torch.where(mask, p_total[rows] + self._step(losses, grads), p_total[rows])
                 p_total[rows] = p
                 x_adv[rows] = torch.where(mask, (x[rows] + (1 + self.overshoot) * p).clamp(0, 1), x_adv[rows])
@@ -90,7 +90,6 @@ class DeepFool:
         best = distances.argmin(dim=1)
         rows = torch.arange(len(losses), device=losses.device)
         distance, grad = distances[rows, best] + 1e-4, grads[rows, best]
-        shape = (-1,) + (1,) * (grad.dim() - 1)
         if self.norm == "linf":
-            return distance.view(shape) * grad.sign()
-        return (distance / (flat_norm(grad, "l2") + 1e-8)).view(shape) * grad
+            return per_sample(distance, grad) * grad.sign()
+        return per_sample(distance / (flat_norm(grad, "l2") + 1e-8), grad) * grad

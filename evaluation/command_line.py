@@ -74,8 +74,9 @@ def build_parser(description=None):
                         help="evaluate the first N test images (default: all); with --corruptions, N per "
                              "severity")
     parser.add_argument("-b", "--batch-size", type=positive_int,
-                        help="images per attack call (default: 16 on CPU, so that progress moves; on CUDA "
-                             "from the free memory, 50 to 1000)")
+                        help="images per attack call (default: 16 on CPU, so that progress moves; on CUDA as many "
+                             "as the free memory holds at the model's measured peak per image, up to each "
+                             "process's share of the images)")
     parser.add_argument("--data-root", help="where the test split is (default: the checkpoint's training "
                                             "data root if that folder exists, else ./data)")
     parser.add_argument("--json", help="where to write every figure (default: beside the checkpoint, named "

@@ -4,7 +4,7 @@ Tables go to stdout, warnings and the lines that stop the script to stderr."""
 import os
 import sys
 
-from utils import duration, fail
+from utils import duration, fail, percent
 
 from .files import check_report
 from .report import (format_checks, format_corruptions, format_details, format_legend, format_sweep, format_table,
@@ -80,11 +80,11 @@ def reporter(checkpoint, transfer_from, device, json_path, evaluation_record, wa
                 warn(line)
             print(f"{checkpoint}: {report['model']} on {report['dataset']}, epoch {report['epoch'] or '?'}; "
                   f"{report['evaluation']['n']} test images on {device}; clean accuracy "
-                  f"{100 * report['clean']['accuracy']:.2f}%", flush=True)
+                  f"{percent(report['clean']['accuracy'])}", flush=True)
             if report["transfer"]:
                 source = report["transfer"]["source"]
                 print(f"transfer attacks: made on {transfer_from} ({source['model']}, clean accuracy "
-                      f"{100 * source['clean_accuracy']:.2f}%), measured on {checkpoint}", flush=True)
+                      f"{percent(source['clean_accuracy'])}), measured on {checkpoint}", flush=True)
             elif report["aa_version"] != "standard":
                 print(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
             if not report["sweep"]:

@@ -95,7 +95,8 @@ class Session:
         self.images, self.labels = images.to(self.device), labels.to(self.device).long()
         self.n = len(labels)
         self.runner = runner or Runner(progress=progress)
-        self.batch_size = batch_size or default_batch_size(self.device, model, self.images, self.runner.world_size)
+        attacked = model if source is None else source.to(self.device)  # a transfer attacks the source
+        self.batch_size = batch_size or default_batch_size(self.device, attacked, self.images, self.runner.world_size)
         self.report = new_report(model_info or {"model": type(model).__name__}, dataset, self.n, self.batch_size,
                                  self.device, seed, aa_version, self.runner.world_size, selection)
         digests = evaluation_digests(model, images, labels, source)

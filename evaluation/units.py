@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
+from utils import percent
 
 from .suite import is_autoattack
 
@@ -345,7 +346,7 @@ class JobBar:
     def update(self, broken):
         self.broken, self.seen = self.broken + sum(broken), self.seen + len(broken)
         self.bar.update(len(broken))
-        self.bar.set_postfix(robust=f"{100 * self.share * (1 - self.broken / self.seen):.2f}%")
+        self.bar.set_postfix(robust=percent(self.share * (1 - self.broken / self.seen)))
 
     def close(self):
         self.bar.close()

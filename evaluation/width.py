@@ -9,7 +9,7 @@ from attacks.deepfool import DeepFool
 from .units import as_float
 
 # Default batch sizes. On the CPU small enough that a progress bar moves every few seconds even under C&W on
-# the MNIST net (about 2.3 images/s on 2 cores, README's Speed section). On CUDA as wide as memory allows, up
+# the MNIST net (a few images/s on one thread, README's Speed section). On CUDA as wide as memory allows, up
 # to the whole split (each process's share of it): units run one after another and each has fixed costs (its
 # checks' host syncs, its file's fsync, AutoAttack's set-up), which a few wide units pay least often.
 CPU_BATCH_SIZE = 16

@@ -347,6 +347,23 @@ def test_a_transfer_between_identical_weights_is_named_a_white_box_attack(plain_
     assert not report["warnings"]
 
 
+def test_a_transfer_sizes_its_units_on_the_source_the_attacks_run_on(plain_model, digits, monkeypatch):
+    """Without a batch size, the width is measured on the network attacked (a larger source would otherwise
+    overflow a GPU's memory); on the CPU the width stays CPU_BATCH_SIZE whichever network is probed."""
+    sized_on = []
+
+    def recording(device, model, images, processes=1):
+        sized_on.append(model)
+        return evaluation.CPU_BATCH_SIZE
+
+    monkeypatch.setattr(evaluation.engine, "default_batch_size", recording)
+    target = copy.deepcopy(plain_model)
+    evaluation.evaluate_transfer(plain_model, target, *digits, dataset="mnist", **SELECTION)
+    assert sized_on == [plain_model]
+    evaluation.evaluate(target, *digits, dataset="mnist", **SELECTION)
+    assert sized_on == [plain_model, target]
+
+
 def test_a_units_key_names_the_weights_and_images_it_was_computed_on(plain_model, digits, tmp_path, monkeypatch):
     """Through the API too: a store's units of one model are not taken for another's, nor for other images."""
     images, labels = digits

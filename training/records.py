@@ -10,7 +10,7 @@ import textwrap
 
 import torch
 
-from utils import write_atomically
+from utils import percent, write_atomically
 
 BEST = ("clean_accuracy", "robust_accuracy")  # a best_*.pt file per figure
 
@@ -72,10 +72,10 @@ def append_start(path, args, in_force, resume, epochs_changed=None):
 # --- log.txt -----------------------------------------------------------------------------------------------------
 
 def epoch_line(row, epochs):
-    accuracies = (f" | clean {100 * row['clean_accuracy']:.2f}% robust {100 * row['robust_accuracy']:.2f}%"
+    accuracies = (f" | clean {percent(row['clean_accuracy'])} robust {percent(row['robust_accuracy'])}"
                   if row["clean_accuracy"] is not None else "")
     return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
-            f"adv acc {100 * row['train_adv_accuracy']:.2f}%{accuracies} | {row['seconds']:.1f}s"
+            f"adv acc {percent(row['train_adv_accuracy'])}{accuracies} | {row['seconds']:.1f}s"
             + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
 
 

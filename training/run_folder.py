@@ -21,7 +21,7 @@ import sys
 from checkpoints import CheckpointError, load_checkpoint, other_checkpoints, save_checkpoint
 from evaluation.checks import constant_predictor_check
 from interrupts import say_on_stop
-from utils import describe_os_error, fail
+from utils import describe_os_error, fail, percent
 from weights import put_weights
 
 from . import resume as policy
@@ -197,7 +197,7 @@ class RunFolder:
             name = best_file_name(key)
             if self.is_main and self.best[key] >= 0 and not os.path.isfile(self.file(name)):
                 self.log(f"{name} is gone: the next validated epoch writes it anew (it held "
-                         f"{100 * self.best[key]:.2f}%)")
+                         f"{percent(self.best[key])})")
                 self.best[key] = -1.0
         return state["epoch"]
 
@@ -285,7 +285,7 @@ class RunFolder:
         plot_curves(self.metrics, self.file("curves.png"), title=title)
         written = [key for key in BEST if self.best[key] >= 0 and os.path.isfile(self.file(best_file_name(key)))]
         if written:
-            figures = ", ".join(f"best {key.split('_')[0]} {100 * self.best[key]:.2f}% ({best_file_name(key)})"
+            figures = ", ".join(f"best {key.split('_')[0]} {percent(self.best[key])} ({best_file_name(key)})"
                                 for key in written)
             self.log(f"done: {figures} (PGD on the validation split); checkpoints in {self.path}"
                      + (f"; warning: {note}" if note else ""))

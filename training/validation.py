@@ -10,6 +10,7 @@ from attacks import ATTACKS
 from data import DATASETS
 from evaluation.suite import SUITES, parse_epsilon
 from reference import TABLES
+from utils import percent
 
 from .hyp import HYP
 
@@ -90,10 +91,10 @@ def barely_learnt(clean, robust, dataset):
     halfway = (chance + REFERENCE_CLEAN_ACCURACY.get(dataset, 1.0)) / 2
     reasons = []
     if clean < halfway:
-        reasons.append(f"clean {100 * clean:.2f}% is less than {100 * halfway:.1f}%, halfway from chance "
+        reasons.append(f"clean {percent(clean)} is less than {100 * halfway:.1f}%, halfway from chance "
                        f"({100 * chance:.3g}%) to what a fully trained model reaches")
     if robust <= chance:
-        reasons.append(f"robust {100 * robust:.2f}% is no better than chance ({100 * chance:.3g}%)")
+        reasons.append(f"robust {percent(robust)} is no better than chance ({100 * chance:.3g}%)")
     return "; ".join(reasons) or None
 
 
