@@ -36,7 +36,7 @@ from cuda_graph import GraphedStep
 from training import cpu_computes_bf16_natively, mixed_precision, train_step
 from optimization import OPTIMIZERS
 from interrupts import Interrupted, interruptible
-from utils import CLIParser, default_device
+from utils import CLIParser, default_device, write_atomically
 from weights import build_model
 
 # name -> (model, data set, batch size, PGD steps, epsilon, step size): the reference configurations.
@@ -146,9 +146,8 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
 
     seconds = median_seconds(iterate, device, repeats, warmup=2 if variant.compile else 1) / iterations
     if not variant.graph:
-        return seconds, None
-    return seconds, step.capture_failure or (step.compile_failure and f"compiling failed, the network ran "
-                                             f"uncompiled: {step.compile_failure}")
+        return seconds, None, None
+    return seconds, step.capture_failure, step.compile_failure
 
 
 def ran_config(config, steps=None):
@@ -169,18 +168,20 @@ def bench_training(args, device, rows, save):
         model_name, dataset, batch_size, steps, *_ = TRAINING_CONFIGS[config]
         for variant in variants:
             torch.backends.cudnn.benchmark = cuda and variant.channels_last
-            seconds, capture_failure = time_training(config, device, args.repeats, args.iterations, variant,
-                                                     args.steps)
+            seconds, capture_failure, compile_failure = time_training(config, device, args.repeats,
+                                                                      args.iterations, variant, args.steps)
             rows.append({"config": ran_config(config, args.steps), "variant": variant.label,
                          "pgd_steps": args.steps or steps,
-                         "capture_failure": capture_failure, "seconds_per_iteration": seconds,
+                         "capture_failure": capture_failure, "compile_failure": compile_failure,
+                         "seconds_per_iteration": seconds,
                          "images_per_second": batch_size / seconds,
                          "seconds_per_epoch": EPOCH_IMAGES[dataset] / batch_size * seconds})
             save()
             print(f"  {ran_config(config, args.steps):30s} {variant.label:52s} {seconds:8.4f} s/it "
                   f"{batch_size / seconds:9.1f} img/s "
                   f"{rows[-1]['seconds_per_epoch']:9.1f} s/epoch"
-                  + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else ""),
+                  + (f" (recording failed, eager step timed: {capture_failure})" if capture_failure else "")
+                  + (f" (compiling failed, the graph ran uncompiled: {compile_failure})" if compile_failure else ""),
                   flush=True)
 
 
@@ -261,9 +262,8 @@ def main(argv=None):
 
     results = {"device": str(device), "machine": machine, "torch": torch.__version__, "training": [], "attacks": []}
 
-    def save():
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    def save():  # whole or not at all: the acceptance run reads it after stopping bench.py at its deadline
+        write_atomically(args.json, json.dumps(results, indent=2))
     try:
         with interruptible():
             run_benchmarks(args, device, results, save)

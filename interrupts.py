@@ -18,11 +18,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM inside `interruptible()`: str() names which, exit_status is the shell's for it."""
+    """Ctrl-C or SIGTERM inside `interruptible()`: str() names which, signum is the signal, exit_status the
+    shell's for it."""
+
+    @property
+    def signum(self):
+        return signal.SIGTERM if str(self) == "SIGTERM" else signal.SIGINT
 
     @property
     def exit_status(self):
-        return 143 if str(self) == "SIGTERM" else 130  # 128 + the signal's number
+        return 128 + self.signum
 
 
 def interrupted_by(signum):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from interrupts import Interrupted
+from interrupts import SIGNALS, Interrupted, interrupted_by
 from utils import fail
 
 from .folder import run_folder
@@ -42,15 +42,15 @@ def run_script(script, argv, watch=None):
             watch()
         return process.returncode
     except Interrupted as stop:
-        process.send_signal(signal.SIGTERM if str(stop) == "SIGTERM" else signal.SIGINT)
+        process.send_signal(stop.signum)
         process.wait()
         raise
 
 
 def run_or_stop(script, argv, stage, watch=None):
     status = run_script(script, argv, watch)
-    if status in (130, 143):  # the child itself was stopped
-        raise Interrupted("SIGTERM" if status == 143 else "Ctrl-C")
+    if status - 128 in SIGNALS:  # the child itself was stopped, and said so in its exit status
+        raise interrupted_by(status - 128)
     if status != 0:
         fail(f"{stage} stopped: {script} ended with exit status {status} (its message above)",
              status=2 if status == 2 else 1)
@@ -69,7 +69,9 @@ class LogFollower:
     def __call__(self):
         if self.path is None:
             folder = run_folder(self.parent)
-            self.path = os.path.join(folder, "log.txt") if folder else None
+            if folder is None:
+                return  # ALP.py has not made its run folder yet
+            self.path = os.path.join(folder, "log.txt")
         try:
             if os.path.getsize(self.path) < self.offset:  # a run started again writes its log anew
                 self.offset, self.partial = 0, ""
@@ -77,7 +79,7 @@ class LogFollower:
                 f.seek(self.offset)
                 text = f.read()
                 self.offset = f.tell()
-        except (OSError, TypeError):
+        except OSError:
             return
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()

@@ -9,7 +9,8 @@ SPREAD = {
     # se: the binomial standard error of the difference of two accuracies measured on n_ref and n test
     # images, if both models had the reference's accuracy p: sqrt(p(1-p)(1/n_ref + 1/n)) (the reference's own
     # p, not ours, so that a figure of 0% or 100% on a few images still gets its sampling error). 3 of them:
-    # a table has up to 19 figures, and at 2 one figure in 22 would be flagged by chance alone.
+    # a table has up to 17 figures (the clean accuracy with them), and at 2 one figure in 22 would be flagged
+    # by chance alone.
     "z": 3,
     # Training randomness (seed, data order, PGD starts) moves a model's accuracies by more than its test
     # images' sampling does. Not measured here (one full run per seed is days on this project's CPU machine):

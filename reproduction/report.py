@@ -1,21 +1,26 @@
 """The comparison as a reproduction's report: report.json, report.md and report.png (a bar pair per figure,
 reference and ours) in its folder, and the side-by-side table it prints."""
+import io
 import json
 import os
 
 from evaluation.suite import NORM_SYMBOLS as NORM_NAMES
 from reference import SOURCE
-from utils import fail, write_atomically
+from utils import describe_os_error, fail, write_atomically
 
 from .comparison import SPREAD, spread_rule
 
 NORM_SYMBOLS = {**NORM_NAMES, None: ""}  # None: the clean accuracy's row
 
 
+def threat_model_name(threat_model):
+    """"ℓ∞ 0.3", or "clean" for the clean accuracy's row."""
+    return f"{NORM_SYMBOLS[threat_model['norm']]} {threat_model['epsilon']}".strip()
+
+
 def outside_figures(threat_models):
     """The names of the figures the spread rule flags, as "ℓ∞ 0.3 PGD-100"."""
-    return [f"{NORM_SYMBOLS[t['norm']]} {t['epsilon']} {row['label']}".strip() for t in threat_models
-            for row in t["rows"] if row["outside"]]
+    return [f"{threat_model_name(t)} {row['label']}" for t in threat_models for row in t["rows"] if row["outside"]]
 
 
 def format_text(title, label, threat_models):
@@ -23,8 +28,7 @@ def format_text(title, label, threat_models):
     lines.append(f"{title}: the reference's figures ({SOURCE['repository']} {SOURCE['file']}, "
                  f"{SOURCE['commit'][:7]}) and ours, robust accuracy in %")
     for threat_model in threat_models:
-        name = f"{NORM_SYMBOLS[threat_model['norm']]} {threat_model['epsilon']}".strip()
-        lines.append(f"\n{name:<17} {'reference':>9} {'ours':>7} {'difference':>10} {'allowed':>8}")
+        lines.append(f"\n{threat_model_name(threat_model):<17} {'reference':>9} {'ours':>7} {'difference':>10} {'allowed':>8}")
         for row in threat_model["rows"]:
             lines.append(f"  {row['label']:<15} {row['reference']:>9.2f} {row['ours']:>7.2f} "
                          f"{row['difference']:>+10.2f} {'±' + format(row['allowed'], '.2f'):>8}"
@@ -38,7 +42,7 @@ def format_markdown(title, label, threat_models, rule):
         lines += [f"**{label}**", ""]
     lines += [f"Reference: [{SOURCE['repository']} {SOURCE['file']}]({SOURCE['url']}). Robust accuracy in %.", ""]
     for threat_model in threat_models:
-        lines += [f"## {NORM_SYMBOLS[threat_model['norm']]} {threat_model['epsilon']}".replace("##  ", "## "), "",
+        lines += [f"## {threat_model_name(threat_model)}", "",
                   "| | reference | ours | difference | allowed | outside |", "| :-- | --: | --: | --: | --: | :-: |"]
         lines += [f"| {row['label']} | {row['reference']:.2f} | {row['ours']:.2f} | {row['difference']:+.2f} | "
                   f"{row['allowed']:.2f} | {'yes' if row['outside'] else ''} |" for row in threat_model["rows"]]
@@ -51,7 +55,7 @@ def plot(title, label, threat_models, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    bars = [(f"{NORM_SYMBOLS[t['norm']]} {t['epsilon']}\n{row['label']}".strip(), row)
+    bars = [(f"{threat_model_name(t)}\n{row['label']}", row)
             for t in threat_models for row in t["rows"]]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.75 * len(bars)), 4.5))
     positions = range(len(bars))
@@ -67,10 +71,10 @@ def plot(title, label, threat_models, path):
     axes.set_title(title + ("\n" + label.split(" (")[0] if label else ""), fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path + ".tmp.png"
-    figure.savefig(tmp, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
-    os.replace(tmp, path)
+    write_atomically(path, image.getvalue())
 
 
 def write_report(folder, table, table_name, label, n, threat_models, training, json_paths):
@@ -88,7 +92,7 @@ def write_report(folder, table, table_name, label, n, threat_models, training, j
         write_atomically(paths["md"], format_markdown(table.title, label, threat_models, rule))
         plot(table.title, label, threat_models, paths["png"])
     except OSError as e:
-        fail(f"cannot write the report in {folder} ({e.strerror or type(e).__name__})")
+        fail(describe_os_error(e))
     return paths
 
 

@@ -111,6 +111,7 @@ def test_speed_targets_are_read_off_the_figures_and_say_what_was_not_measured():
                                          ("bf16+channels_last+cudnn.benchmark, graph", 9.0, None),
                                          ("bf16+channels_last+cudnn.benchmark, eager", 2.0, None),
                                          ("bf16+channels_last+cudnn.benchmark, graph", 1.0, "refused"))]
+    rows.append({**rows[0], "ms_per_iteration": 0.5, "compile_failure": "inductor refused"})  # timed uncompiled
     epochs = [{"seconds": 20.0}, {"seconds": 10.0}]
     parts = {"timings": {"rows": rows},
              "training": {"runs": {"graph": {"epochs": epochs, "estimated_seconds_per_epoch": 12.0},

@@ -13,7 +13,7 @@ def test_a_benchmark_stopped_by_ctrl_c_keeps_its_figures_and_ends_in_one_line(tm
         if timed:
             raise KeyboardInterrupt  # as Ctrl-C arrives in the middle of the second figure
         timed.append(config)
-        return 0.5, None
+        return 0.5, None, None  # seconds, no recording failure, no compile failure
     monkeypatch.setattr(bench, "time_training", time_then_stop)
     out = tmp_path / "bench.json"
     with pytest.raises(SystemExit) as stopped:

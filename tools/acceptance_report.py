@@ -29,7 +29,8 @@ def markdown(report):
                   "", "| configuration | PGD steps | variant | ms / iteration | projected s / epoch |",
                   "| :-- | --: | :-- | --: | --: |"]
         lines += [f"| {r['config']} | {r['pgd_steps']} | {r['variant']}"
-                  f"{' (recording failed: eager timed)' if r['capture_failure'] else ''} | "
+                  f"{' (recording failed: eager timed)' if r['capture_failure'] else ''}"
+                  f"{' (compiling failed: uncompiled graph timed)' if r.get('compile_failure') else ''} | "
                   f"{r['ms_per_iteration']:.2f} | {r['seconds_per_epoch']:.1f} |"
                   for r in parts["timings"].get("rows", [])]
         lines.append("")

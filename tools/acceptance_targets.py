@@ -29,7 +29,7 @@ def speed_targets(parts):
     targets = []
     for config, limit in ITERATION_TARGETS_MS.items():
         graphed = [r["ms_per_iteration"] for r in rows if r["config"] == config and "graph" in r["variant"]
-                   and "bf16" in r["variant"] and not r["capture_failure"]]
+                   and "bf16" in r["variant"] and not r["capture_failure"] and not r.get("compile_failure")]
         targets.append((f"{config}, bf16 graph: ms per iteration", limit, min(graphed) if graphed else None))
     mnist_epochs = runs.get("mnist-reference", {}).get("epochs", [])
     targets.append(("reference MNIST command: seconds per epoch, validation included (last epoch)",
