@@ -150,9 +150,9 @@ def run_folder_of(argv):
 def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, betas=(0.9, 0.999), fused=False):
     """An optimizer of optimization.OPTIMIZERS given the settings of both kinds, as ALP.py's command line
     holds them; each optimizer takes only its own."""
-    from optimization import OPTIMIZERS
-    own = {"sgd": {"momentum": momentum}, "adam": {"betas": betas}}[name]
-    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, fused=fused, **own)
+    from optimization import OPTIMIZERS, own_options
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, fused=fused,
+                            **own_options(name, momentum, *betas))
 
 
 def write_checkpoint(path, model, extra=None):

@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 sys.path.insert(0, str(ROOT / "tools"))
 import acceptance  # noqa: E402  (a tool, not a module of the project: it lives in tools/)
 from acceptance_parts import Parts, outcome  # noqa: E402

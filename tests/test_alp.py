@@ -1,4 +1,5 @@
-"""ALP training: the loss, the training step, and ALP.py end to end (run folder, resume, bad input)."""
+"""ALP training on the CPU: the loss, the training step, and ALP.py end to end (run folder, resume, bad
+input)."""
 import csv
 import json
 import os

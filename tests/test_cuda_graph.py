@@ -16,7 +16,7 @@ from attacks import ATTACKS
 from cuda_graph import GraphedStep, HostReads
 from data import DeviceLoader
 from models import MODELS
-from conftest import run_epoch
+from conftest import make_optimizer, run_epoch
 from training import mixed_precision, train_step
 from training.clock import BatchClock
 from training.hyp import HYP
@@ -338,8 +338,7 @@ def test_the_training_step_reads_nothing_on_the_host(optimizer):
     torch.manual_seed(0)
     model_name, shape = ("resnet20", (3, 16, 16)) if optimizer == "sgd" else ("mnist", (1, 28, 28))
     model = MODELS[model_name](num_classes=10, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
-    options = {"sgd": {"momentum": 0.9}, "adam": {"betas": (0.9, 0.999)}}[optimizer]
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR, weight_decay=2e-4, fused=True, **options)
+    opt = make_optimizer(optimizer, model.parameters(), lr=LR, weight_decay=2e-4, fused=True)
     step = GraphedStep(model, model, ATTACKS["pgd-linf"](0.1, steps=1, stepsize=0.1), opt, 0.5, nullcontext, 4,
                        capture=False)
     x, y = torch.rand(4, *shape), torch.randint(0, 10, (4,))

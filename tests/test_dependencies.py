@@ -3,9 +3,8 @@ evaluation's AutoAttack columns use."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 # pyautoattack made unimportable (None in sys.modules), then the training script's --help, which imports
 # everything a training run does, and the attack registry, which still names AutoAttack.

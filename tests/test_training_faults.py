@@ -18,6 +18,7 @@ import training.lock
 from training.flags import parse_args
 from training.records import curves_figure
 from checkpoints import CheckpointError, load_checkpoint
+from optimization import own_options
 from conftest import QUICK, ROOT, run_folder_of
 from utils import write_atomically
 
@@ -351,6 +352,10 @@ def test_the_optimiser_options_that_work_are_accepted_and_reach_the_optimiser():
     assert parse_args([*QUICK, "-mom=0", "-beta1=0.5"]).beta1 == 0.5
     args = parse_args([*QUICK, "--optimizer=sgd", "-mom=0.8"])
     assert (args.momentum, args.beta1, args.beta2) == (0.8, 0.9, 0.999)  # betas recorded at their defaults
+    # what ALP.py hands the optimiser: its own options alone
+    assert own_options(args.optimizer, args.momentum, args.beta1, args.beta2) == {"momentum": 0.8}
+    adam = parse_args([*QUICK, "-mom=0", "-beta1=0.5"])
+    assert own_options(adam.optimizer, adam.momentum, adam.beta1, adam.beta2) == {"betas": (0.5, 0.999)}
 
 
 def test_epsilon_takes_a_fraction_and_warns_in_0_255_units_or_for_huge_step_counts(capsys):

@@ -43,6 +43,7 @@ def test_the_cpu_keeps_small_batches_and_probes_nothing():
     memory = FakeMemory(free=80 * GIB, per_image=MIB)
     assert default_batch_size(CPU, small_model(), cifar_like(1000), memory=memory) == CPU_BATCH_SIZE
     assert memory.probed == []
+    assert CPU_BATCH_SIZE <= 16  # a progress bar moves every few seconds, even under C&W
 
 
 def test_a_cuda_unit_holds_what_the_free_memory_allows_at_the_measured_peak_per_image():
