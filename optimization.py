@@ -30,6 +30,11 @@ OPTIMIZERS = {"sgd": sgd, "adam": adam}
 OWN_OPTIONS = {"sgd": ("momentum",), "adam": ("beta1", "beta2")}
 
 
+def unread_options(name):
+    """The options in OWN_OPTIONS that the optimiser `name` does not read (those of the others)."""
+    return {option for other, options in OWN_OPTIONS.items() if other != name for option in options}
+
+
 def own_options(name, momentum, beta1, beta2):
     """The keyword arguments of OPTIMIZERS[name] beyond lr and weight_decay."""
     return {"sgd": {"momentum": momentum}, "adam": {"betas": (beta1, beta2)}}[name]

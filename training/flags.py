@@ -9,7 +9,7 @@ import torch
 
 from data import DATASETS
 from models import MODELS
-from optimization import LEARNING_POLICIES, OPTIMIZERS, OWN_OPTIONS
+from optimization import LEARNING_POLICIES, OPTIMIZERS, OWN_OPTIONS, unread_options
 from utils import CLIParser, default_device, fail, number, progress_wanted
 
 from .hyp import TRAINING_ATTACKS, TRAINING_DEFAULTS
@@ -198,8 +198,7 @@ def refuse_a_run_of_the_former_defaults(arguments, filled, path):
         return
     former = typed_defaults(build_parser(), FORMER_DEFAULTS)
     optimizer = former["optimizer"] if "optimizer" in filled else arguments["optimizer"]
-    unread = {option for name, options in OWN_OPTIONS.items() if name != optimizer for option in options}
-    changed = [dest for dest in filled if former[dest] != arguments[dest] and dest not in unread]
+    changed = [dest for dest in filled if former[dest] != arguments[dest] and dest not in unread_options(optimizer)]
     former_path = os.path.join(arguments["out"], run_name({**arguments, **{dest: former[dest] for dest in changed}}))
     if not changed or not os.path.isfile(os.path.join(former_path, "last.pt")):
         return

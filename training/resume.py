@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from optimization import LEARNING_POLICIES, OWN_OPTIONS
+from optimization import LEARNING_POLICIES, unread_options
 from utils import fail
 
 # Arguments that may change between a run and its --resume: where things are and how fast they run. Every
@@ -27,9 +27,8 @@ def refuse_changed_arguments(recorded, args, record_path):
     """Ends the script if `args` (this command's) differ from `recorded` (the run's first) in an argument
     that changes the result. An optimiser option the run's optimiser does not read (SGD's momentum under
     Adam, recorded by older runs) is no such argument."""
-    unread = {option for name, options in OWN_OPTIONS.items() if name != args.get("optimizer") for option in options}
-    changed = sorted(k for k in recorded if k in args and k not in MAY_CHANGE_ON_RESUME | unread
-                     and recorded[k] != args[k])
+    may_differ = MAY_CHANGE_ON_RESUME | unread_options(args.get("optimizer"))
+    changed = sorted(k for k in recorded if k in args and k not in may_differ and recorded[k] != args[k])
     if changed:
         fail(f"--resume: {', '.join(f'--{k} {args[k]} (the run has {recorded[k]})' for k in changed)}; "
              f"resume with the run's own arguments (see {record_path})")
