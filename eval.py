@@ -17,6 +17,7 @@ from interrupts import stop_in_one_line
 if __name__ == "__main__":
     stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
 
+import torch
 import torch.distributed as dist
 
 from data import DATASETS
@@ -79,8 +80,13 @@ def evaluate_checkpoint(args):
 
     images, labels, data_root, warnings = load_test_images(meta, args.data_root, args.n)
     attacked = source if source is not None else model  # a transfer attacks the source
-    batch_size = shared((args.batch_size or recorded_batch_size(json_path, device)
-                         or default_batch_size(device, attacked, images, world_size)) if lead else None, world_size)
+    try:
+        batch_size = shared((args.batch_size or recorded_batch_size(json_path, device)
+                             or default_batch_size(device, attacked, images, world_size)) if lead else None,
+                            world_size)
+    except torch.OutOfMemoryError:
+        fail(f"{device} ran out of memory measuring the model's memory per image (other jobs on it?): free it, "
+             f"or give the images per attack call with -b")
     identity = evaluation_identity(model, meta["model"], dataset, device, images=images, labels=labels,
                                    batch_size=batch_size, source=source, source_name=(source_info or {}).get("model"))
     finished = checked_report(json_path, requested, identity, args.force)

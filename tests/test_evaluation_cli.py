@@ -125,6 +125,18 @@ def test_bad_combinations_exit_2_in_one_line(argv, says, capsys, checkpoint, dat
     assert_one_line_error(code, err, says)
 
 
+def test_a_device_out_of_memory_while_the_width_is_measured_ends_in_one_line(capsys, checkpoint, data_root,
+                                                                            monkeypatch):  # noqa: F811
+    """CPU, with the probe of a full GPU faked: the line names -b, which skips the probe."""
+    def full(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(eval_script, "default_batch_size", full)
+    code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, "--attacks", "fgsm")
+    assert_one_line_error(code, err, "ran out of memory measuring the model's memory per image")
+    assert "-b" in err
+
+
 # --- ε sweeps -----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
