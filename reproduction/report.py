@@ -28,7 +28,8 @@ def format_text(title, label, threat_models):
     lines.append(f"{title}: the reference's figures ({SOURCE['repository']} {SOURCE['file']}, "
                  f"{SOURCE['commit'][:7]}) and ours, robust accuracy in %")
     for threat_model in threat_models:
-        lines.append(f"\n{threat_model_name(threat_model):<17} {'reference':>9} {'ours':>7} {'difference':>10} {'allowed':>8}")
+        lines.append(f"\n{threat_model_name(threat_model):<17} {'reference':>9} {'ours':>7} {'difference':>10} "
+                     f"{'allowed':>8}")
         for row in threat_model["rows"]:
             lines.append(f"  {row['label']:<15} {row['reference']:>9.2f} {row['ours']:>7.2f} "
                          f"{row['difference']:>+10.2f} {'±' + format(row['allowed'], '.2f'):>8}"
