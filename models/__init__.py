@@ -1,13 +1,15 @@
 """Model registry: CLI name -> constructor(num_classes, mean, std).
 
-Every network is the ALP reference's network, parameter for parameter: its state_dict, less the two
+Every network but `lenet` is the ALP reference's network, parameter for parameter: its state_dict, less the two
 `normalize` buffers, has the reference's key names and shapes, so a reference `paras.pt` loads into it.
+`lenet` is the MNIST network of Mosbach et al. 2018, whose logit-pairing table reproduce.py reproduces.
 Every model takes images in [0, 1] and normalises them itself (first layer), so attacks, epsilons and users
 never see normalised pixels; the reference normalises outside its networks, with the same constants (see
 data.DATASETS). A model knows nothing of data sets or attacks: the caller passes the channel mean/std.
 """
 from functools import partial
 
+from .lenet import LeNet
 from .mnist import MnistNet
 from .resnet import CifarResNet, ResNet
 
@@ -22,4 +24,6 @@ MODELS = {
     "resnet18": partial(ResNet, blocks_per_stage=(2, 2, 2, 2)),
     "resnet34": partial(ResNet, blocks_per_stage=(3, 4, 6, 3)),
     "mnist": MnistNet,
+    # Mosbach et al. 2018's LeNet (their CLP, LSQ and ALP models on MNIST); for 28x28 images.
+    "lenet": LeNet,
 }

@@ -7,6 +7,7 @@ from torch import nn
 import torchvision
 
 from models import MODELS
+from models.lenet import LeNet
 from models.mnist import MnistNet
 from models.resnet import CifarResNet, ResNet
 from reference_layout import (CIFAR_RESNET_BLOCKS as CIFAR_RESNETS, TORCHVISION_RESNET_BLOCKS as IMAGENET_RESNETS,
@@ -19,8 +20,12 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+# The ALP reference's networks; lenet is Mosbach et al.'s, tested below against their code.
+ALP_REFERENCE_MODELS = [name for name in MODELS if name != "lenet"]
+
+
 def build(name, num_classes=10):
-    channels = 1 if name == "mnist" else 3
+    channels = 1 if name in ("mnist", "lenet") else 3
     return MODELS[name](num_classes=num_classes, mean=(0.5,) * channels, std=(0.25,) * channels).to(DEVICE)
 
 
@@ -30,12 +35,12 @@ def network_layout(model):
 
 
 def test_registry_holds_exactly_the_documented_models():
-    assert set(MODELS) == set(CIFAR_RESNETS) | set(IMAGENET_RESNETS) | {"mnist"}
+    assert set(MODELS) == set(CIFAR_RESNETS) | set(IMAGENET_RESNETS) | {"mnist", "lenet"}
 
 
 # --- the reference's key names, shapes and parameter counts ----------------------------------------------
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", ALP_REFERENCE_MODELS)
 @pytest.mark.parametrize("num_classes", [10, 100])
 def test_state_dict_has_the_reference_keys_and_shapes_plus_only_our_normalisation(name, num_classes):
     model = build(name, num_classes)
@@ -189,6 +194,58 @@ def test_mnist_net_dropout_is_active_only_in_training_mode():
     model.train()
     with torch.no_grad():
         assert not torch.equal(model(x), model(x))
+
+
+# --- Mosbach et al.'s LeNet (uds-lsv/evaluating-logit-pairing-methods, mnist_cifar10/models.py) -------------
+
+def test_lenet_parameter_count_is_mosbachs():
+    # Their LeNet counts its own parameters layer by layer (self.parameters), with 32 filters and 28x28x1 input:
+    conv1 = 3 * 3 * 1 * 32 + 32        # W_conv1 [3, 3, 1, 32] and its biases:          320
+    conv2 = 3 * 3 * 32 * 64 + 64       # W_conv2 [3, 3, 32, 64]:                      18,496
+    fc1 = (7 * 7 * 64) * 1024 + 1024   # W_fc1 [7 * 7 * 64, 1024] after two SAME-conv + pool halvings: 3,212,288
+    fc2 = 1024 * 10 + 10               # W_fc2 [1024, 10]:                            10,250
+    assert conv1 + conv2 + fc1 + fc2 == 3_241_354
+    assert n_params(build("lenet")) == 3_241_354
+
+
+def test_lenet_is_conv3x3_32_same_pool_conv3x3_64_same_pool_fc1024_fc10():
+    model = build("lenet")
+    assert isinstance(model, LeNet)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 32, (3, 3), (1, 1), (1, 1)), (32, 64, (3, 3), (1, 1), (1, 1))]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(7 * 7 * 64, 1024), (1024, 10)]
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout)) for m in model.modules())  # their bn=False
+    features = []
+    model.fc1.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0].shape))
+    assert model(torch.rand(3, 1, 28, 28, device=DEVICE)).shape == (3, 10)
+    assert features == [(3, 7 * 7 * 64)]  # SAME convolutions keep 28 and 14; the 2x2 pools halve them
+
+
+def test_lenet_relu_follows_every_layer_but_the_last():
+    torch.manual_seed(0)
+    model = build("lenet").eval()
+    x = torch.rand(2, 1, 28, 28, device=DEVICE)
+    with torch.no_grad():
+        out = nn.functional.max_pool2d(nn.functional.relu(model.conv1(model.normalize(x))), 2)
+        out = nn.functional.max_pool2d(nn.functional.relu(model.conv2(out)), 2)
+        hidden = nn.functional.relu(model.fc1(out.flatten(1)))
+        assert torch.equal(model(x), model.fc2(hidden))
+        assert (model(x) < 0).any()  # no ReLU on the logits
+
+
+@pytest.mark.parametrize("layer, fan_in", [("conv2", 3 * 3 * 32), ("fc1", 7 * 7 * 64), ("fc2", 1024)])
+def test_lenet_init_is_tensorflow_18s_he_normal_truncated_at_two_std_and_zero_biases(layer, fan_in):
+    """TF 1.8's variance_scaling_initializer(scale=2.0, mode='fan_in', distribution='normal') draws a normal of
+    std sqrt(2 / fan_in) and redraws beyond two of them: the draws' std is 0.8796 times that."""
+    torch.manual_seed(0)
+    module = getattr(build("lenet"), layer)
+    std = (2 / fan_in) ** 0.5
+    assert module.weight.abs().max().item() <= 2 * std
+    assert module.weight.abs().max().item() > 1.9 * std
+    assert module.weight.std().item() == pytest.approx(0.8796 * std, rel=0.05)
+    assert torch.count_nonzero(module.bias) == 0
 
 
 # --- normalisation inside the model ----------------------------------------------------------------------
