@@ -1,4 +1,4 @@
-"""The ALP training iteration replayed as one CUDA graph (ALP.py on CUDA, bench.py).
+"""A training iteration replayed as one CUDA graph (ALP.py, CLP.py and LSQ.py on CUDA; bench.py).
 
 An eager ALP iteration launches about one kernel per op, each launch waiting on Python: counted at the
 dispatcher, resnet32's forward pass is about 145 ops and its input-gradient pass about 120 (float32; bf16
@@ -7,7 +7,7 @@ some 3,000 to 3,500 kernels per PGD-10 iteration; on a fast GPU the GPU mostly w
 CUDA graph, the whole iteration (the PGD pair, both forward passes, the loss, the backward pass and the
 optimiser step) is one launch. A network passed in compiled (torch.compile, whose inductor fuses the
 element-wise work between convolutions into fewer kernels) is compiled during the warm-ups and recorded
-compiled. `GraphedStep` is called like `training.train_step` and gives the same figures.
+compiled. `GraphedStep` records any script's iteration (training/loop.py) and gives the same figures.
 """
 import sys
 import warnings
@@ -20,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from interrupts import Interrupted
-from training import train_step
 from utils import fail, short_reason
 
 
@@ -35,13 +34,14 @@ def cuda_graph_refusal(device, world_size, compiled=False):
 
 
 class GraphedStep:
-    """`train_step` for batches of `batch_size` images, recorded once as a CUDA graph and replayed: one
-    launch per iteration instead of one per kernel. Called as step(x, y) -> (loss, adversarial logits), like
-    the eager step.
+    """`iteration(train_model, attack_model, x, y) -> (loss, logits)` (a training script's, training/loop.py)
+    for batches of `batch_size` images, recorded once as a CUDA graph and replayed: one launch per iteration
+    instead of one per kernel. Called as step(x, y) -> (loss, logits), like the eager step. `optimizer` and
+    `autocast` are those the iteration steps and computes with.
 
     A graph replays fixed kernels on fixed memory, hence:
     - each batch is copied into static input buffers; a batch of another size (the epoch's last) runs the
-      eager `train_step`, so every image still counts;
+      eager iteration, so every image still counts;
     - the optimizer must be fused (optimization.OPTIMIZERS[name](..., fused=True)): its one kernel reads the learning
       rate from a device tensor that the graph holds. The param groups keep plain floats, which the
       scheduler sets and checkpoints save; a changed float is copied into the tensor before the next replay;
@@ -70,7 +70,7 @@ class GraphedStep:
     to `log`, and the warm-up runs again uncompiled.
 
     capture=False (the default off CUDA) runs the same plumbing without a graph: every full batch is
-    `train_step` on the static buffers with the tensor learning rate. The CPU tests compare that with the
+    the iteration on the static buffers with the tensor learning rate. The CPU tests compare that with the
     plain eager step; the graph itself is tested in tests/test_cuda.py. `recorder` replaces the CUDA graph
     recorder (a CUDAGraphRecorder's generator and two methods) where capture is on: the CPU tests make
     recording fail, with the generator left as a refused CUDA capture leaves it."""
@@ -78,8 +78,8 @@ class GraphedStep:
     WARMUP = 3
     UNTIMED = WARMUP + 1  # full batches before the step runs as it will: the warm-ups and the capture
 
-    def __init__(self, train_model, attack_model, attack, optimizer, leverage, autocast, batch_size, capture=None,
-                 log=None, recorder=None):
+    def __init__(self, iteration, train_model, attack_model, optimizer, autocast, batch_size, capture=None, log=None,
+                 recorder=None):
         if isinstance(train_model, DistributedDataParallel):
             raise ValueError("GraphedStep does not run under DistributedDataParallel (unproven here)")
         if not all(group.get("fused") for group in optimizer.param_groups):
@@ -88,10 +88,10 @@ class GraphedStep:
             raise ValueError("BatchNorm with momentum=None reads its batch count on the host: not capturable")
         self.device = next(attack_model.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
-        self.attack, self.optimizer = attack, optimizer
+        self.iteration, self.optimizer = iteration, optimizer
         self.cast_dtype = _autocast_dtype(autocast, self.device.type)
         self._use_networks(train_model, attack_model)
-        self.leverage, self.autocast, self.batch_size = leverage, autocast, batch_size
+        self.batch_size = batch_size
         self.static_x = self.static_y = None  # allocated like the first full batch: same strides and dtype
         # float32: the fused CUDA kernels read the learning rate through a float pointer
         self.learning_rates = [float(group["lr"]) for group in optimizer.param_groups]  # the floats copied in
@@ -128,8 +128,7 @@ class GraphedStep:
         if self.attack_network is not self.models[1]:
             self.attack_network.refresh()
         with _stepping_uncaptured_by_design():
-            return train_step(self.models[0], self.attack_network, self.attack, self.optimizer, x, y, self.leverage,
-                              self.autocast)
+            return self.iteration(self.models[0], self.attack_network, x, y)
 
     def _eager(self, x, y):
         return self._train_step(x, y)

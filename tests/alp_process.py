@@ -10,9 +10,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import ALP  # noqa: E402
+import training.loop  # noqa: E402
 from conftest import cheap_validation_attack  # noqa: E402
 
-ALP.validation_attack = cheap_validation_attack
+training.loop.validation_attack = cheap_validation_attack
 weights_dir, argv = (sys.argv[2], sys.argv[3:]) if sys.argv[1:2] == ["--weights"] else (None, sys.argv[1:])
 sys.argv[0] = "ALP.py"  # its one-line errors name the script
 model = ALP.main(argv)

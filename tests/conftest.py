@@ -102,8 +102,8 @@ def cheap_validation_attack(family):
 
 @pytest.fixture
 def cheap_validation(monkeypatch):
-    import ALP
-    monkeypatch.setattr(ALP, "validation_attack", cheap_validation_attack)
+    import training.loop
+    monkeypatch.setattr(training.loop, "validation_attack", cheap_validation_attack)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +136,13 @@ def run_epoch(step, loader, epoch):
     for x, y in loader.epoch(epoch):
         tally.add(*step(x, y), y)
     return tally
+
+
+def alp_iteration(attack, optimizer, leverage, autocast):
+    """ALP.py's iteration (training/loop.py) at the default loss weights: what cuda_graph.GraphedStep records."""
+    from training import train_step
+    return lambda train_model, attack_model, x, y: train_step(train_model, attack_model, attack, optimizer, x, y,
+                                                              leverage, autocast)
 
 
 def run_folder_of(argv):

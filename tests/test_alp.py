@@ -159,9 +159,10 @@ import os, signal, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 import ALP
+import training.loop
 import training.run_folder
 from conftest import cheap_validation_attack
-ALP.validation_attack = cheap_validation_attack
+training.loop.validation_attack = cheap_validation_attack
 save = training.run_folder.save_checkpoint
 def save_then_die(state, path):
     save(state, path)

@@ -9,12 +9,13 @@ import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
 import ALP
+import training.loop
 from attacks.pgd import PGD
 from checkpoints import load_checkpoint
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import CUDAGraphRecorder, GraphedStep
-from conftest import QUICK, run_epoch
+from conftest import QUICK, alp_iteration, run_epoch
 from training import EpochTally, mixed_precision, train_step
 from optimization import OPTIMIZERS
 
@@ -62,7 +63,7 @@ def train_two_epochs(graphed, random_start, compiled=False):
     model, optimizer, scheduler, attack, loader = cifar_setup(random_start)
     if graphed:
         net = torch.compile(model) if compiled else model
-        step = GraphedStep(net, net, attack, optimizer, 0.5, nullcontext, BATCH)
+        step = GraphedStep(alp_iteration(attack, optimizer, 0.5, nullcontext), net, net, optimizer, nullcontext, BATCH)
     else:
         def step(x, y):
             return train_step(model, model, attack, optimizer, x, y, 0.5)
@@ -109,7 +110,8 @@ def train_side_by_side(attack_wrapper, lines):
     """(the GraphedStep, its model, the eager model) after two epochs each, both attacks wrapped by
     `attack_wrapper`."""
     model, optimizer, scheduler, attack, loader = cifar_setup(random_start=True)
-    step = GraphedStep(model, model, attack_wrapper(attack), optimizer, 0.5, nullcontext, BATCH, log=lines.append)
+    step = GraphedStep(alp_iteration(attack_wrapper(attack), optimizer, 0.5, nullcontext), model, model, optimizer,
+                       nullcontext, BATCH, log=lines.append)
     eager_model, eager_optimizer, eager_scheduler, eager_attack, eager_loader = cifar_setup(random_start=True)
     eager_attack = attack_wrapper(eager_attack)
     for run_step, run_loader, run_scheduler in (
@@ -170,7 +172,7 @@ def test_a_capture_that_cuda_refuses_gives_the_random_generator_back_and_trains_
 
 def test_replayed_outputs_are_copies_the_next_replay_leaves_alone():
     model, optimizer, _, attack, loader = cifar_setup(random_start=True)
-    step = GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH)
+    step = GraphedStep(alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH)
     x, y = next(loader.epoch())
     results = [step(x, y) for _ in range(GraphedStep.WARMUP + 3)]
     assert step.graph is not None
@@ -181,7 +183,8 @@ def test_replayed_outputs_are_copies_the_next_replay_leaves_alone():
 
 def test_bf16_training_through_the_graph_learns_a_fixed_batch():
     model, optimizer, _, attack, loader = cifar_setup(random_start=True, channels_last=True)
-    step = GraphedStep(model, model, attack, optimizer, 0.5, mixed_precision("cuda", True), BATCH)
+    step = GraphedStep(alp_iteration(attack, optimizer, 0.5, mixed_precision("cuda", True)), model, model, optimizer,
+                       mixed_precision("cuda", True), BATCH)
     x, y = next(loader.epoch())
     for group in optimizer.param_groups:
         group["lr"] = 0.05
@@ -210,7 +213,7 @@ def test_resumed_cuda_run_ends_close_to_an_uninterrupted_one(flags, synthetic_mn
             super().__init__(device)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ALP, "EpochTally", DiesInEpoch2)
+        patch.setattr(training.loop, "EpochTally", DiesInEpoch2)
         with pytest.raises(Killed):
             ALP.main(args + ["--out", str(tmp_path / "b")])
     ALP.main(args + ["--out", str(tmp_path / "b"), "--resume"])

@@ -12,11 +12,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ALP
 import training.clock
+import training.loop
 from attacks import ATTACKS
 from cuda_graph import GraphedStep, HostReads
 from data import DeviceLoader
 from models import MODELS
-from conftest import make_optimizer, run_epoch
+from conftest import alp_iteration, make_optimizer, run_epoch
 from training import mixed_precision, train_step
 from training.clock import BatchClock
 from training.hyp import HYP
@@ -206,7 +207,8 @@ def train_two_epochs(make_step):
 def test_a_failed_recording_logs_its_cause_once_and_trains_like_the_eager_step(generator):
     recorder, lines = RefusedCapture(generator), []
     model, totals = train_two_epochs(lambda model, optimizer, attack: GraphedStep(
-        model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=True, log=lines.append, recorder=recorder))
+        alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH,
+        capture=True, log=lines.append, recorder=recorder))
     eager_model, eager_totals = train_two_epochs(lambda model, optimizer, attack: (
         lambda x, y: train_step(model, model, attack, optimizer, x, y, 0.5)))
     assert recorder.recordings == 1  # not retried at every batch
@@ -221,7 +223,8 @@ def test_a_failed_recording_logs_its_cause_once_and_trains_like_the_eager_step(g
 def test_a_failed_recording_gives_the_generator_back_and_the_eager_steps_figures(generator):
     recorder, lines = RefusedCapture(generator), []
     model, step, losses = train_tiny(lambda model, optimizer, attack: GraphedStep(
-        model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=True, log=lines.append,
+        alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH,
+        capture=True, log=lines.append,
         recorder=recorder), GraphedStep.UNTIMED + 2)
     eager_model, _, eager_losses = train_tiny(eager_step, GraphedStep.UNTIMED + 2)
     assert recorder.recordings == 1 and len(lines) == 1 and generator.poison is None
@@ -234,7 +237,8 @@ def test_a_generator_left_unusable_stops_the_run_in_one_line_that_names_no_cuda_
     try:
         with pytest.raises(SystemExit) as stop:
             train_tiny(lambda model, optimizer, attack: GraphedStep(
-                model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=True, log=print,
+                alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH,
+                capture=True, log=print,
                 recorder=RefusedCapture(generator)), GraphedStep.UNTIMED)
     finally:
         generator.mark(False)
@@ -253,7 +257,8 @@ def test_a_step_that_reads_device_values_on_the_host_is_found_before_any_capture
 
     recorder, lines = RefusedCapture(generator), []
     model, step, losses = train_tiny(lambda model, optimizer, attack: GraphedStep(
-        model, model, reading(attack), optimizer, 0.5, nullcontext, BATCH, capture=True, log=lines.append,
+        alp_iteration(reading(attack), optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH,
+        capture=True, log=lines.append,
         recorder=recorder), GraphedStep.UNTIMED + 2)
     eager_model, _, eager_losses = train_tiny(partial(eager_step, attack_wrapper=reading), GraphedStep.UNTIMED + 2)
     assert recorder.recordings == 0  # never tried
@@ -298,7 +303,8 @@ def test_under_autocast_the_attack_casts_the_weights_once_per_iteration_with_the
         return make_step
 
     model, _, losses = train_tiny(counted("graphed", lambda model, optimizer, attack: GraphedStep(
-        model, model, attack, optimizer, 0.5, autocast, BATCH, capture=False)), batches)
+        alp_iteration(attack, optimizer, 0.5, autocast), model, model, optimizer, autocast, BATCH,
+        capture=False)), batches)
     eager_model, _, eager_losses = train_tiny(counted("eager", lambda model, optimizer, attack: (
         lambda x, y: train_step(model, model, attack, optimizer, x, y, 0.5, autocast))), batches)
     cast = 4  # the convolution's and the linear layer's weight and bias
@@ -339,7 +345,8 @@ def test_the_training_step_reads_nothing_on_the_host(optimizer):
     model_name, shape = ("resnet20", (3, 16, 16)) if optimizer == "sgd" else ("mnist", (1, 28, 28))
     model = MODELS[model_name](num_classes=10, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
     opt = make_optimizer(optimizer, model.parameters(), lr=LR, weight_decay=2e-4, fused=True)
-    step = GraphedStep(model, model, ATTACKS["pgd-linf"](0.1, steps=1, stepsize=0.1), opt, 0.5, nullcontext, 4,
+    step = GraphedStep(alp_iteration(ATTACKS["pgd-linf"](0.1, steps=1, stepsize=0.1), opt, 0.5, nullcontext), model,
+                       model, opt, nullcontext, 4,
                        capture=False)
     x, y = torch.rand(4, *shape), torch.randint(0, 10, (4,))
     for _ in range(2):  # the second step: the optimizer's state exists
@@ -359,7 +366,8 @@ def test_the_time_estimate_times_the_replays_not_the_warm_ups_and_the_capture(ge
     monkeypatch.setattr(training.clock.time, "perf_counter", lambda: clock.now)
     recorder = ReplayingRecorder(generator, clock)
     model, optimizer, attack, x, y = tiny_setup()
-    step = GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=True, recorder=recorder)
+    step = GraphedStep(alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext,
+                       BATCH, capture=True, recorder=recorder)
     estimates = {untimed: BatchClock(DEVICE, untimed=untimed) for untimed in (GraphedStep.UNTIMED, 1)}
     figures = {}
     for batch in range(GraphedStep.UNTIMED + HYP["timed_batches"]):
@@ -381,7 +389,8 @@ def test_a_compiled_network_through_the_graphed_step_trains_like_the_eager_one(g
     compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     recorder = ReplayingRecorder(generator)
     model, step, losses = train_tiny(lambda model, optimizer, attack: GraphedStep(
-        torch.compile(model), torch.compile(model), attack, optimizer, 0.5, nullcontext, BATCH, capture=True,
+        alp_iteration(attack, optimizer, 0.5, nullcontext), torch.compile(model), torch.compile(model), optimizer,
+        nullcontext, BATCH, capture=True,
         recorder=recorder), GraphedStep.UNTIMED + 2)
     eager_model, _, eager_losses = train_tiny(eager_step, GraphedStep.UNTIMED + 2)
     assert recorder.recordings == 1 and step.capture_failure is None
@@ -401,7 +410,8 @@ def test_a_compiled_network_that_fails_in_a_warm_up_runs_uncompiled_after_one_li
 
     lines = []
     model, step, losses = train_tiny(lambda model, optimizer, attack: GraphedStep(
-        FailsToCompile(model), FailsToCompile(model), attack, optimizer, 0.5, nullcontext, BATCH, capture=True,
+        alp_iteration(attack, optimizer, 0.5, nullcontext), FailsToCompile(model), FailsToCompile(model), optimizer,
+        nullcontext, BATCH, capture=True,
         log=lines.append, recorder=ReplayingRecorder(generator)), GraphedStep.UNTIMED + 2)
     eager_model, _, eager_losses = train_tiny(eager_step, GraphedStep.UNTIMED + 2)
     assert lines == ["CUDA graph: the compiled network failed in a warm-up (RuntimeError: InductorError: no "
@@ -417,13 +427,13 @@ def test_alp_run_whose_recording_fails_ends_with_the_eager_runs_figures(syntheti
     args = ["mnist", "mnist", "--device=cpu", "-b=5", "--steps=1", "--epochs=1", "--subset=40", "-lr=0.0625",
             "--data-root", str(synthetic_mnist_root)]
     ALP.main(args + ["--out", str(tmp_path / "eager")])
-    monkeypatch.setattr(ALP, "cuda_graph_refusal", lambda *_: None)
+    monkeypatch.setattr(training.loop, "cuda_graph_refusal", lambda *_: None)
 
     class GraphedStepRefusedOnTheCPU(GraphedStep):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, capture=True, recorder=RefusedCapture(generator), **kwargs)
 
-    monkeypatch.setattr(ALP, "GraphedStep", GraphedStepRefusedOnTheCPU)
+    monkeypatch.setattr(training.loop, "GraphedStep", GraphedStepRefusedOnTheCPU)
     ALP.main(args + ["--out", str(tmp_path / "graph"), "--cuda-graph"])
 
     def logged(run):

@@ -12,12 +12,13 @@ import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
 import ALP
+import training.loop
 from attacks import ATTACKS
 from data import DeviceLoader
 from models import MODELS
 from cuda_graph import GraphedStep
 from training import mixed_precision, train_step
-from conftest import ROOT, make_optimizer, run_epoch
+from conftest import ROOT, alp_iteration, make_optimizer, run_epoch
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -44,7 +45,8 @@ def tiny_setup(optimizer_name):
 
 def make_step(kind, model, optimizer, attack):
     if kind == "graph plumbing":
-        return GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=False)
+        return GraphedStep(alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext,
+                           BATCH, capture=False)
     return lambda x, y: train_step(model, model, attack, optimizer, x, y, 0.5)
 
 
@@ -101,7 +103,8 @@ def test_graphed_step_refuses_an_optimizer_that_is_not_fused():
     model, _, _, attack, _ = tiny_setup("sgd")
     optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.1, weight_decay=0, momentum=0.9)
     with pytest.raises(ValueError, match="fused"):
-        GraphedStep(model, model, attack, optimizer, 0.5, nullcontext, BATCH, capture=False)
+        GraphedStep(alp_iteration(attack, optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext, BATCH,
+                    capture=False)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
@@ -148,14 +151,14 @@ def test_the_graph_step_runs_by_default_where_a_graph_can_run_and_no_cuda_graph_
         flags, graph, synthetic_mnist_root, tmp_path, monkeypatch, capsys, cheap_validation):
     """CPU, as on a GPU: the refusal of graphs off the GPU switched off, the graph step without a capture."""
     built = []
-    monkeypatch.setattr(ALP, "cuda_graph_refusal", lambda *_: None)
+    monkeypatch.setattr(training.loop, "cuda_graph_refusal", lambda *_: None)
 
     class UncapturedStep(GraphedStep):
         def __init__(self, *args, **kwargs):
             built.append(1)
             super().__init__(*args, **kwargs, capture=False)
 
-    monkeypatch.setattr(ALP, "GraphedStep", UncapturedStep)
+    monkeypatch.setattr(training.loop, "GraphedStep", UncapturedStep)
     ALP.main(["mnist", "mnist", "--device=cpu", "-b=5", "--steps=1", "--epochs=1", "--subset=10", *flags,
               "--data-root", str(synthetic_mnist_root), "--out", str(tmp_path)])
     (record,) = tmp_path.glob("*/args.json")

@@ -15,6 +15,7 @@ import torch
 import ALP
 import training.alp
 import training.lock
+import training.loop
 from training.flags import parse_args
 from training.records import curves_figure
 from checkpoints import CheckpointError, load_checkpoint
@@ -92,7 +93,7 @@ def test_resume_without_args_json_checks_the_arguments_against_last_pt(finished_
 def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_files_there(
         synthetic_mnist_root, tmp_path, cheap_validation, monkeypatch, capsys):
     argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=2")
-    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.5, 0.3, torch.tensor([10] * 10)))
+    monkeypatch.setattr(training.loop, "validate", lambda *args, **kwargs: (0.5, 0.3, torch.tensor([10] * 10)))
     stop_at_step(monkeypatch, 3)  # epoch 2, batch 1
     with pytest.raises(SystemExit):
         ALP.main(argv)
@@ -100,7 +101,7 @@ def test_a_deleted_best_checkpoint_is_written_anew_and_the_last_line_names_only_
     assert load_checkpoint(os.path.join(run_dir, "best_robust.pt"))["robust_accuracy"] == 0.3
     os.remove(os.path.join(run_dir, "best_robust.pt"))
     monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
-    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.45, 0.25, torch.tensor([10] * 10)))
+    monkeypatch.setattr(training.loop, "validate", lambda *args, **kwargs: (0.45, 0.25, torch.tensor([10] * 10)))
     capsys.readouterr()
     ALP.main([*argv, "--resume"])
     out = capsys.readouterr().out
@@ -128,7 +129,7 @@ def stop_at_step(monkeypatch, n, stop="Ctrl-C"):
 def test_epochs_of_a_one_class_model_make_no_best_checkpoint(synthetic_mnist_root, tmp_path, cheap_validation,
                                                              monkeypatch, capsys):
     one_class = torch.tensor([0] * 9 + [100])
-    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (0.1, 0.09, one_class))
+    monkeypatch.setattr(training.loop, "validate", lambda *args, **kwargs: (0.1, 0.09, one_class))
     argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
     ALP.main(argv)
     out = capsys.readouterr().out

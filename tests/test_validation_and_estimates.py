@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ALP
+import training.loop
 import training.validation
 from attacks import ATTACKS
 from conftest import QUICK
@@ -66,9 +67,9 @@ def test_validation_runs_in_float32_while_training_runs_under_bf16(synthetic_mni
         model.register_forward_pre_hook(lambda m, x: seen[phase[-1]].add(torch.is_autocast_enabled("cpu")))
         return model
 
-    build_model = ALP.build_model
-    monkeypatch.setattr(ALP, "build_model", watched)
-    monkeypatch.setattr(ALP, "validate", in_phase(ALP.validate))  # each epoch's validation
+    build_model = training.loop.build_model
+    monkeypatch.setattr(training.loop, "build_model", watched)
+    monkeypatch.setattr(training.loop, "validate", in_phase(training.loop.validate))  # each epoch's validation
     timed_one = in_phase(training.validation.validate)  # the validation timed before training
     monkeypatch.setattr(training.validation, "validate", timed_one)
     ALP.main([*QUICK, "--epochs=1", "--subset=100", "--data-root", str(synthetic_mnist_root),
@@ -184,7 +185,7 @@ def test_the_estimate_is_the_epoch_it_measures_on_a_clock_with_known_costs(synth
     within 1% of what the epochs then measure."""
     import training.clock
     clock = FakeClock()
-    for module in (ALP, training.clock, training.validation):
+    for module in (training.loop, training.clock, training.validation):
         monkeypatch.setattr(module, "time", clock)
     real_step, steps, estimates = ALP.train_step, [], []
 
@@ -204,8 +205,8 @@ def test_the_estimate_is_the_epoch_it_measures_on_a_clock_with_known_costs(synth
         return estimate_line(training_seconds, batches_timed, validation_seconds, *rest)
 
     monkeypatch.setattr(ALP, "train_step", timed_step)
-    monkeypatch.setattr(ALP, "validation_attack", timed_validation)
-    monkeypatch.setattr(ALP, "estimate_line", recorded)
+    monkeypatch.setattr(training.loop, "validation_attack", timed_validation)
+    monkeypatch.setattr(training.loop, "estimate_line", recorded)
     ALP.main([*QUICK, "--steps=1", "--epochs=3", "--subset=200", "--data-root", str(synthetic_mnist_root),
               "--out", str(tmp_path)])
     ((training_estimate, validation_estimate),) = estimates
@@ -241,7 +242,7 @@ def test_the_last_line_warns_when_the_model_has_barely_learnt(figures, warned, s
                                                               capsys, monkeypatch, cheap_validation):
     """CPU; the validation's figures are set, so that the line does not depend on how well the run learnt."""
     counts = torch.full((10,), 10)
-    monkeypatch.setattr(ALP, "validate", lambda *args, **kwargs: (*figures, counts))
+    monkeypatch.setattr(training.loop, "validate", lambda *args, **kwargs: (*figures, counts))
     ALP.main([*QUICK, "--epochs=1", "--subset=100", "--data-root", str(synthetic_mnist_root),
               "--out", str(tmp_path)])
     last = capsys.readouterr().out.splitlines()[-1]

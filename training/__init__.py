@@ -1,8 +1,10 @@
-"""Everything ALP.py trains with, one concern per module:
+"""Everything ALP.py, CLP.py and LSQ.py train with, one concern per module:
 
-    alp          the ALP loss and training step (ALP.py, bench.py and cuda_graph.GraphedStep run this one)
-    hyp          the tables: the flags' defaults by data set, and what no flag sets
-    flags        ALP.py's command line, the data set's defaults, the way back to the former defaults
+    loop         the training loop the three scripts share, around each script's own iteration
+    alp          the ALP loss and training step (ALP.py and bench.py run this one)
+    noise        the Gaussian input noise of CLP and LSQ
+    hyp          the tables: the flags' defaults by method and data set, and what no flag sets
+    flags        the scripts' command line, the data set's defaults, the way back to the former defaults
     loading      the run's data as device tensors
     speed        which speed options hold on a device; the bf16 autocast
     epoch        a training epoch's figures; the stop on a non-finite loss

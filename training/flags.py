@@ -1,5 +1,6 @@
-"""ALP.py's command line: its flags, the defaults that depend on the data set (hyp.TRAINING_DEFAULTS), the
-checks of what was given, and the way back to a run started under the former defaults."""
+"""The training scripts' command line (ALP.py, CLP.py, LSQ.py): the flags they share and each method's own, the
+defaults that depend on the data set (hyp.METHOD_DEFAULTS), the checks of what was given, and the way back to
+an ALP run started under the former defaults."""
 import argparse
 import math
 import os
@@ -12,7 +13,7 @@ from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS, OWN_OPTIONS, unread_options
 from utils import CLIParser, default_device, fail, number, progress_wanted
 
-from .hyp import TRAINING_ATTACKS, TRAINING_DEFAULTS
+from .hyp import METHOD_DEFAULTS, TRAINING_ATTACKS
 from .records import run_name
 
 # Adam's decay rates unless -beta1/-beta2 say otherwise: PyTorch's defaults, and the reference's.
@@ -28,33 +29,83 @@ DATA_SET_DEFAULTS_NOTE = (
     f"{data_sets_of('cifar')}, its MNIST command for {data_sets_of('mnist')} (the table, with its source: "
     f"TRAINING_DEFAULTS in training/hyp.py). A flag given on the command line wins; args.json records the "
     f"values that ran.")
+NOISE_DEFAULTS_NOTE = (
+    "Defaults are Mosbach et al.'s settings for their MNIST table (the table, with its source: CLP_DEFAULTS and "
+    "LSQ_DEFAULTS in training/hyp.py). A flag given on the command line wins; args.json records the values that "
+    "ran.")
+DEFAULTS_NOTES = {"ALP": DATA_SET_DEFAULTS_NOTE, "CLP": NOISE_DEFAULTS_NOTE, "LSQ": NOISE_DEFAULTS_NOTE}
 
 
-def data_set_default(dest):
-    """The help text's default of a flag whose default depends on the data set (hyp.TRAINING_DEFAULTS)."""
+def data_set_default(dest, method="ALP"):
+    """The help text's default of a flag whose default depends on the data set (hyp.METHOD_DEFAULTS)."""
     by_value = {}
-    for family, defaults in TRAINING_DEFAULTS.items():
+    for family, defaults in METHOD_DEFAULTS[method].items():
         by_value.setdefault(str(defaults[dest]), []).append(data_sets_of(family))
     if len(by_value) == 1:
         return f"(default: {next(iter(by_value))})"
     return "(default: " + "; ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items()) + ")"
 
 
-def build_parser(description=None):
-    p = CLIParser(description=description, epilog=DATA_SET_DEFAULTS_NOTE)
-
-    def add(*flags, help, **kwargs):  # a flag whose default comes from the data set's row of the table
-        action = p.add_argument(*flags, default=None, help=help, **kwargs)
-        action.help = f"{help} {data_set_default(action.dest)}"
-
-    p.add_argument("model", metavar="MODEL", choices=MODELS, help="network: " + ", ".join(MODELS))
-    p.add_argument("dataset", metavar="DATASET", choices=DATASETS, help="data set: " + ", ".join(DATASETS))
+def alp_flags(p, add):
     add("--leverage", type=float, help="weight of the logit-pairing term (0: plain AT on clean + adversarial "
         "halves)")
+    add("--clean-weight", type=float, help="weight of the cross-entropy on the clean images (0: none)")
+    add("--adv-weight", type=float, help="weight of the cross-entropy on the adversarial images (0: none)")
     p.add_argument("--attack", choices=TRAINING_ATTACKS, default="pgd-linf", help="attack that makes the pairs")
     add("--epsilon", type=number, help="radius of the attack's ball (number or fraction)")
     add("--stepsize", type=number, help="absolute PGD step size")
     add("--steps", type=int, help="PGD steps")
+
+
+def alp_checks(args):
+    return [(args.epsilon > 0, "--epsilon must be > 0"),
+            (args.stepsize > 0, "--stepsize must be > 0"),
+            (args.steps > 0, "--steps must be > 0"),
+            (args.leverage >= 0, "--leverage must be >= 0"),
+            (args.clean_weight >= 0, "--clean-weight must be >= 0"),
+            (args.adv_weight >= 0, "--adv-weight must be >= 0"),
+            (args.clean_weight + args.adv_weight + args.leverage > 0,
+             "--clean-weight, --adv-weight and --leverage are all 0: the loss would be 0")]
+
+
+NOISE_HELP = "std of the Gaussian noise added to each training image, which is then clipped to [0, 1] (0: none)"
+
+
+def clp_flags(p, add):
+    add("--noise-std", type=float, help=NOISE_HELP)
+    add("--pairing-weight", type=float, help="weight of the clean logit-pairing term (0: cross-entropy alone)")
+
+
+def clp_checks(args):
+    return [(args.noise_std >= 0, "--noise-std must be >= 0"),
+            (args.pairing_weight >= 0, "--pairing-weight must be >= 0")]
+
+
+def lsq_flags(p, add):
+    add("--noise-std", type=float, help=NOISE_HELP)
+    add("--squeeze-weight", type=float, help="weight of the logit-squeezing term (0: cross-entropy alone)")
+
+
+def lsq_checks(args):
+    return [(args.noise_std >= 0, "--noise-std must be >= 0"),
+            (args.squeeze_weight >= 0, "--squeeze-weight must be >= 0")]
+
+
+# Each training script's own flags and their checks, by its method's name; the flags below are shared.
+METHOD_FLAGS = {"ALP": (alp_flags, alp_checks), "CLP": (clp_flags, clp_checks), "LSQ": (lsq_flags, lsq_checks)}
+
+
+def build_parser(description=None, method="ALP"):
+    p = CLIParser(description=description, epilog=DEFAULTS_NOTES[method])
+
+    def add(*flags, help, **kwargs):  # a flag whose default comes from the data set's row of the table
+        action = p.add_argument(*flags, default=None, help=help, **kwargs)
+        action.help = f"{help} {data_set_default(action.dest, method)}"
+
+    p.add_argument("model", metavar="MODEL", choices=MODELS, help="network: " + ", ".join(MODELS))
+    p.add_argument("dataset", metavar="DATASET", choices=DATASETS, help="data set: " + ", ".join(DATASETS))
+    add_own_flags, _ = METHOD_FLAGS[method]
+    add_own_flags(p, add)
     add("--optimizer", choices=OPTIMIZERS, help="optimiser")
     add("-mom", "--momentum", type=float, help="SGD's momentum (Adam has none: with adam only 0 is accepted)")
     for name, value in ADAM_BETAS.items():
@@ -98,19 +149,21 @@ def build_parser(description=None):
     return p
 
 
-def typed_defaults(parser, family):
-    """A family's row of hyp.TRAINING_DEFAULTS, each value parsed by its flag's own type."""
+def typed_defaults(parser, family, method="ALP"):
+    """A family's row of the method's table in hyp.METHOD_DEFAULTS, each value parsed by its flag's own type."""
     actions = {action.dest: action for action in parser._actions}
     return {dest: actions[dest].type(value) if actions[dest].type else value
-            for dest, value in TRAINING_DEFAULTS[family].items()}
+            for dest, value in METHOD_DEFAULTS[method][family].items()}
 
 
-def parse_command_line(argv=None, description=None):
-    """(arguments, the flags whose values came from the data set's defaults): the command line checked, each
-    flag left out given its data set's default (hyp.TRAINING_DEFAULTS)."""
-    p = build_parser(description)
+def parse_command_line(argv=None, description=None, method="ALP"):
+    """(arguments, the flags whose values came from the data set's defaults): the command line of the training
+    script of `method` (a key of METHOD_FLAGS) checked, each flag left out given its data set's default
+    (hyp.METHOD_DEFAULTS). The arguments name the method, which run folders and checkpoints record."""
+    p = build_parser(description, method)
     args = p.parse_args(argv)
-    defaults = typed_defaults(p, DATASETS[args.dataset].family)
+    args.method = method
+    defaults = typed_defaults(p, DATASETS[args.dataset].family, method)
     filled = [dest for dest in defaults if getattr(args, dest) is None]
     for dest in filled:
         setattr(args, dest, defaults[dest])
@@ -118,17 +171,15 @@ def parse_command_line(argv=None, description=None):
     for name, value in ADAM_BETAS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("epsilon", "stepsize", "leverage", "lr", "momentum", "weight_decay", "beta1", "beta2", "ratio"):
-        if not math.isfinite(getattr(args, name)):
+    for name in ("epsilon", "stepsize", "leverage", "clean_weight", "adv_weight", "noise_std", "pairing_weight",
+                 "squeeze_weight", "lr", "momentum", "weight_decay", "beta1", "beta2", "ratio"):
+        if hasattr(args, name) and not math.isfinite(getattr(args, name)):
             p.error(f"--{name.replace('_', '-')} must be a finite number, not {getattr(args, name)}")
     classes = DATASETS[args.dataset].num_classes
-    checks = [
-        (args.epsilon > 0, "--epsilon must be > 0"),
-        (args.stepsize > 0, "--stepsize must be > 0"),
-        (args.steps > 0, "--steps must be > 0"),
+    _, own_checks = METHOD_FLAGS[method]
+    checks = own_checks(args) + [
         (args.batch_size > 0, "--batch_size must be > 0"),
         (args.epochs > 0, "--epochs must be > 0"),
-        (args.leverage >= 0, "--leverage must be >= 0"),
         (0 <= args.ratio < 1, "--ratio must lie in [0, 1)"),
         (args.eval_freq > 0, "--eval-freq must be > 0"),
         (args.subset is None or args.subset >= classes,
@@ -152,10 +203,10 @@ def parse_command_line(argv=None, description=None):
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         p.error(f"--device {args.device}: there are only {torch.cuda.device_count()} CUDA devices")
     args.device = str(device)
-    if args.attack == "pgd-linf" and args.epsilon >= 1:
+    if method == "ALP" and args.attack == "pgd-linf" and args.epsilon >= 1:
         print(f"warning: --epsilon {args.epsilon:g} lets ℓ∞ PGD reach any image in [0, 1] (written in 0-255 "
               f"units? 8/255 is 8 in those)", file=sys.stderr)
-    if args.steps > 1000:
+    if method == "ALP" and args.steps > 1000:
         print(f"warning: --steps {args.steps} makes every batch run {args.steps} forward and backward passes "
               f"before its step (the reference uses 10 for CIFAR, 40 for MNIST)", file=sys.stderr)
     args.progress = progress_wanted(args.progress)
@@ -175,15 +226,16 @@ def refuse_options_the_optimizer_ignores(parser, args, given_momentum):
                      f"{args.optimizer} does not use: leave {'them' if len(given) > 1 else 'it'} out")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, method="ALP"):
     """The checked arguments, with the data set's defaults for the flags left out."""
-    return parse_command_line(argv)[0]
+    return parse_command_line(argv, method=method)[0]
 
 
-def as_flags(family, dests):
-    """The family's defaults of `dests` (hyp.TRAINING_DEFAULTS) written as the flags that give them."""
-    flags = {action.dest: action.option_strings[-1] for action in build_parser()._actions if action.option_strings}
-    return " ".join(f"{flags[dest]} {TRAINING_DEFAULTS[family][dest]}" for dest in dests)
+def as_flags(family, dests, method="ALP"):
+    """The family's defaults of `dests` (hyp.METHOD_DEFAULTS) written as the flags that give them."""
+    flags = {action.dest: action.option_strings[-1] for action in build_parser(method=method)._actions
+             if action.option_strings}
+    return " ".join(f"{flags[dest]} {METHOD_DEFAULTS[method][family][dest]}" for dest in dests)
 
 
 # Before the defaults depended on the data set, every data set got CIFAR's: a run of MNIST-type data started
@@ -193,8 +245,9 @@ FORMER_DEFAULTS = "cifar"
 
 def refuse_a_run_of_the_former_defaults(arguments, filled, path):
     """--resume finds no run at `path`, but the run these arguments (a dict) named under the former defaults:
-    one line with the flags that resume it (the run's own values, given explicitly)."""
-    if os.path.isfile(os.path.join(path, "last.pt")):
+    one line with the flags that resume it (the run's own values, given explicitly). CLP and LSQ runs came
+    after the change: none had the former defaults."""
+    if arguments.get("method", "ALP") != "ALP" or os.path.isfile(os.path.join(path, "last.pt")):
         return
     former = typed_defaults(build_parser(), FORMER_DEFAULTS)
     optimizer = former["optimizer"] if "optimizer" in filled else arguments["optimizer"]

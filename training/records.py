@@ -19,12 +19,28 @@ def best_file_name(key):
     return f"best_{key.split('_')[0]}.pt"
 
 
+def alp_name(args):
+    # the weights of the cross-entropies join the name only where they are not 1 and 1: the names of the runs
+    # from before they were flags stay theirs
+    weights = ("" if (args.get("clean_weight", 1), args.get("adv_weight", 1)) == (1, 1)
+               else f"-cw{args['clean_weight']:g}-aw{args['adv_weight']:g}")
+    return (f"ALP-lev{args['leverage']:g}{weights}-{args['attack']}-eps{args['epsilon']:.4g}-steps{args['steps']}"
+            f"-step{args['stepsize']:.4g}")
+
+
+# The method's part of a run folder's name, by the method's name (flags.METHOD_FLAGS): its own hyper-parameters.
+METHOD_NAMES = {
+    "ALP": alp_name,
+    "CLP": lambda args: f"CLP-pw{args['pairing_weight']:g}-noise{args['noise_std']:g}",
+    "LSQ": lambda args: f"LSQ-sw{args['squeeze_weight']:g}-noise{args['noise_std']:g}",
+}
+
+
 def run_name(args):
-    """A run folder's name, from the run's arguments (a dict): data set, model and the hyper-parameters that
-    tell runs apart. The others that change the result (momentum, betas, --eval-freq, ...) are checked
-    against the run's record on --resume."""
-    name = (f"{args['dataset']}-{args['model']}-ALP-lev{args['leverage']:g}-{args['attack']}"
-            f"-eps{args['epsilon']:.4g}-steps{args['steps']}-step{args['stepsize']:.4g}-{args['optimizer']}"
+    """A run folder's name, from the run's arguments (a dict): data set, model, method and the hyper-parameters
+    that tell runs apart. The others that change the result (momentum, betas, --eval-freq, ...) are checked
+    against the run's record on --resume. Arguments that name no method are ALP's (the only one before)."""
+    name = (f"{args['dataset']}-{args['model']}-{METHOD_NAMES[args.get('method', 'ALP')](args)}-{args['optimizer']}"
             f"-lr{args['lr']:g}-wd{args['weight_decay']:g}-{args['learning_policy']}-ep{args['epochs']}"
             f"-b{args['batch_size']}-seed{args['seed']}")
     return (name + (f"-ratio{args['ratio']:g}" if args["ratio"] else "")
