@@ -75,7 +75,8 @@ class Estimate:
     def say(self, training_seconds, per_step, runs):
         steps = self.evaluation_steps(runs)
         evaluation_seconds = steps * self.images * per_step
-        training = (f"training {duration(training_seconds)} (the training script's estimate above, validation included), "
+        training = (f"training {duration(training_seconds)} (the training script's estimate above, validation "
+                    f"included), "
                     if training_seconds is not None else "")
         total = (f"; about {duration(training_seconds + evaluation_seconds)} in all"
                  if training_seconds is not None else "")
