@@ -98,3 +98,81 @@ TABLES = {
                                 l2=[64.14, 66.16, 25.53, 2.35], l1=[65.74, 53.65]),
     **{name: cifar_table(name) for name in CIFAR_RUNS},
 }
+
+
+# --- Mosbach et al.'s MNIST table: the logit-pairing family under a stronger attack ---------------------------
+# Mosbach, Andriushchenko, Trost, Hein & Klakow, "Logit Pairing Methods Can Fool Gradient-Based Attacks"
+# (NeurIPS 2018 Workshop on Security in Machine Learning, arXiv 1810.12042). Figures copied from their README's
+# MNIST table; settings read from their mnist_cifar10/ code at the same commit (train.py, train_utils.py,
+# models.py, data_loader.py, eval.py, train.sh, eval.sh).
+MOSBACH_SOURCE = {
+    "repository": "uds-lsv/evaluating-logit-pairing-methods",
+    "file": "README.md",
+    "commit": "201d3c05b59bb92df267e3c0213a50081988e1bb",
+    "url": "https://github.com/uds-lsv/evaluating-logit-pairing-methods/blob/"
+           "201d3c05b59bb92df267e3c0213a50081988e1bb/README.md",
+}
+
+# Their evaluation's sample size (eval.sh --samples). Their code draws the 1,000 with replacement from the
+# test split (numpy seed 123); reproduce.py takes the first 1,000 test images, a sample of the same size.
+MOSBACH_IMAGES = 1_000
+
+# What every row shares, from their train.py defaults and train.sh: Adam at lr 1e-3 (their epsilon 1e-6,
+# PyTorch's 1e-8: not a flag here), batch 256, 100 epochs, a constant rate, no weight decay (--wd is on but
+# --wd_lambda 0). Their training evaluates on its 1,000 test images each epoch; validating on the full test
+# split with PGD-100 (ALP.py's MNIST validation) every epoch would cost more than the training on a CPU, so the
+# rows validate every 25th epoch.
+MOSBACH_COMMON = ["--optimizer=adam", "-lr=0.001", "-mom=0", "-b=256", "--epochs=100", "-wd=0", "-lp=null",
+                  "--eval-freq=25"]
+# The adversarial rows' PGD (train.py and train_utils.get_at_loss): ε 76.5/255 = 0.3, 40 steps of 2.55/255 =
+# 0.01, from one random start in the ball.
+MOSBACH_PGD = ["--epsilon=0.3", "--steps=40", "--stepsize=0.01"]
+# Their MNIST code leaves the pairing weights of CLP and ALP at 0 (train.py's defaults; train.sh sets none)
+# and their README gives none: 0.5 is the pairing weight of their Tiny ImageNet script (train.sh's
+# train_lp_weight) and of the reference's MNIST command. Logit squeezing's 0.5 is train.py's own default.
+MOSBACH_PAIRING_WEIGHT = "0.5"
+# Gaussian noise of their data loader for CLP and LSQ (train.py's --stddev; added, then clipped to [0, 1]).
+MOSBACH_NOISE_STD = "0.5"
+
+# One row of their table: the row's name in their table, the script that trains it and its own flags (the
+# network, data set, MOSBACH_COMMON and, for the adversarial rows, MOSBACH_PGD are added), and their figures
+# in %: clean accuracy, robust accuracy under their baseline attack (PGD-40, one random start) and under
+# their strongest (PGD with many iterations and restarts), both at ℓ∞ 0.3.
+Row = namedtuple("Row", "title script flags clean baseline strongest")
+
+
+def alp_row(title, clean_weight, adv_weight, pairing_weight, figures):
+    """A row trained by ALP.py: the weights of the clean and the adversarial cross-entropy (their ct_lambda
+    and at_lambda) and of the logit pairing (their alp_lambda; 0: none)."""
+    return Row(title, "ALP.py", [f"--clean-weight={clean_weight}", f"--adv-weight={adv_weight}",
+                                 f"--leverage={pairing_weight}", *MOSBACH_PGD], *figures)
+
+
+MOSBACH_ROWS = {
+    # Plain training is logit squeezing without the squeeze and without the noise: cross-entropy alone.
+    "plain": Row("Plain", "LSQ.py", ["--squeeze-weight=0", "--noise-std=0"], 99.2, 0.0, 0.0),
+    "clp": Row("CLP", "CLP.py", [f"--pairing-weight={MOSBACH_PAIRING_WEIGHT}", f"--noise-std={MOSBACH_NOISE_STD}"],
+               98.8, 62.4, 4.1),
+    "lsq": Row("LSQ", "LSQ.py", ["--squeeze-weight=0.5", f"--noise-std={MOSBACH_NOISE_STD}"], 98.8, 70.6, 5.0),
+    # "Plain + ALP": the clean cross-entropy and the pairing, no adversarial cross-entropy (train.py with
+    # --alp and without --at: get_alp_loss makes its own PGD pair).
+    "plain-alp": alp_row("Plain + ALP", 1, 0, MOSBACH_PAIRING_WEIGHT, (98.5, 96.0, 88.9)),
+    "at50-alp": alp_row("50% AT + ALP", 0.5, 0.5, MOSBACH_PAIRING_WEIGHT, (98.3, 97.2, 89.9)),
+    "at50": alp_row("50% AT", 0.5, 0.5, 0, (99.1, 92.7, 88.2)),
+    "at100-alp": alp_row("100% AT + ALP", 0, 1, MOSBACH_PAIRING_WEIGHT, (98.4, 96.6, 85.7)),
+    "at100": alp_row("100% AT", 0, 1, 0, (98.9, 95.2, 88.0)),
+}
+
+# A published table of rows, each its own training run, all evaluated alike: reproduce.py's TABLE names.
+# baseline: eval.py's name of their baseline attack; epsilon: the ℓ∞ ball of every figure.
+# common: the flags every row's command ends with.
+RowTable = namedtuple("RowTable", "title dataset net source images epsilon baseline common rows")
+ROW_TABLES = {
+    "mosbach-mnist": RowTable("Mosbach et al.'s MNIST logit-pairing table", "mnist", "lenet", MOSBACH_SOURCE,
+                              MOSBACH_IMAGES, "0.3", "pgd-40", MOSBACH_COMMON, MOSBACH_ROWS),
+}
+
+
+def row_training(table, row):
+    """The training command of one row (less `python SCRIPT`)."""
+    return [table.net, table.dataset, *row.flags, *table.common]

@@ -25,14 +25,15 @@ import os
 import sys
 
 from interrupts import Interrupted, interruptible
-from reference import SOURCE, TABLES, TEST_IMAGES
+from reference import ROW_TABLES, SOURCE, TABLES, TEST_IMAGES, row_training
 from reproduction.child_scripts import LogFollower, run_or_stop
 from reproduction.comparison import compare
 from reproduction.estimate import Estimate
 from reproduction.folder import claim, complete, epochs_done, run_folder
-from reproduction.plan import (evaluation_argv, evaluations, reference_epochs, shortening, trial_label,
-                               training_argv)
+from reproduction.plan import (command_epochs, evaluation_argv, evaluations, reference_epochs, shortening,
+                               trial_label, training_argv, with_epochs)
 from reproduction.report import NORM_SYMBOLS, print_report, write_report
+from reproduction.rows import compare_row, print_row_report, row_evaluations, write_row_report
 from utils import CLIParser, default_device, fail, read_json
 
 
@@ -47,12 +48,25 @@ def tables_help():
             lines.append(f"    python eval.py <run>/last.pt {' '.join(evaluation_argv(norm, attacks))}")
     lines.append(f"Figures and commands: reference.py, from {SOURCE['repository']} {SOURCE['file']} at commit "
                  f"{SOURCE['commit'][:7]}.")
+    for name, table in ROW_TABLES.items():
+        lines.append(f"  {name}: {table.title} (ℓ∞ {table.epsilon}, the first {table.images:,} test images; "
+                     f"from {table.source['repository']} {table.source['file']} at commit "
+                     f"{table.source['commit'][:7]}), one training run per row (--rows):")
+        for row_name, row in table.rows.items():
+            lines.append(f"    {row_name} ({row.title}): python {row.script} {' '.join(row_training(table, row))}")
+        for stem, norm, attacks in row_evaluations(table):
+            lines.append(f"    python eval.py <row>/last.pt {' '.join(evaluation_argv(norm, attacks))} "
+                         f"--images {table.images}")
     return "\n".join(lines)
 
 
 def build_parser():
     p = CLIParser(description=__doc__, epilog=tables_help())
-    p.add_argument("table", metavar="TABLE", choices=TABLES, help="the reference's table: " + ", ".join(TABLES))
+    names = [*TABLES, *ROW_TABLES]
+    p.add_argument("table", metavar="TABLE", choices=names, help="the published table: " + ", ".join(names))
+    p.add_argument("--rows", nargs="+", metavar="ROW",
+                   help="a table of rows (" + ", ".join(ROW_TABLES) + "): train and evaluate only these rows "
+                        "(default: all); the report holds every row evaluated in the folder so far")
     trial = p.add_argument_group("shortened trial (labelled everywhere as not a reproduction)")
     trial.add_argument("--epochs", type=int, help="train this many epochs instead of the reference's")
     trial.add_argument("--subset", type=int, help="train and validate on N images of each split "
@@ -69,18 +83,18 @@ def build_parser():
 
 # --- training and evaluation -----------------------------------------------------------------------------
 
-def train(argv, parent, epochs, estimate):
+def train(argv, parent, epochs, estimate, script="ALP.py"):
     """The final checkpoint of the training run, training or continuing it first."""
     folder = run_folder(parent)
     if folder and epochs_done(folder) >= epochs:
         print(f"training: done, {epochs} epochs in {folder}", flush=True)
         return os.path.join(folder, "last.pt")
     resume = folder is not None and os.path.isfile(os.path.join(folder, "last.pt"))
-    run_or_stop("ALP.py", [*argv, *(["--resume"] if resume else [])], "training",
+    run_or_stop(script, [*argv, *(["--resume"] if resume else [])], "training",
                 LogFollower(parent, estimate.read_training_line))
     folder = run_folder(parent)
     if not folder or epochs_done(folder) < epochs:
-        fail(f"training ended before its {epochs} epochs (see ALP.py's lines above)", status=1)
+        fail(f"training ended before its {epochs} epochs (see {script}'s lines above)", status=1)
     return os.path.join(folder, "last.pt")
 
 
@@ -106,6 +120,11 @@ def main(argv=None):
     for flag in ("epochs", "subset", "images"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag} must be a positive integer, not {getattr(args, flag)}")
+    if args.table in ROW_TABLES:
+        return reproduce_rows(parser, args)
+    if args.rows:
+        parser.error(f"--rows chooses rows of a table of rows ({', '.join(ROW_TABLES)}); {args.table} is one "
+                     f"training run")
     table = TABLES[args.table]
     cut = shortening(table, args.epochs, args.subset, args.images)
     trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
@@ -150,6 +169,81 @@ def main(argv=None):
     except Interrupted as stop:
         print(f"reproduce.py: stopped by {stop} in the {stage}; the same command continues", file=sys.stderr)
         sys.exit(stop.exit_status)
+
+
+def reproduce_rows(parser, args):
+    """A table of rows (reference.ROW_TABLES): for each chosen row, its script trains it and eval.py runs the
+    table's baseline attack, then the default ℓ∞ suite, on its last.pt; then the report of every row the
+    folder holds finished."""
+    table = ROW_TABLES[args.table]
+    unknown = sorted(set(args.rows or ()) - set(table.rows))
+    if unknown:
+        parser.error(f"--rows: {', '.join(unknown)} not in {args.table} (its rows: {', '.join(table.rows)})")
+    chosen = [name for name in table.rows if name in (args.rows or table.rows)]
+    full = (command_epochs(table.common), table.images)
+    cut = shortening(table, args.epochs, args.subset, args.images, full=full)
+    trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
+    folder = args.out or os.path.join("reproductions", args.table + (f"-trial-{trial_name}" if cut else ""))
+    epochs, images = cut.get("epochs", full[0]), cut.get("images", table.images)
+    subset = [f"--subset={cut['subset']}"] if "subset" in cut else []
+    commands = {name: [row.script, *with_epochs(row_training(table, row), cut.get("epochs")), *subset]
+                for name, row in table.rows.items()}
+    runs = row_evaluations(table)
+    command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
+    claim(folder, {"table": args.table, "command": command, "rows": commands,
+                   "evaluations": [evaluation_argv(norm, attacks) for _, norm, attacks in runs], "images": images})
+    label = trial_label(table, cut, images, full=full)
+    where = [*(["--data-root", args.data_root] if args.data_root else []),
+             *(["--device", args.device] if args.device else [])]
+    common = [*(["--images", str(images)]), *where]
+    print(label or f"REPRODUCTION of {table.title}", flush=True)
+    print(f"reproduce.py: {table.title} in {folder}: rows {', '.join(chosen)}, each trained by its script "
+          f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test "
+          f"images; each row's estimate follows its script's timing of its first batches", flush=True)
+    stage = "training"
+    try:
+        with interruptible():
+            for name in chosen:
+                row_folder = os.path.join(folder, name)
+                print(f"\n{table.rows[name].title} ({name}):", flush=True)
+                estimate = Estimate(row_folder, table.dataset, images, [(norm, attacks) for _, norm, attacks in runs],
+                                    args.device or default_device())
+                stage = f"training of {name}"
+                script, *argv = commands[name]
+                checkpoint = os.path.abspath(train([*argv, "--out", os.path.join(row_folder, "training"), *where],
+                                                   os.path.join(row_folder, "training"), epochs, estimate, script))
+                paths = [os.path.abspath(os.path.join(row_folder, f"eval-{stem}.json")) for stem, _, _ in runs]
+                if estimate.validation_images is None:  # trained before this start
+                    estimate.say_for_evaluation([(norm, attacks) for (_, norm, attacks), path in zip(runs, paths)
+                                                 if not complete(read_json(path), checkpoint)])
+                stage = f"evaluation of {name}"
+                for (_, norm, attacks), path in zip(runs, paths):
+                    evaluate(checkpoint, norm, attacks, path, common)
+            stage = "report"
+            report_rows(folder, table, args.table, label, commands, runs)
+    except Interrupted as stop:
+        print(f"reproduce.py: stopped by {stop} in the {stage}; the same command continues", file=sys.stderr)
+        sys.exit(stop.exit_status)
+
+
+def report_rows(folder, table, table_name, label, commands, runs):
+    """The report of every row whose evaluations the folder holds finished, chosen this time or before."""
+    compared, rows_run, n = [], {}, None
+    for name, row in table.rows.items():
+        parent = os.path.join(folder, name, "training")
+        run = run_folder(parent) if os.path.isdir(parent) else None
+        checkpoint = os.path.abspath(os.path.join(run, "last.pt")) if run else None
+        paths = [os.path.abspath(os.path.join(folder, name, f"eval-{stem}.json")) for stem, _, _ in runs]
+        reports = [read_json(path) for path in paths]
+        if checkpoint is None or not all(complete(report, checkpoint) for report in reports):
+            continue
+        compared.append(compare_row(table, row, *reports))
+        n = reports[-1]["evaluation"]["n"]
+        rows_run[name] = {"command": f"python {' '.join(commands[name])}", "checkpoint": checkpoint,
+                          "reports": paths}
+    if compared:
+        paths = write_row_report(folder, table, table_name, label, n, compared, rows_run)
+        print_row_report(table, label, n, compared, paths)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,12 @@ def autoattack(norm):
     return ("AA", f"aa-{norm}", {"version": "standard"})
 
 
-def suite(linf_epsilons, linf_pgds, l2_epsilon, l2_pgd, l1_epsilon):
-    """The reference's tables, which differ between data-set families only in their epsilons and PGDs."""
+def suite(linf_epsilons, linf_pgds, l2_epsilon, l2_pgd, l1_epsilon, linf_on_request=()):
+    """The reference's tables, which differ between data-set families only in their epsilons and PGDs.
+    linf_on_request: ℓ∞ columns that run only where --attacks names them (never by default)."""
     return {
-        "linf": {"epsilons": linf_epsilons, "attacks": [FGSM, *linf_pgds, deepfool("linf"), autoattack("linf")]},
+        "linf": {"epsilons": linf_epsilons, "attacks": [FGSM, *linf_pgds, deepfool("linf"), autoattack("linf")],
+                 "on_request": list(linf_on_request)},
         "l2": {"epsilons": [l2_epsilon], "attacks": [l2_pgd, deepfool("l2"), CW, autoattack("l2")]},
         "l1": {"epsilons": [l1_epsilon], "attacks": [pgd("l1", 50, 0.05), SLIDE, autoattack("l1")]},
     }
@@ -41,7 +43,11 @@ SUITES = {
     "cifar": suite(["8/255", "16/255"], [pgd("linf", 10, 0.25), pgd("linf", 40, 0.1)],
                    "0.5", pgd("l2", 50, 0.1), "12"),
     "mnist": suite(["0.3"], [pgd("linf", 50, 1 / 30), pgd("linf", 100, 1 / 30)],
-                   "2", pgd("l2", 100, 0.05), "10"),
+                   "2", pgd("l2", 100, 0.05), "10",
+                   # PGD-40 at step 0.01 (1/30 of 0.3) from one random start: the baseline attack of Mosbach
+                   # et al.'s logit-pairing table (reproduce.py mosbach-mnist) and the training attack of
+                   # the ALP paper's MNIST models. Not in the reference's table: run only when named.
+                   linf_on_request=[pgd("linf", 40, 1 / 30)]),
 }
 
 AA_VERSIONS = ("standard", "plus", "rand")  # pyautoattack's own; rand is for randomised defences
@@ -55,6 +61,12 @@ SANITY = {"label": "PGD-20", "attack": "pgd-linf", "norm": "linf", "epsilon": "0
           "options": {"steps": 20, "rel_stepsize": 0.1}, "max_accuracy": 0.10}
 
 
+def columns_of(table, named=False):
+    """The columns of one threat model's suite: those run by default, and with named=True (an --attacks
+    selection) those run only on request too."""
+    return table["attacks"] + (table.get("on_request", []) if named else [])
+
+
 def cli_name(label):
     """The name of a column in a selection (--attacks, and evaluate's attacks=): its label in lowercase
     ("C&W" -> "cw")."""
@@ -64,7 +76,8 @@ def cli_name(label):
 def attack_names(family=None):
     """The selection names of one family's suite (or of all)."""
     families = [family] if family else list(SUITES)
-    return sorted({cli_name(a[0]) for f in families for norm in SUITES[f].values() for a in norm["attacks"]})
+    return sorted({cli_name(a[0]) for f in families for norm in SUITES[f].values()
+                   for a in columns_of(norm, named=True)})
 
 
 def parse_epsilon(text):
@@ -135,7 +148,7 @@ def plan_threat_models(family, norms=None, attack_names=None, epsilons=None, aa_
         parse_epsilon(label)
     plan, used, empty = [], set(), []
     for norm in norms:
-        attacks = [a for a in family_suite[norm]["attacks"]
+        attacks = [a for a in columns_of(family_suite[norm], named=attack_names is not None)
                    if (attack_names is None or cli_name(a[0]) in attack_names)
                    and not (white_box_only and is_autoattack(a[1]))]
         used.update(cli_name(a[0]) for a in attacks)
@@ -146,7 +159,7 @@ def plan_threat_models(family, norms=None, attack_names=None, epsilons=None, aa_
                 plan.append((norm, label, parse_epsilon(label), with_aa_version(attacks, aa_version)))
     unknown = sorted(set(attack_names or ()) - used)
     if unknown:
-        offered = sorted({cli_name(a[0]) for norm in norms for a in family_suite[norm]["attacks"]})
+        offered = sorted({cli_name(a[0]) for norm in norms for a in columns_of(family_suite[norm], named=True)})
         raise ValueError(f"{', '.join(unknown)}: not in the {family} suite for {' '.join(norms)} "
                          f"(it has {', '.join(offered)})")
     # An attack name can exist at several norms (pgd-50): a requested norm that none of the named attacks
@@ -154,7 +167,8 @@ def plan_threat_models(family, norms=None, attack_names=None, epsilons=None, aa_
     if requested_norms and empty:
         norm = empty[0]
         raise ValueError(f"{norm} gets none of the selected attacks ({', '.join(attack_names)}); the {family} "
-                         f"suite has {', '.join(cli_name(a[0]) for a in family_suite[norm]['attacks'])} there")
+                         f"suite has {', '.join(cli_name(a[0]) for a in columns_of(family_suite[norm], True))} "
+                         f"there")
     return plan
 
 
@@ -168,7 +182,7 @@ def plan_sweep(family, norm, attack_names=None, aa_version="standard"):
     """The attacks of an ε sweep: the selected columns of the norm's suite, by default its PGDs."""
     if norm not in NORMS:
         raise ValueError(f"sweep norm must be one of {', '.join(NORMS)}, not {norm!r}")
-    columns = SUITES[family][norm]["attacks"]
+    columns = columns_of(SUITES[family][norm], named=attack_names is not None)
     if attack_names is None:
         attacks = [a for a in columns if is_pgd(a[1])]
     else:
@@ -187,8 +201,9 @@ def suite_summary():
         members = ", ".join(n for n, spec in DATASETS.items() if spec.family == family)
         lines.append(f"{family} ({members}):")
         for norm, table in family_suite.items():
+            on_request = "".join(f", {cli_name(label)} (on request)" for label, _, _ in table.get("on_request", []))
             lines.append(f"  {norm} {' '.join(table['epsilons'])}: "
-                         f"{', '.join(cli_name(label) for label, _, _ in table['attacks'])}")
+                         f"{', '.join(cli_name(label) for label, _, _ in table['attacks'])}{on_request}")
     return "\n".join(lines)
 
 

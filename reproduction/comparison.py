@@ -19,26 +19,29 @@ SPREAD = {
 }
 
 
-def allowed_difference(reference, n):
+def allowed_difference(reference, n, reference_images=TEST_IMAGES):
     """The largest |ours - reference| (points) that run-to-run randomness explains (SPREAD), ours measured on
-    n test images."""
+    n test images, the reference's on reference_images."""
     p = reference / 100
-    se = math.sqrt(p * (1 - p) * (1 / TEST_IMAGES + 1 / n))
+    se = math.sqrt(p * (1 - p) * (1 / reference_images + 1 / n))
     return SPREAD["z"] * 100 * se + SPREAD["seed_spread"]
 
 
-def spread_rule(n):
+def spread_rule(n, reference_images=TEST_IMAGES):
     """SPREAD in words, ours measured on n test images: printed and written with every comparison."""
     return (f"A figure is outside when |ours - reference| > {SPREAD['z']} standard errors of the difference "
-            f"(binomial, the reference on {TEST_IMAGES:,} test images, ours on {n:,}) + {SPREAD['seed_spread']:g} "
-            f"point of training randomness (an allowance, not measured here).")
+            f"(binomial, the reference on {reference_images:,} test images, ours on {n:,}) + "
+            f"{SPREAD['seed_spread']:g} point of training randomness (an allowance, not measured here).")
 
 
-def comparison_row(label, attack, reference, ours, n):
+def comparison_row(label, attack, reference, ours, n, reference_images=TEST_IMAGES, only_above=False):
+    """One figure beside the reference's. only_above: a figure below the reference's is never outside (an
+    attack stronger than the reference's strongest is what an evaluation should be)."""
     difference = ours - reference
-    allowed = allowed_difference(reference, n)
+    allowed = allowed_difference(reference, n, reference_images)
     return {"label": label, "attack": attack, "reference": reference, "ours": round(ours, 2),
-            "difference": round(difference, 2), "allowed": round(allowed, 2), "outside": abs(difference) > allowed}
+            "difference": round(difference, 2), "allowed": round(allowed, 2),
+            "outside": (difference if only_above else abs(difference)) > allowed}
 
 
 def compare(table, reports):

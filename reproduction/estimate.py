@@ -7,7 +7,7 @@ import os
 import re
 
 from data import DATASETS
-from evaluation.suite import SANITY, SUITES, cli_name
+from evaluation.suite import SANITY, SUITES, cli_name, columns_of
 from training.clock import read_estimate_line
 from training.validation import validation_column
 from utils import duration, read_json, write_atomically
@@ -47,7 +47,7 @@ class Estimate:
 
     def evaluation_steps(self, runs):
         suite = SUITES[self.family]
-        return sum(PER_EVALUATION_STEPS + sum(gradient_steps(column) for column in suite[norm]["attacks"]
+        return sum(PER_EVALUATION_STEPS + sum(gradient_steps(column) for column in columns_of(suite[norm], True)
                                               if cli_name(column[0]) in attacks)
                    for norm, attacks in runs)
 
@@ -75,7 +75,8 @@ class Estimate:
     def say(self, training_seconds, per_step, runs):
         steps = self.evaluation_steps(runs)
         evaluation_seconds = steps * self.images * per_step
-        training = (f"training {duration(training_seconds)} (ALP.py's estimate above, validation included), "
+        training = (f"training {duration(training_seconds)} (the training script's estimate above, validation "
+                    f"included), "
                     if training_seconds is not None else "")
         total = (f"; about {duration(training_seconds + evaluation_seconds)} in all"
                  if training_seconds is not None else "")

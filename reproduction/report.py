@@ -23,10 +23,10 @@ def outside_figures(threat_models):
     return [f"{threat_model_name(t)} {row['label']}" for t in threat_models for row in t["rows"] if row["outside"]]
 
 
-def format_text(title, label, threat_models):
+def format_text(title, label, threat_models, source=SOURCE):
     lines = [label] if label else []
-    lines.append(f"{title}: the reference's figures ({SOURCE['repository']} {SOURCE['file']}, "
-                 f"{SOURCE['commit'][:7]}) and ours, robust accuracy in %")
+    lines.append(f"{title}: the reference's figures ({source['repository']} {source['file']}, "
+                 f"{source['commit'][:7]}) and ours, robust accuracy in %")
     for threat_model in threat_models:
         lines.append(f"\n{threat_model_name(threat_model):<17} {'reference':>9} {'ours':>7} {'difference':>10} "
                      f"{'allowed':>8}")
@@ -37,11 +37,11 @@ def format_text(title, label, threat_models):
     return "\n".join(lines)
 
 
-def format_markdown(title, label, threat_models, rule):
+def format_markdown(title, label, threat_models, rule, source=SOURCE):
     lines = [f"# {title}: the reference and ours", ""]
     if label:
         lines += [f"**{label}**", ""]
-    lines += [f"Reference: [{SOURCE['repository']} {SOURCE['file']}]({SOURCE['url']}). Robust accuracy in %.", ""]
+    lines += [f"Reference: [{source['repository']} {source['file']}]({source['url']}). Robust accuracy in %.", ""]
     for threat_model in threat_models:
         lines += [f"## {threat_model_name(threat_model)}", "",
                   "| | reference | ours | difference | allowed | outside |", "| :-- | --: | --: | --: | --: | :-: |"]
