@@ -39,7 +39,7 @@ def compare_row(table, row, baseline_report, suite_report):
     n = suite_report["evaluation"]["n"]
     (baseline,) = threat_model(baseline_report, table.epsilon)["attacks"]
     worst = threat_model(suite_report, table.epsilon)["worst_case"]["robust_accuracy"]
-    flags = [check for check in suite_report["checks"]
+    flags = [check for check in suite_report["masking_checks"]
              if check.get("flagged") and check.get("kind", "flag") == "flag"]
     return {"norm": None, "epsilon": row.title, "rows": [
         comparison_row("clean", "clean", row.clean, 100 * suite_report["clean"]["accuracy"], n, table.images),

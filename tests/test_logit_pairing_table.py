@@ -81,7 +81,7 @@ def eval_report(n, clean, attacks, worst, checks=()):
                                "attacks": [{"label": label, "robust_accuracy": accuracy}
                                            for label, accuracy in attacks],
                                "worst_case": {"robust_accuracy": worst}}],
-            "checks": list(checks)}
+            "masking_checks": list(checks)}
 
 
 def test_a_row_compares_clean_baseline_and_worst_case_and_names_the_masking_flags_on_cpu():
