@@ -114,6 +114,8 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
     (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
+    (["--norms", "linf", "--epsilon", "76"], "linf epsilon 76 is above the largest distance between two images"),
+    (["--norms", "l2", "--epsilon", "510"], "0-255 units? Images here are in [0, 1], so write 8/255"),
     (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks: drop --attacks"),
     (["--corruptions", "{tmp}", "--seed", "3"], "--corruptions runs no attacks: drop --seed"),
     (["--corruptions", "{tmp}", "--aa-version", "rand", "--norms", "l2"],
@@ -358,13 +360,13 @@ def test_a_progress_bar_gives_its_rate_and_time_left(capsys):
 def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_about(capsys, own_checkpoint,
                                                                                   data_root):  # noqa: F811
     code, _, err = run(capsys, own_checkpoint, "--data-root", data_root, "--norms", "linf", "--attacks", "fgsm",
-                       "--epsilon", "1e9", "--n", 100000)
+                       "--epsilon", "1", "--n", 100000)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "warning:" in line]
     assert len(warnings) == 2
     assert "--n 100000 exceeds the 200 test images" in warnings[0]
-    assert "linf epsilon 1e9 is at least the image diameter" in warnings[1]
-    report = json.loads(own_checkpoint.with_name("last.eval.n100000_linf_fgsm_eps1e9.json").read_text())
+    assert "linf epsilon 1 is at least the image diameter" in warnings[1]
+    report = json.loads(own_checkpoint.with_name("last.eval.n100000_linf_fgsm_eps1.json").read_text())
     assert report["evaluation"]["n"] == 200 and len(report["warnings"]) == 2
 
 
