@@ -1,6 +1,7 @@
 """Plumbing every script shares: command lines that fail in one line, files written so that a kill or a full
 disk leaves no half-written one, and content digests."""
 import argparse
+import difflib
 import errno
 import json
 import os
@@ -20,14 +21,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class CLIParser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line (no usage dump) with exit status 2."""
+    """argparse that reports bad input as one line (no usage dump) with exit status 2, naming the option a
+    misspelt one most likely meant (--optimiser: did you mean --optimizer?)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.did_you_mean(message)}\n")
+
+    def did_you_mean(self, message):
+        """"; did you mean --x?" for each unrecognised option of `message` that is close to one of ours."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        options = [option for action in self._actions for option in action.option_strings
+                   if option.startswith("--")]
+        hints = []
+        for word in message.removeprefix("unrecognized arguments:").split():
+            name = word.split("=", 1)[0]
+            if name.startswith("-"):
+                close = difflib.get_close_matches("--" + name.lstrip("-"), options, n=1, cutoff=0.75)
+                hints += [f"{name}: did you mean {close[0]}?"] if close else []
+        return "; " + "; ".join(hints) if hints else ""
 
 
 def fail(message, status=2):

@@ -38,6 +38,23 @@ def test_unknown_model_still_lists_the_choices_with_a_metavar(capsys):
     assert all(name in err for name in MODELS)
 
 
+@pytest.mark.parametrize("misspelt, meant", [("--optimiser", "--optimizer"), ("--levrage", "--leverage"),
+                                              ("-optimizer", "--optimizer")])
+def test_a_misspelt_option_is_answered_with_the_option_it_most_likely_meant_on_cpu(capsys, misspelt, meant):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["mnist", "mnist", f"{misspelt}=adam"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{misspelt}: did you mean {meant}?" in err
+
+
+def test_an_option_close_to_none_of_ours_gets_no_guess_on_cpu(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["mnist", "mnist", "--colour", "red"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --colour red" in err and "did you mean" not in err
+
+
 class ConstantModel(torch.nn.Module):
     def __init__(self, label, num_classes=10):
         super().__init__()
