@@ -108,6 +108,18 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     assert grey.get_zorder() > clean.get_zorder()
 
 
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_a_run_folder_given_for_a_checkpoint_lists_its_checkpoints_with_or_without_the_slash(capsys, tmp_path,
+                                                                                             slash):
+    folder = tmp_path / "mnist-mnist-ALP-ep30"
+    folder.mkdir()
+    for name in ("best_clean.pt", "best_robust.pt", "epoch_005.pt", "last.pt"):
+        (folder / name).write_bytes(b"")
+    code, _, err = run(capsys, f"{folder}{slash}")
+    assert_one_line_error(code, err, "it holds best_clean.pt, best_robust.pt, epoch_005.pt, last.pt")
+    assert f"e.g. {folder}/best_robust.pt" in err
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
