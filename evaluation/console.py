@@ -4,6 +4,7 @@ Tables go to stdout, warnings and the lines that stop the script to stderr."""
 import os
 import sys
 
+from training.validation import clean_barely_learnt
 from utils import duration, fail, percent
 
 from .files import check_report
@@ -69,13 +70,23 @@ def print_corruptions(report, checkpoint, folder, json_path):
           format_corruptions(report["corruptions"]), f"\nAll figures: {json_path}", sep="\n")
 
 
+def source_caution(report, transfer_from):
+    """[one line] when a transfer's source has barely learnt: its examples are barely adversarial, so the
+    target's high robust accuracy under them says nothing; else []."""
+    if not report["transfer"]:
+        return []
+    why = clean_barely_learnt(report["transfer"]["source"]["clean_accuracy"], report["dataset"])
+    return [f"the source {transfer_from} has barely learnt ({why}): examples made on it say little about the "
+            f"target, so its robust accuracy here is no sign of robustness"] if why else []
+
+
 def reporter(checkpoint, transfer_from, device, json_path, evaluation_record, warnings):
     """on_progress for the engine: prints what runs and each table as it finishes, and rewrites the JSON
     after every step (at once, so that a stale report of an earlier run never survives a crash)."""
     def on_progress(report, kind, record):
         if kind == "clean":
             report["evaluation"].update(evaluation_record)
-            report["warnings"] = warnings + report["warnings"]
+            report["warnings"] = warnings + report["warnings"] + source_caution(report, transfer_from)
             for line in report["warnings"]:
                 warn(line)
             print(f"{checkpoint}: {report['model']} on {report['dataset']}, epoch {report['epoch'] or '?'}; "

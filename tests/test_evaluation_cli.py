@@ -77,6 +77,20 @@ def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(caps
     assert table["worst_case"]["robust"] >= white_table["worst_case"]["robust"]
 
 
+def test_a_transfer_from_a_source_that_barely_learnt_is_cautioned_in_one_line(capsys, checkpoint, source,  # noqa: F811
+                                                                               data_root, tmp_path):  # noqa: F811
+    """CPU. An untrained MNIST net (its last layer starts at zero) gives class 0 to every image."""
+    untrained = write(tmp_path / "untrained.pt", "mnist", "mnist")
+    argv = ("--data-root", data_root, "--norms", "linf", "--attacks", "fgsm", "--n", "16", "-b", "8")
+    code, _, err = run(capsys, checkpoint, "--transfer-from", untrained, *argv, "--json", tmp_path / "a.json")
+    assert code == 0, err
+    (caution,) = [line for line in err.splitlines() if "barely learnt" in line]
+    assert f"the source {untrained} has barely learnt" in caution and "no sign of robustness" in caution
+    assert caution.split("warning: ", 1)[1] in json.loads((tmp_path / "a.json").read_text())["warnings"]
+    code, _, err = run(capsys, checkpoint, "--transfer-from", source, *argv, "--json", tmp_path / "b.json")
+    assert code == 0 and "barely learnt" not in err, err
+
+
 def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoint, data_root, tmp_path):  # noqa: F811
     cifar = write(tmp_path / "cifar.pt", "resnet20", "cifar10")
     code, _, err = run(capsys, checkpoint, "--transfer-from", cifar, "--data-root", data_root, *FAST)

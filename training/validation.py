@@ -80,6 +80,17 @@ REFERENCE_CLEAN_ACCURACY = {dataset: min(t.clean for t in TABLES.values() if t.d
                             for dataset in {table.dataset for table in TABLES.values()}}
 
 
+def clean_barely_learnt(clean, dataset):
+    """Why this clean accuracy is far from useful (less than halfway from chance to what a fully trained model
+    reaches on the data set), or None: barely_learnt's verdict on clean accuracy alone."""
+    chance = 1 / DATASETS[dataset].num_classes
+    halfway = (chance + REFERENCE_CLEAN_ACCURACY.get(dataset, 1.0)) / 2
+    if clean >= halfway:
+        return None
+    return (f"clean {percent(clean)} is less than {100 * halfway:.1f}%, halfway from chance ({100 * chance:.3g}%) "
+            f"to what a fully trained model reaches")
+
+
 def barely_learnt(clean, robust, dataset):
     """Why a run whose best validation figures are these has barely learnt yet, or None. Chance is
     1 / classes (the balanced validation splits of --subset, and the test splits, are about even). Robust
@@ -88,11 +99,7 @@ def barely_learnt(clean, robust, dataset):
     figure) is far from useful: 54.7% on MNIST, 43.6% on CIFAR-10, 28.4% on CIFAR-100, so that the README's
     ResNet32 CIFAR-100 command, whose model the reference does not list, is not warned about once trained."""
     chance = 1 / DATASETS[dataset].num_classes
-    halfway = (chance + REFERENCE_CLEAN_ACCURACY.get(dataset, 1.0)) / 2
-    reasons = []
-    if clean < halfway:
-        reasons.append(f"clean {percent(clean)} is less than {100 * halfway:.1f}%, halfway from chance "
-                       f"({100 * chance:.3g}%) to what a fully trained model reaches")
+    reasons = [clean_barely_learnt(clean, dataset)] if clean_barely_learnt(clean, dataset) else []
     if robust <= chance:
         reasons.append(f"robust {percent(robust)} is no better than chance ({100 * chance:.3g}%)")
     return "; ".join(reasons) or None
