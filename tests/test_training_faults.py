@@ -413,6 +413,7 @@ def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
 
 
 def test_the_curves_of_a_one_epoch_run_have_integer_ticks(tmp_path):
-    fig = curves_figure([{"epoch": 1, "clean_accuracy": 0.5, "robust_accuracy": 0.2}])
-    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    fig = curves_figure([{"epoch": 1, "train_loss": 2.0, "train_adv_accuracy": 0.1, "clean_accuracy": 0.5,
+                          "robust_accuracy": 0.2}])
+    ticks = [t for t in fig.axes[1].get_xticks() if fig.axes[1].get_xlim()[0] <= t <= fig.axes[1].get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)

@@ -28,6 +28,7 @@ from . import resume as policy
 from .lock import RunLock, RunLockHeld, lock_holder
 from .records import (BEST, append_start, best_file_name, epoch_line, first_args, plot_curves, set_rng_state,
                       without_epoch_count, write_csv)
+from .validation import validation_name
 
 
 def _one_line_on_write_errors(method):
@@ -282,7 +283,8 @@ class RunFolder:
         released."""
         if not self.is_main:
             return
-        plot_curves(self.metrics, self.file("curves.png"), title=title)
+        plot_curves(self.metrics, self.file("curves.png"), title=title,
+                    robust_label=validation_name(self.args["dataset"]))
         written = [key for key in BEST if self.best[key] >= 0 and os.path.isfile(self.file(best_file_name(key)))]
         if written:
             figures = ", ".join(f"best {key.split('_')[0]} {percent(self.best[key])} ({best_file_name(key)})"

@@ -29,6 +29,12 @@ def validation_attack(family):
     return ATTACKS[name](parse_epsilon(SUITES[family]["linf"]["epsilons"][0]), **options)
 
 
+def validation_name(dataset):
+    """The validation attack as the curves label it: "PGD-100 (ℓ∞ 0.3)"."""
+    family = DATASETS[dataset].family
+    return f"{HYP['validation_attack'][family]} (ℓ∞ {SUITES[family]['linf']['epsilons'][0]})"
+
+
 def validation_batch_size(device):
     return HYP["validation_batch"]["cuda" if torch.device(device).type == "cuda" else "cpu"]
 
