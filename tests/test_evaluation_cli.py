@@ -122,6 +122,24 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     assert grey.get_zorder() > clean.get_zorder()
 
 
+@pytest.mark.parametrize("bound, shown", [([0.9, 0.9, 0.9], False), ([0.9, 0.9, 0.1], True)])
+def test_the_grey_image_bound_is_shown_only_where_it_falls_below_the_clean_accuracy_on_cpu(bound, shown):
+    """MNIST up to ℓ∞ 0.3 has no image within ε of grey: the bound is the clean accuracy, a row of nothing."""
+    import matplotlib.pyplot as plt
+    from evaluation import sweep_figure
+    from evaluation.report import format_sweep
+    sweep = {"norm": "linf", "epsilons": [0, 0.1, 0.3], "epsilon_labels": ["0", "0.1", "0.3"],
+             "clean_accuracy": 0.9, "grey_image_bound": bound,
+             "curves": [{"label": "PGD-50", "robust_accuracy": [0.9, 0.5, 0.0]}]}
+    text = format_sweep(sweep)
+    assert ("| grey-image bound |" in text) == shown
+    assert ("not shown" in text) == (not shown)
+    fig = sweep_figure({"model": "m", "dataset": "mnist", "evaluation": {"n": 8}, "sweep": sweep})
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    plt.close(fig)
+    assert ("grey-image bound" in labels) == shown
+
+
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_a_run_folder_given_for_a_checkpoint_lists_its_checkpoints_with_or_without_the_slash(capsys, tmp_path,
                                                                                              slash):
