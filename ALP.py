@@ -19,7 +19,6 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from attacks import ATTACKS
 from checkpoints import checkpoint_meta
@@ -39,6 +38,7 @@ from training.run_folder import RunFolder
 from training.speed import mixed_precision, speed_options
 from training.validation import (barely_learnt_note, validate, validates, validation_attack,
                                  validation_seconds)
+from utils import with_progress
 from weights import build_model
 
 
@@ -123,8 +123,8 @@ def train(args, filled, run, resumed, rank, world_size, device, graph_note):
                 started, lr = time.time(), optimizer.param_groups[0]["lr"]
                 tally = EpochTally(device)
                 batches = len(train_loader)
-                for batch, (x, y) in enumerate(tqdm(train_loader.epoch(epoch), total=batches, disable=not progress,
-                                                    desc=f"epoch {epoch + 1}", leave=False)):
+                for batch, (x, y) in enumerate(with_progress(train_loader.epoch(epoch), batches, f"epoch {epoch + 1}",
+                                                             progress, unit="batch")):
                     loss, logits_adv = step(x, y)  # the PGD pair, the ALP loss, the optimiser step
                     tally.add(loss, logits_adv, y)
                     per_batch = clock.tick(last=batch + 1 == batches)

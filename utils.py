@@ -7,8 +7,10 @@ import json
 import os
 import secrets
 import sys
+import time
 
 import torch
+from tqdm import tqdm
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -161,5 +163,83 @@ def number(text):
 
 def progress_wanted(flag):
     """--progress/--no-progress as given, else bars only for a person watching (stderr a terminal), none in a
-    log file or CI."""
+    log file or CI (which get progress_meter's lines instead)."""
     return sys.stderr.isatty() if flag is None else flag
+
+
+# --- progress ------------------------------------------------------------------------------------------------
+
+# Without bars (a log file, CI, --no-progress), a loop says how far it is at most this often, at its next step
+# after that. Steps (a training or validation batch, a unit of attacks) take seconds up to about half a
+# minute on a CPU, so a line comes at least once a minute.
+PROGRESS_LINE_SECONDS = 30
+
+
+class ProgressLines:
+    """The off-terminal form of a progress bar: a line on stderr at most every PROGRESS_LINE_SECONDS, with
+    what is done, the time spent and the time left. tqdm's update, set_postfix and close."""
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n, self.postfix = total, desc, unit, 0, ""
+        self.started = self.said = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        now = time.monotonic()
+        if now - self.said >= PROGRESS_LINE_SECONDS and self.n < self.total:
+            self.said = now
+            print(self.line(now - self.started), file=sys.stderr, flush=True)
+
+    def line(self, elapsed):
+        left = f", about {duration(elapsed / self.n * (self.total - self.n))} left" if self.n else ""
+        postfix = f"; {self.postfix}" if self.postfix else ""
+        return (f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%) in "
+                f"{duration(elapsed)}{left}{postfix}")
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
+
+    def close(self):
+        pass
+
+
+def terminal_size():
+    """(columns, rows) of stderr's terminal, 80 x 24 where it reports none (a pty with no window size, under
+    `script`): tqdm draws nothing at a size of 0, only the line breaks around it."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
+
+
+def progress_meter(total, desc, bars, unit="it"):
+    """What shows a loop's progress: a tqdm bar on stderr where `bars` (progress_wanted) is True, that clears
+    its line when closed so that nothing is left between the tables; ProgressLines where it is False; nothing
+    where it is None, and in every process of a torch.distributed group but the first (one speaks for all)."""
+    lead = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+    if bars is None or not lead:
+        return tqdm(total=total, disable=True)
+    if bars:
+        columns, rows = terminal_size()
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, ncols=columns, nrows=rows)
+    return ProgressLines(total, desc, unit)
+
+
+def with_progress(iterable, total, desc, bars, unit="it"):
+    """The items of `iterable`, each counted on a progress_meter once the loop's body is done with it."""
+    meter = progress_meter(total, desc, bars, unit)
+    try:
+        for item in iterable:
+            yield item
+            meter.update(1)
+    finally:
+        meter.close()
+
+
+def say(*args, file=None, **kwargs):
+    """print(), with the progress bars on the terminal cleared first and drawn again below it: a line or a
+    table never starts on the end of a bar."""
+    with tqdm.external_write_mode(file=file):
+        print(*args, file=file, **kwargs)

@@ -21,7 +21,7 @@ import sys
 from checkpoints import CheckpointError, load_checkpoint, other_checkpoints, save_checkpoint
 from evaluation.checks import constant_predictor_check
 from interrupts import say_on_stop
-from utils import describe_os_error, fail, percent
+from utils import describe_os_error, fail, percent, say
 from weights import put_weights
 
 from . import resume as policy
@@ -222,7 +222,7 @@ class RunFolder:
         """Printed (to stdout, or `file`) and appended to log.txt (main process only)."""
         if not self.is_main:
             return
-        print(line, file=file or sys.stdout, flush=True)
+        say(line, file=file or sys.stdout, flush=True)  # above any progress bar
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")

@@ -4,13 +4,12 @@ import copy
 import time
 
 import torch
-from tqdm import tqdm
 
 from attacks import ATTACKS
 from data import DATASETS
 from evaluation.suite import SUITES, parse_epsilon
 from reference import TABLES
-from utils import percent
+from utils import percent, with_progress
 
 from .hyp import HYP
 
@@ -53,7 +52,7 @@ def validate(model, loader, attack, num_classes, progress=False, desc="validatin
     model.eval()
     clean = robust = 0
     counts = torch.zeros(num_classes, dtype=torch.long, device=loader.labels.device)
-    for x, y in tqdm(loader.epoch(), total=len(loader), disable=not progress, desc=desc, leave=False):
+    for x, y in with_progress(loader.epoch(), len(loader), desc, progress, unit="batch"):
         x_adv = attack(model, x, y)
         with torch.no_grad():
             predicted, predicted_adv = model(x).argmax(1), model(x_adv).argmax(1)
