@@ -73,7 +73,8 @@ def build_parser(description=None):
     p.add_argument("--eval-freq", type=int, default=1, help="validate every this many epochs (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars with rate and time left (default: on when stderr is a terminal)")
+                   help="progress bars with rate and time left (default: on when stderr is a terminal; without them, "
+                        "a progress line at least every minute)")
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice (data order, PGD starts, "
                    "--subset, --ratio)")
     p.add_argument("--data-root", default="./data", help="folder of the data sets (downloaded there if absent)")
