@@ -169,14 +169,15 @@ def progress_wanted(flag):
 
 # --- progress ------------------------------------------------------------------------------------------------
 
-# Without bars (a log file, CI, --no-progress), a loop says how far it is at most this often, at its next step
-# after that. Steps (a training or validation batch, a unit of attacks) take seconds up to about half a
-# minute on a CPU, so a line comes at least once a minute.
-PROGRESS_LINE_SECONDS = 30
+# Without bars (a log file, CI, --no-progress), a loop says how far it is at the first step this long after
+# its start or its last line. One loop follows another (training, then validation; one attack, then the next),
+# so the longest silence is about two of these plus two steps, and steps (a batch, a unit of attacks) take a
+# few seconds on a CPU: a line comes at least once a minute.
+PROGRESS_LINE_SECONDS = 20
 
 
 class ProgressLines:
-    """The off-terminal form of a progress bar: a line on stderr at most every PROGRESS_LINE_SECONDS, with
+    """The off-terminal form of a progress bar: a line on stderr once every PROGRESS_LINE_SECONDS or so, with
     what is done, the time spent and the time left. tqdm's update, set_postfix and close."""
 
     def __init__(self, total, desc, unit):
