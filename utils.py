@@ -1,5 +1,6 @@
-"""Plumbing every script shares: command lines that fail in one line, files written so that a kill or a full
-disk leaves no half-written one, and content digests."""
+"""Plumbing every script shares: command lines that fail in one line, progress that is never silent for a
+minute and never runs into a table, files written so that a kill or a full disk leaves no half-written one,
+and content digests."""
 import argparse
 import difflib
 import errno
