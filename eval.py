@@ -26,6 +26,7 @@ from evaluation import (Runner, ThreatModelViolation, UnitStore, default_batch_s
                         plan_summary, plan_sweep, plan_threat_models, recorded_batch_size, remove, shared,
                         units_folder)
 from evaluation.command_line import parse_args, requested_evaluation
+from evaluation.suite import epsilon_in_0_255_units
 from evaluation.console import (checked_report, estimate_printer, print_checks, print_corruptions, print_finished,
                                 reporter, save, save_sweep_plot, stopped, warn)
 from evaluation.inputs import corruption_files, load_model, load_source, load_test_images, resolve_device
@@ -43,15 +44,20 @@ def main(argv=None):
         stopped(stop, "run the same command to continue")
 
 
-def check_plan(args, family, lead):
-    """The selection checked against the family's suite before any data is read (the lead process says
+def check_plan(args, spec, lead):
+    """The selection checked against the data set's suite before any data is read (the lead process says
     where each --attacks name runs: a name may run at several norms)."""
+    family = spec.family
     try:
         if args.sweep:
             plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
         elif not args.corruptions:
             plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
                                       white_box_only=bool(args.transfer_from))
+            for norm, label, epsilon, _ in plan:
+                too_large = epsilon_in_0_255_units(norm, label, epsilon, spec.shape)
+                if too_large:
+                    raise ValueError(f"--epsilon: {too_large}")
             if args.attacks and lead:
                 print(f"--attacks {' '.join(args.attacks)} runs {plan_summary(plan)}", flush=True)
     except ValueError as e:
@@ -64,7 +70,7 @@ def evaluate_checkpoint(args):
     lead = rank == 0
     model, meta = load_model(args.checkpoint, args.model, args.dataset, device)
     dataset = meta["dataset"]
-    check_plan(args, DATASETS[dataset].family, lead)
+    check_plan(args, DATASETS[dataset], lead)
     source, source_info = (load_source(args.transfer_from, args.source_model, dataset, args.checkpoint, device)
                            if args.transfer_from else (None, None))
     requested = requested_evaluation(args)

@@ -1,7 +1,7 @@
 """Check one of the reference's published tables: train with its command, attack with its attacks, compare.
 
     python reproduce.py mnist                                        # the reference's MNIST table, in full
-    python reproduce.py mnist --epochs 2 --subset 500 --images 200   # a shortened trial, labelled as one
+    python reproduce.py mnist --epochs 3 --subset 2000 --images 100  # a shortened trial, labelled as one
 
 1. training: ALP.py with the reference's command for the table, unchanged, in the folder's training/;
 2. evaluation: eval.py on the final checkpoint (last.pt), one run per threat model with the attacks of the
@@ -63,7 +63,7 @@ def tables_help():
 def build_parser():
     p = CLIParser(description=__doc__, epilog=tables_help())
     names = [*TABLES, *ROW_TABLES]
-    p.add_argument("table", metavar="TABLE", choices=names, help="the published table: " + ", ".join(names))
+    p.add_argument("table", metavar="TABLE", choices=names, nargs="?", help="the published table: " + ", ".join(names))
     p.add_argument("--rows", nargs="+", metavar="ROW",
                    help="a table of rows (" + ", ".join(ROW_TABLES) + "): train and evaluate only these rows "
                         "(default: all); the report holds every row evaluated in the folder so far")
@@ -117,6 +117,8 @@ def evaluate(checkpoint, norm, attacks, json_path, common):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.table is None:
+        parser.error(f"name a table: {', '.join([*TABLES, *ROW_TABLES])} (--help shows the commands each runs)")
     for flag in ("epochs", "subset", "images"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             parser.error(f"--{flag} must be a positive integer, not {getattr(args, flag)}")

@@ -1,13 +1,17 @@
-"""Plumbing every script shares: command lines that fail in one line, files written so that a kill or a full
-disk leaves no half-written one, and content digests."""
+"""Plumbing every script shares: command lines that fail in one line, progress that is never silent for a
+minute and never runs into a table, files written so that a kill or a full disk leaves no half-written one,
+and content digests."""
 import argparse
+import difflib
 import errno
 import json
 import os
 import secrets
 import sys
+import time
 
 import torch
+from tqdm import tqdm
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -20,14 +24,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class CLIParser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line (no usage dump) with exit status 2."""
+    """argparse that reports bad input as one line (no usage dump) with exit status 2, naming the option a
+    misspelt one most likely meant (--optimiser: did you mean --optimizer?)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.did_you_mean(message)}\n")
+
+    def did_you_mean(self, message):
+        """"; did you mean --x?" for each unrecognised option of `message` that is close to one of ours."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        options = [option for action in self._actions for option in action.option_strings
+                   if option.startswith("--")]
+        hints = []
+        for word in message.removeprefix("unrecognized arguments:").split():
+            name = word.split("=", 1)[0]
+            if name.startswith("-"):
+                close = difflib.get_close_matches("--" + name.lstrip("-"), options, n=1, cutoff=0.75)
+                hints += [f"{name}: did you mean {close[0]}?"] if close else []
+        return "; " + "; ".join(hints) if hints else ""
 
 
 def fail(message, status=2):
@@ -145,5 +164,84 @@ def number(text):
 
 def progress_wanted(flag):
     """--progress/--no-progress as given, else bars only for a person watching (stderr a terminal), none in a
-    log file or CI."""
+    log file or CI (which get progress_meter's lines instead)."""
     return sys.stderr.isatty() if flag is None else flag
+
+
+# --- progress ------------------------------------------------------------------------------------------------
+
+# Without bars (a log file, CI, --no-progress), a loop says how far it is at the first step this long after
+# its start or its last line. One loop follows another (training, then validation; one attack, then the next),
+# so the longest silence is about two of these plus two steps, and steps (a batch, a unit of attacks) take a
+# few seconds on a CPU: a line comes at least once a minute.
+PROGRESS_LINE_SECONDS = 20
+
+
+class ProgressLines:
+    """The off-terminal form of a progress bar: a line on stderr once every PROGRESS_LINE_SECONDS or so, with
+    what is done, the time spent and the time left. tqdm's update, set_postfix and close."""
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n, self.postfix = total, desc, unit, 0, ""
+        self.started = self.said = time.monotonic()
+
+    def update(self, n=1):
+        self.n += n
+        now = time.monotonic()
+        if now - self.said >= PROGRESS_LINE_SECONDS and self.n < self.total:
+            self.said = now
+            print(self.line(now - self.started), file=sys.stderr, flush=True)
+
+    def line(self, elapsed):
+        left = f", about {duration(elapsed / self.n * (self.total - self.n))} left" if self.n else ""
+        postfix = f"; {self.postfix}" if self.postfix else ""
+        return (f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%) in "
+                f"{duration(elapsed)}{left}{postfix}")
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
+
+    def close(self):
+        pass
+
+
+def terminal_size():
+    """(columns, rows) of stderr's terminal, 80 x 24 where it reports none (a pty with no window size, under
+    `script`): tqdm draws nothing at a size of 0, only the line breaks around it."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
+
+
+def progress_meter(total, desc, bars, unit="it"):
+    """What shows a loop's progress: a tqdm bar on stderr where `bars` (progress_wanted) is True, that clears
+    its line when closed so that nothing is left between the tables; ProgressLines where it is False; nothing
+    where it is None, and in every process of a torch.distributed group but the first (one speaks for all)."""
+    lead = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
+    if bars is None or not lead:
+        return tqdm(total=total, disable=True)
+    if bars:
+        columns, rows = terminal_size()
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, ncols=columns, nrows=rows)
+    return ProgressLines(total, desc, unit)
+
+
+def with_progress(iterable, total, desc, bars, unit="it"):
+    """The items of `iterable`, each counted on a progress_meter once the loop's body is done with it."""
+    meter = progress_meter(total, desc, bars, unit)
+    try:
+        for item in iterable:
+            yield item
+            meter.update(1)
+    finally:
+        meter.close()
+
+
+def say(*args, file=None, **kwargs):
+    """print(), with the progress bars on the terminal cleared first and drawn again below it: a line or a
+    table never starts on the end of a bar."""
+    with tqdm.external_write_mode(file=file):
+        print(*args, file=file, **kwargs)

@@ -85,7 +85,8 @@ def build_parser(description=None):
                         help="overwrite a JSON file that holds a different evaluation")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress bar per attack, moving per batch, with its rate, time left and running "
-                             "robust accuracy (default: on when stderr is a terminal)")
+                             "robust accuracy (default: on when stderr is a terminal; without them, a progress "
+                             "line at least every minute)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if present, else cpu)")
     parser.add_argument("--worst-case-only", action="store_true",
                         help="attack only the samples that earlier attacks of the table left robust; "

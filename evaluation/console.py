@@ -4,7 +4,8 @@ Tables go to stdout, warnings and the lines that stop the script to stderr."""
 import os
 import sys
 
-from utils import duration, fail, percent
+from training.validation import clean_barely_learnt
+from utils import duration, fail, percent, say
 
 from .files import check_report
 from .report import (format_checks, format_corruptions, format_details, format_legend, format_sweep, format_table,
@@ -19,13 +20,13 @@ def estimate_printer():
     first batch of each of its attacks."""
     def on_estimate(seconds):
         if seconds >= ESTIMATE_FROM_SECONDS:
-            print(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
+            say(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
                   f"each)", flush=True)
     return on_estimate
 
 
 def warn(message):
-    print(f"{os.path.basename(sys.argv[0])}: warning: {message}", file=sys.stderr)
+    say(f"{os.path.basename(sys.argv[0])}: warning: {message}", file=sys.stderr)
 
 
 def save(report, path):
@@ -45,28 +46,38 @@ def checked_report(json_path, requested, identity, force):
 
 def print_table(table, report):
     table_format = format_transfer_table if report["transfer"] else format_table
-    print(table_format(table, report), "", format_details(table, report["evaluation"]["worst_case_only"]), "",
+    say(table_format(table, report), "", format_details(table, report["evaluation"]["worst_case_only"]), "",
           sep="\n", flush=True)
 
 
 def print_finished(report, json_path):
     """A finished evaluation is not run again: its tables, from its JSON."""
-    print(f"{json_path} holds this evaluation, complete (--force runs it again)\n")
+    say(f"{json_path} holds this evaluation, complete (--force runs it again)\n")
     if report["threat_models"] or report["transfer"]:
-        print(format_legend(report), "", sep="\n")
+        say(format_legend(report), "", sep="\n")
     for table in report["threat_models"] + ((report["transfer"] or {}).get("threat_models") or []):
         print_table(table, report)
     if report["sweep"]:
-        print(format_sweep(report["sweep"]), "", sep="\n")
+        say(format_sweep(report["sweep"]), "", sep="\n")
     if report["corruptions"]:
-        print(format_corruptions(report["corruptions"]), "", sep="\n")
+        say(format_corruptions(report["corruptions"]), "", sep="\n")
     print_checks(report, json_path)
 
 
 def print_corruptions(report, checkpoint, folder, json_path):
-    print(f"{checkpoint}: {report['model']} on {report['dataset']}, "
+    say(f"{checkpoint}: {report['model']} on {report['dataset']}, "
           f"{report['corruptions']['images_per_severity']} images per severity from {folder}\n",
           format_corruptions(report["corruptions"]), f"\nAll figures: {json_path}", sep="\n")
+
+
+def source_caution(report, transfer_from):
+    """[one line] when a transfer's source has barely learnt: its examples are barely adversarial, so the
+    target's high robust accuracy under them says nothing; else []."""
+    if not report["transfer"]:
+        return []
+    why = clean_barely_learnt(report["transfer"]["source"]["clean_accuracy"], report["dataset"])
+    return [f"the source {transfer_from} has barely learnt ({why}): examples made on it say little about the "
+            f"target, so its robust accuracy here is no sign of robustness"] if why else []
 
 
 def reporter(checkpoint, transfer_from, device, json_path, evaluation_record, warnings):
@@ -75,21 +86,21 @@ def reporter(checkpoint, transfer_from, device, json_path, evaluation_record, wa
     def on_progress(report, kind, record):
         if kind == "clean":
             report["evaluation"].update(evaluation_record)
-            report["warnings"] = warnings + report["warnings"]
+            report["warnings"] = warnings + report["warnings"] + source_caution(report, transfer_from)
             for line in report["warnings"]:
                 warn(line)
-            print(f"{checkpoint}: {report['model']} on {report['dataset']}, epoch {report['epoch'] or '?'}; "
+            say(f"{checkpoint}: {report['model']} on {report['dataset']}, epoch {report['epoch'] or '?'}; "
                   f"{report['evaluation']['n']} test images on {device}; clean accuracy "
                   f"{percent(report['clean']['accuracy'])}", flush=True)
             if report["transfer"]:
                 source = report["transfer"]["source"]
-                print(f"transfer attacks: made on {transfer_from} ({source['model']}, clean accuracy "
+                say(f"transfer attacks: made on {transfer_from} ({source['model']}, clean accuracy "
                       f"{percent(source['clean_accuracy'])}), measured on {checkpoint}", flush=True)
             elif report["aa_version"] != "standard":
-                print(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
+                say(f"AutoAttack: pyautoattack's {report['aa_version']} version", flush=True)
             if not report["sweep"]:
-                print(format_legend(report), flush=True)
-            print(flush=True)
+                say(format_legend(report), flush=True)
+            say(flush=True)
         elif kind == "table":
             print_table(record, report)
         save(report, json_path)
@@ -104,16 +115,16 @@ def save_sweep_plot(report, json_path):
     except OSError as e:
         fail(f"{plot_path} cannot be written ({e.strerror or type(e).__name__})")
     report["sweep"]["plot"] = plot_path
-    print(format_sweep(report["sweep"]), f"\nPlot: {plot_path}\n", sep="\n")
+    say(format_sweep(report["sweep"]), f"\nPlot: {plot_path}\n", sep="\n")
 
 
 def print_checks(report, json_path):
-    print(format_checks(report["masking_checks"]), f"\nAll figures: {json_path}", sep="\n")
+    say(format_checks(report["masking_checks"]), f"\nAll figures: {json_path}", sep="\n")
 
 
 def stopped(stop, how_to_continue):
     """Ctrl-C or SIGTERM (interrupts.Interrupted): one line (none where how_to_continue is None: another process
     says it), and the exit status of a process ended by that signal."""
     if how_to_continue is not None:
-        print(f"{os.path.basename(sys.argv[0])}: stopped by {stop}; {how_to_continue}", file=sys.stderr)
+        say(f"{os.path.basename(sys.argv[0])}: stopped by {stop}; {how_to_continue}", file=sys.stderr)
     sys.exit(stop.exit_status)

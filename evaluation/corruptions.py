@@ -1,13 +1,12 @@
 """Accuracy on common corruptions: CIFAR-10-C / CIFAR-100-C as Hendrycks & Dietterich (2019) publish them."""
 import os
-import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from attacks.common import device_of
 from data import DATASETS
+from utils import with_progress
 
 from .engine import new_report
 from .units import clean_predictions, evaluates_models
@@ -85,8 +84,8 @@ def evaluate_corruptions(model, folder, dataset="cifar10", n=None, *, batch_size
                                                 "epsilons": None})
     rows = []
     num_classes = DATASETS[dataset].num_classes
-    for name, images in tqdm(corruptions.items(), desc="corruptions", unit="corruption", disable=not progress,
-                             file=sys.stderr):
+    for name, images in with_progress(corruptions.items(), len(corruptions), "corruptions", progress,
+                                      unit="corruption"):
         accuracy = [(clean_predictions(model, images[s].to(device), batch_size, num_classes) == labels[s])
                     .float().mean().item() for s in range(SEVERITIES)]
         rows.append({"corruption": name, "accuracy": accuracy, "mean": sum(accuracy) / SEVERITIES})

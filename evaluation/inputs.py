@@ -21,6 +21,8 @@ def resolve_device(name):
 
 def load_model(path, model_name, dataset, device):
     """(model in eval mode on device, meta); bad checkpoints stop the script."""
+    if os.path.isdir(path):
+        fail(folder_instead_of_checkpoint(path))
     try:
         model, meta = model_from_file(path, model_name=model_name, dataset=dataset)
     except CheckpointError as e:
@@ -36,6 +38,16 @@ def load_model(path, model_name, dataset, device):
         # layout on an ALP-trained MNIST net; bf16 autocast, faster still, changed them, so attacks stay float32.
         model = model.to(memory_format=torch.channels_last)
     return model, meta
+
+
+def folder_instead_of_checkpoint(path):
+    """The line for a run folder given where a checkpoint belongs: the checkpoints it holds, one to name."""
+    held = sorted(name for name in os.listdir(path) if name.endswith(".pt"))
+    if not held:
+        return f"{path} is a folder that holds no checkpoint (.pt file): name a checkpoint file"
+    example = next((name for name in ("best_robust.pt", "last.pt") if name in held), held[0])
+    return (f"{path} is a folder, not a checkpoint: it holds {', '.join(held)}; name one, e.g. "
+            f"{os.path.join(path, example)}")
 
 
 def load_source(path, model_name, dataset, target, device):

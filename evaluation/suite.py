@@ -207,11 +207,27 @@ def suite_summary():
     return "\n".join(lines)
 
 
-def epsilon_warnings(norm_epsilons, shape):
-    """Warnings for epsilons that exceed what images allow: every pair of images in [0, 1]^d lies within 1
-    (linf), sqrt(d) (l2) and d (l1) of each other, so a larger ball holds every image."""
+def image_diameter(norm, shape):
+    """Every pair of images in [0, 1]^d lies within 1 (linf), sqrt(d) (l2) and d (l1) of each other."""
     d = math.prod(shape)
-    diameter = {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}
+    return {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[norm]
+
+
+def epsilon_in_0_255_units(norm, label, epsilon, shape):
+    """Why an ℓ∞ or ℓ2 epsilon is refused, or None: one above the diameter of [0, 1] images was written in
+    0-255 units (8 for 8/255; 76 for 0.3). ℓ1 keeps its warning (epsilon_warnings): its radii run into the
+    hundreds on CIFAR, so a large one is no sign of 0-255 units."""
+    if norm == "l1" or epsilon <= image_diameter(norm, shape):
+        return None
+    return (f"{norm} epsilon {label} is above the largest distance between two images in [0, 1] "
+            f"({image_diameter(norm, shape):.4g} for {'x'.join(map(str, shape))} images): written in 0-255 "
+            f"units? Images here are in [0, 1], so write 8/255 for 8 of those")
+
+
+def epsilon_warnings(norm_epsilons, shape):
+    """Warnings for epsilons that exceed what images allow: a ball larger than the images' diameter
+    (image_diameter) holds every image."""
+    diameter = {norm: image_diameter(norm, shape) for norm in NORMS}
     warnings = []
     for norm, label, epsilon in norm_epsilons:
         if epsilon >= diameter[norm]:

@@ -14,18 +14,16 @@ import inspect
 import itertools
 import json
 import math
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
-from utils import percent
+from utils import percent, progress_meter
 
 from .suite import is_autoattack
 
@@ -340,8 +338,7 @@ class JobBar:
         if previous is not None:
             previous.close()
         self.job, self.share, self.broken, self.seen = job, len(job.indices) / n, 0, 0
-        self.bar = tqdm(total=sum(unit_sizes), desc=f"{job.label} ({job.norm} {job.epsilon:.4g})", unit="img",
-                        disable=not enabled, file=sys.stderr)
+        self.bar = progress_meter(sum(unit_sizes), f"{job.label} ({job.norm} {job.epsilon:.4g})", enabled, unit="img")
 
     def update(self, broken):
         self.broken, self.seen = self.broken + sum(broken), self.seen + len(broken)

@@ -77,6 +77,20 @@ def test_transfer_attacks_are_made_on_the_source_and_measured_on_the_target(caps
     assert table["worst_case"]["robust"] >= white_table["worst_case"]["robust"]
 
 
+def test_a_transfer_from_a_source_that_barely_learnt_is_cautioned_in_one_line(capsys, checkpoint, source,  # noqa: F811
+                                                                               data_root, tmp_path):  # noqa: F811
+    """CPU. An untrained MNIST net (its last layer starts at zero) gives class 0 to every image."""
+    untrained = write(tmp_path / "untrained.pt", "mnist", "mnist")
+    argv = ("--data-root", data_root, "--norms", "linf", "--attacks", "fgsm", "--n", "16", "-b", "8")
+    code, _, err = run(capsys, checkpoint, "--transfer-from", untrained, *argv, "--json", tmp_path / "a.json")
+    assert code == 0, err
+    (caution,) = [line for line in err.splitlines() if "barely learnt" in line]
+    assert f"the source {untrained} has barely learnt" in caution and "no sign of robustness" in caution
+    assert caution.split("warning: ", 1)[1] in json.loads((tmp_path / "a.json").read_text())["warnings"]
+    code, _, err = run(capsys, checkpoint, "--transfer-from", source, *argv, "--json", tmp_path / "b.json")
+    assert code == 0 and "barely learnt" not in err, err
+
+
 def test_transfer_needs_both_checkpoints_for_the_same_data_set(capsys, checkpoint, data_root, tmp_path):  # noqa: F811
     cifar = write(tmp_path / "cifar.pt", "resnet20", "cifar10")
     code, _, err = run(capsys, checkpoint, "--transfer-from", cifar, "--data-root", data_root, *FAST)
@@ -108,12 +122,44 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     assert grey.get_zorder() > clean.get_zorder()
 
 
+@pytest.mark.parametrize("bound, shown", [([0.9, 0.9, 0.9], False), ([0.9, 0.9, 0.1], True)])
+def test_the_grey_image_bound_is_shown_only_where_it_falls_below_the_clean_accuracy_on_cpu(bound, shown):
+    """MNIST up to ℓ∞ 0.3 has no image within ε of grey: the bound is the clean accuracy, a row of nothing."""
+    import matplotlib.pyplot as plt
+    from evaluation import sweep_figure
+    from evaluation.report import format_sweep
+    sweep = {"norm": "linf", "epsilons": [0, 0.1, 0.3], "epsilon_labels": ["0", "0.1", "0.3"],
+             "clean_accuracy": 0.9, "grey_image_bound": bound,
+             "curves": [{"label": "PGD-50", "robust_accuracy": [0.9, 0.5, 0.0]}]}
+    text = format_sweep(sweep)
+    assert ("| grey-image bound |" in text) == shown
+    assert ("not shown" in text) == (not shown)
+    fig = sweep_figure({"model": "m", "dataset": "mnist", "evaluation": {"n": 8}, "sweep": sweep})
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    plt.close(fig)
+    assert ("grey-image bound" in labels) == shown
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_a_run_folder_given_for_a_checkpoint_lists_its_checkpoints_with_or_without_the_slash(capsys, tmp_path,
+                                                                                             slash):
+    folder = tmp_path / "mnist-mnist-ALP-ep30"
+    folder.mkdir()
+    for name in ("best_clean.pt", "best_robust.pt", "epoch_005.pt", "last.pt"):
+        (folder / name).write_bytes(b"")
+    code, _, err = run(capsys, f"{folder}{slash}")
+    assert_one_line_error(code, err, "it holds best_clean.pt, best_robust.pt, epoch_005.pt, last.pt")
+    assert f"e.g. {folder}/best_robust.pt" in err
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--transfer-from", "{tmp}/nowhere.pt"], "no checkpoint at"),
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
     (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
+    (["--norms", "linf", "--epsilon", "76"], "linf epsilon 76 is above the largest distance between two images"),
+    (["--norms", "l2", "--epsilon", "510"], "0-255 units? Images here are in [0, 1], so write 8/255"),
     (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks: drop --attacks"),
     (["--corruptions", "{tmp}", "--seed", "3"], "--corruptions runs no attacks: drop --seed"),
     (["--corruptions", "{tmp}", "--aa-version", "rand", "--norms", "l2"],
@@ -358,13 +404,13 @@ def test_a_progress_bar_gives_its_rate_and_time_left(capsys):
 def test_epsilons_too_large_for_images_and_n_beyond_the_test_set_are_warned_about(capsys, own_checkpoint,
                                                                                   data_root):  # noqa: F811
     code, _, err = run(capsys, own_checkpoint, "--data-root", data_root, "--norms", "linf", "--attacks", "fgsm",
-                       "--epsilon", "1e9", "--n", 100000)
+                       "--epsilon", "1", "--n", 100000)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "warning:" in line]
     assert len(warnings) == 2
     assert "--n 100000 exceeds the 200 test images" in warnings[0]
-    assert "linf epsilon 1e9 is at least the image diameter" in warnings[1]
-    report = json.loads(own_checkpoint.with_name("last.eval.n100000_linf_fgsm_eps1e9.json").read_text())
+    assert "linf epsilon 1 is at least the image diameter" in warnings[1]
+    report = json.loads(own_checkpoint.with_name("last.eval.n100000_linf_fgsm_eps1.json").read_text())
     assert report["evaluation"]["n"] == 200 and len(report["warnings"]) == 2
 
 

@@ -38,6 +38,23 @@ def test_unknown_model_still_lists_the_choices_with_a_metavar(capsys):
     assert all(name in err for name in MODELS)
 
 
+@pytest.mark.parametrize("misspelt, meant", [("--optimiser", "--optimizer"), ("--levrage", "--leverage"),
+                                              ("-optimizer", "--optimizer")])
+def test_a_misspelt_option_is_answered_with_the_option_it_most_likely_meant_on_cpu(capsys, misspelt, meant):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["mnist", "mnist", f"{misspelt}=adam"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{misspelt}: did you mean {meant}?" in err
+
+
+def test_an_option_close_to_none_of_ours_gets_no_guess_on_cpu(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["mnist", "mnist", "--colour", "red"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --colour red" in err and "did you mean" not in err
+
+
 class ConstantModel(torch.nn.Module):
     def __init__(self, label, num_classes=10):
         super().__init__()
@@ -63,7 +80,8 @@ def test_validation_counts_the_classes_it_predicts_and_a_one_class_model_is_flag
 
 
 def rows(n, validated_every=1):
-    return [{"epoch": e, "clean_accuracy": 0.5 + e / 1000 if e % validated_every == 0 else None,
+    return [{"epoch": e, "train_loss": 2.0 - e / 1000, "train_adv_accuracy": 0.1 + e / 1000,
+             "clean_accuracy": 0.5 + e / 1000 if e % validated_every == 0 else None,
              "robust_accuracy": 0.2 if e % validated_every == 0 else None} for e in range(1, n + 1)]
 
 
@@ -71,21 +89,28 @@ LONG_TITLE = ("mnist-mnist-ALP-lev0.5-pgd-linf-eps0.3-steps40-step0.01-adam-lr0.
               "-ratio0.1-subset500")
 
 
-@pytest.mark.parametrize("n, validated_every", [(1, 1), (2, 5), (3, 1), (200, 1)])
-def test_curves_are_readable_for_any_length_of_run(n, validated_every, tmp_path):
-    fig = curves_figure(rows(n, validated_every), LONG_TITLE)
-    (ax,) = fig.axes
-    assert ax.get_xlabel() == "epoch" and "accuracy" in ax.get_ylabel()
-    assert ax.get_title().replace("\n", "") == LONG_TITLE  # all of it, wrapped
+def plotted(ax):
+    """{legend label: number of points} of an axis's lines."""
+    return {line.get_label(): len(line.get_xdata()) for line in ax.lines}
+
+
+@pytest.mark.parametrize("n, validated_every", [(1, 1), (2, 5), (3, 1), (30, 30), (200, 1)])
+def test_curves_show_training_every_epoch_and_validation_where_it_ran_on_cpu(n, validated_every, tmp_path):
+    fig = curves_figure(rows(n, validated_every), LONG_TITLE, robust_label="PGD-100 (ℓ∞ 0.3)")
+    accuracy, loss = fig.axes
+    assert loss.get_xlabel() == "epoch" and "accuracy" in accuracy.get_ylabel() and "loss" in loss.get_ylabel()
+    assert accuracy.get_title().replace("\n", "") == LONG_TITLE  # all of it, wrapped
     fig.canvas.draw()
-    title_box, figure_box = ax.title.get_window_extent(), fig.bbox
+    title_box, figure_box = accuracy.title.get_window_extent(), fig.bbox
     assert title_box.x0 >= 0 and title_box.x1 <= figure_box.x1 and title_box.y1 <= figure_box.y1
-    points = sum(1 for r in rows(n, validated_every) if r["clean_accuracy"] is not None)
-    if points == 0:
-        assert any("no validated epoch" in t.get_text() for t in ax.texts)
-    else:
-        assert all(len(line.get_xdata()) == points for line in ax.lines)
-        assert all((line.get_marker() not in (None, "None", "")) == (points <= 40) for line in ax.lines)
+    validated = sum(1 for r in rows(n, validated_every) if r["clean_accuracy"] is not None)
+    assert plotted(accuracy) == {"training (adversarial half)": n, "validation, clean": validated,
+                                 "validation, PGD-100 (ℓ∞ 0.3)": validated}
+    assert plotted(loss) == {"training loss": n}  # every epoch, however rarely it validated
+    if validated == 0:
+        assert any("no validated epoch" in t.get_text() for t in accuracy.texts)
+    for line in accuracy.lines + loss.lines:
+        assert (line.get_marker() not in (None, "None", "")) == (len(line.get_xdata()) <= 40)
     plot_curves(rows(n, validated_every), str(tmp_path / "curves.png"), LONG_TITLE)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

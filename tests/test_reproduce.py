@@ -81,6 +81,19 @@ def test_help_lists_every_table_with_the_commands_it_runs_on_cpu():
     assert "python eval.py <run>/last.pt --norms l2 --attacks pgd-100 deepfool cw aa" in text
 
 
+def test_no_table_is_answered_with_the_list_of_tables_in_one_line_on_cpu(capsys):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main([])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert all(name in err for name in TABLES)
+
+
+def test_the_shortened_trial_in_the_help_is_the_readmes_on_cpu():
+    example = re.search(r"python (reproduce\.py mnist --epochs .*?)  +#", reproduce.__doc__).group(1)
+    assert f".venv/bin/python {example}" in (ROOT / "README.md").read_text()
+
+
 # --- the folder, the labels, the estimate, the spread -----------------------------------------------------
 
 class Stop(Exception):

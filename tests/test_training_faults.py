@@ -359,15 +359,33 @@ def test_the_optimiser_options_that_work_are_accepted_and_reach_the_optimiser():
     assert own_options(adam.optimizer, adam.momentum, adam.beta1, adam.beta2) == {"betas": (0.5, 0.999)}
 
 
-def test_epsilon_takes_a_fraction_and_warns_in_0_255_units_or_for_huge_step_counts(capsys):
+def test_epsilon_takes_a_fraction_and_warns_for_huge_step_counts(capsys):
     assert parse_args([*QUICK, "--epsilon=8/255"]).epsilon == pytest.approx(8 / 255)
     assert capsys.readouterr().err == ""
-    parse_args([*QUICK, "--epsilon=8", "--steps=100000"])
+    parse_args([*QUICK, "--epsilon=1", "--steps=100000"])
     err = capsys.readouterr().err
-    assert "--epsilon 8 lets ℓ∞ PGD reach any image" in err and "--steps 100000" in err
+    assert "--epsilon 1 lets ℓ∞ PGD reach any image" in err and "--steps 100000" in err
     with pytest.raises(SystemExit):
         parse_args([*QUICK, "--epsilon=8/0"])
     assert "a fraction such as 8/255" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("attack, epsilon", [("pgd-linf", "76"), ("pgd-linf", "1.5"), ("pgd-l2", "510")])
+def test_an_epsilon_in_0_255_units_is_refused_for_linf_and_l2_on_cpu(capsys, attack, epsilon):
+    """ε above the distance between any two [0, 1] images (1 for ℓ∞, 28 for ℓ2 on MNIST) can only be 0-255
+    units; the run would train against an attack that may turn any image into any other."""
+    with pytest.raises(SystemExit) as stop:
+        parse_args([*QUICK, f"--attack={attack}", f"--epsilon={epsilon}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"epsilon {epsilon} is above" in err and "0-255 units" in err and "8/255" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_l2_epsilon_above_1_within_the_image_diameter_is_accepted_on_cpu(capsys):
+    """The reference's own MNIST ℓ2 radius is 2."""
+    assert parse_args([*QUICK, "--attack=pgd-l2", "--epsilon=2"]).epsilon == 2
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_is_on_only_where_a_person_watches_unless_forced(monkeypatch):
@@ -396,6 +414,7 @@ def test_two_writers_of_one_file_each_leave_a_whole_file(tmp_path, monkeypatch):
 
 
 def test_the_curves_of_a_one_epoch_run_have_integer_ticks(tmp_path):
-    fig = curves_figure([{"epoch": 1, "clean_accuracy": 0.5, "robust_accuracy": 0.2}])
-    ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+    fig = curves_figure([{"epoch": 1, "train_loss": 2.0, "train_adv_accuracy": 0.1, "clean_accuracy": 0.5,
+                          "robust_accuracy": 0.2}])
+    ticks = [t for t in fig.axes[1].get_xticks() if fig.axes[1].get_xlim()[0] <= t <= fig.axes[1].get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)

@@ -1,11 +1,11 @@
-"""The acceptance run: what one lent GPU must tell us, in one command, its figures in OUT_DIR.
+"""Benchmark a GPU with this repository in one command: how fast it trains and attacks, whether its CUDA
+graph trains as the eager step does, and whether the tests pass there. The figures go to OUT_DIR.
 
-    python tools/acceptance.py OUT_DIR --data-root ROOT [--offline-data offline_data.py]   # run it
-    python tools/acceptance.py --prepare-device [.device]   # on a networked machine: what a bare GPU box lacks
+    python tools/acceptance.py OUT_DIR --data-root ROOT     # ROOT holds CIFAR-10; MNIST: see --mnist-root
 
-On CUDA it runs, each part as a subprocess, against a deadline (--budget seconds, 500 by default, so that
-the whole call ends within 9 minutes):
-  0. with --offline-data: the CIFAR-10 stand-in's data root, unless --data-root holds it already, and an
+On CUDA it runs, each part as a subprocess, within a time budget (--budget seconds, 500 by default, so that
+the whole command ends within about 9 minutes):
+  0. with --offline-data: a CIFAR-10 data root built by that tool, unless --data-root holds one already, and an
      MNIST-sized timing root (tools/timing_data.py) from the real MNIST test digits;
   1. bench.py: one ALP iteration of resnet32/cifar10 b128 PGD-10, resnet18/cifar10 b128 PGD-10 and
      mnist b50 PGD-40: compiled inside the CUDA graph, the graph, eager, with bf16 + channels_last and in
@@ -17,39 +17,25 @@ the whole call ends within 9 minutes):
      checkpoint, then CIFAR-10 on the graph run's, one process per threat model (a cut keeps the finished
      ones), seconds per attack;
   4. pytest over the whole suite with --workers processes: passed, failed, skipped, the failures' names.
-The order puts the timings first, on an idle machine. Each part has its share of the budget; a part that
-runs past it is stopped and reported, and the later parts get the time that earlier ones saved. The report
-ends with the speed targets (tools/acceptance_targets.py), each measured or "not measured". The CIFAR-10
-suite on 10,000 images may take more than its share: a second call on the same warm machine,
-`--parts evaluation --work W` with the first call's --work W, evaluates the checkpoints the first left there.
+Run it with nothing else on the GPU or the CPU: the timings come first, and other jobs slow them. Each part
+has its share of the budget; a part that runs past it is stopped and reported, and the later parts get the
+time that earlier ones saved. The report ends with the speed targets (tools/acceptance_targets.py), each
+measured or "not measured". The CIFAR-10 suite on 10,000 images may take more than its share: run the
+command again with `--parts evaluation --work W`, W being the first call's --work, and it evaluates the
+checkpoints the first call left there.
 
-On CPU the same parts run in miniature (the MNIST net on MNIST-format data, a few iterations, one epoch on
-a subset, FGSM only, no graph), so that the command itself is tested on machines without a GPU.
+Without a GPU the same parts run in miniature (the MNIST net on MNIST-format data, a few iterations, one
+epoch on a subset, FGSM only, no graph): a check of the command itself before you take it to a GPU; its
+figures are no timings.
 
-OUT_DIR gets acceptance.json (every figure), acceptance.md (the same as tables) and acceptance.log (every
-part's output), rewritten after each part: a run cut short still leaves what it measured. Exit status 0 if
-every part ran and passed, 1 if a test failed, the two runs disagree or a part failed or ran out of time,
-2 on bad input.
+OUT_DIR gets acceptance.json (every figure, with the GPU's name and the torch version), acceptance.md (the
+same as tables) and acceptance.log (every command with its output), rewritten after each part: a run cut
+short still leaves what it measured. Exit status 0 if every part ran and passed, 1 if a test failed, the two
+runs disagree or a part failed or ran out of time, 2 on bad input.
 
-On a lent GPU machine without a network (it has torch, torchvision, scipy, pytest and pytest-xdist, but no
-pyautoattack or foolbox, and carries only the working tree and the folders named, 64 MiB in all):
-  1. here, on a networked machine: `python tools/acceptance.py --prepare-device` fills `.device/` (git ignores it)
-     with the unpacked wheels of the packages that machine's image lacks, at the versions installed here
-     (pyautoattack without its 44 MB examples/, foolbox and its own dependencies), and copies the offline
-     data tool and the CIFAR-10 stand-in from ../shared (`tools/offline_data.py`, `data/cifar10-jpeg.npz`);
-     it prints their sizes against the 64 MiB;
-  2. there, carrying `.device`, with a time limit that leaves a minute beyond --budget:
-       export PYTHONPATH=$PWD/.device/site
-       OFFLINE=.device/tools/offline_data.py
-       python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance
-     and, for the suites that did not finish, on the same machine while it is warm:
-       python3 tools/acceptance.py $OUT --data-root /tmp/cifar10 --offline-data $OFFLINE --work /tmp/acceptance \
-           --parts evaluation --budget 520
-     It builds the stand-in's data root first (part 0) and runs ALP.py and eval.py through the offline tool,
-     which switches off torchvision's md5 check (the decoded JPEGs are not the original files): accuracies
-     on the stand-in are close to, not equal to, those on CIFAR-10. The three files come back from $OUT.
-How the budget is shared out between the parts (SHARES) is an estimate until a GPU run has timed them: set
-it from each part's seconds in acceptance.json.
+The command downloads nothing: --data-root must hold CIFAR-10, and --mnist-root (or --offline-data's tool)
+MNIST. On a GPU machine without a network, install the packages of requirements*.txt there from wheels
+downloaded elsewhere (`pip download -r requirements.txt -r requirements-dev.txt`), and bring the data roots.
 """
 import argparse
 import glob
@@ -264,7 +250,7 @@ def previous_checkpoints(work_parent):
 def build_parser():
     p = CLIParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="where acceptance.json, .md and .log go")
-    p.add_argument("--data-root", help="data root holding the data set of this device's form (CIFAR-10 on "
+    p.add_argument("--data-root", help="data root holding the data set of the form that runs here (CIFAR-10 on "
                                        "CUDA, MNIST on CPU); built there first if --offline-data is given")
     p.add_argument("--offline-data", help="the offline data tool (offline_data.py): builds the CIFAR-10 stand-in "
                                           "in --data-root if absent, and runs ALP.py and eval.py without "
@@ -279,12 +265,13 @@ def build_parser():
     p.add_argument("--workers", type=int, default=None,
                    help="pytest-xdist processes (default: one per core, at most 16; 0: no xdist)")
     p.add_argument("--budget", type=float, default=500.0,
-                   help="seconds for all the parts together (the GPU command must end within 9 minutes)")
+                   help="seconds for all the parts together (the default ends the command within about 9 "
+                        "minutes)")
     p.add_argument("--work", help="folder in which a fresh folder takes the runs and intermediate files "
                                   "(default: the system's temporary folder)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if present); picks the form")
-    p.add_argument("--prepare-device", nargs="?", const=".device", metavar="FOLDER",
-                   help="fill FOLDER (default .device) with what the GPU command carries, and stop")
+    # For the maintainers' offline GPU machines (tools/device_folder.py says what it gathers): not a user's step.
+    p.add_argument("--prepare-device", nargs="?", const=".device", metavar="FOLDER", help=argparse.SUPPRESS)
     return p
 
 

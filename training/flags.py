@@ -9,6 +9,7 @@ import sys
 import torch
 
 from data import DATASETS
+from evaluation.suite import epsilon_in_0_255_units
 from models import MODELS
 from optimization import LEARNING_POLICIES, OPTIMIZERS, OWN_OPTIONS, unread_options
 from utils import CLIParser, default_device, fail, number, progress_wanted
@@ -123,7 +124,8 @@ def build_parser(description=None, method="ALP"):
     p.add_argument("--eval-freq", type=int, default=1, help="validate every this many epochs (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars with rate and time left (default: on when stderr is a terminal)")
+                   help="progress bars with rate and time left (default: on when stderr is a terminal; without them, "
+                        "a progress line at least every minute)")
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice (data order, PGD starts, "
                    "--subset, --ratio)")
     p.add_argument("--data-root", default="./data", help="folder of the data sets (downloaded there if absent)")
@@ -203,9 +205,14 @@ def parse_command_line(argv=None, description=None, method="ALP"):
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         p.error(f"--device {args.device}: there are only {torch.cuda.device_count()} CUDA devices")
     args.device = str(device)
-    if method == "ALP" and args.attack == "pgd-linf" and args.epsilon >= 1:
-        print(f"warning: --epsilon {args.epsilon:g} lets ℓ∞ PGD reach any image in [0, 1] (written in 0-255 "
-              f"units? 8/255 is 8 in those)", file=sys.stderr)
+    if method == "ALP":
+        too_large = epsilon_in_0_255_units(args.attack.removeprefix("pgd-"), f"{args.epsilon:g}", args.epsilon,
+                                           DATASETS[args.dataset].shape)
+        if too_large:
+            p.error(f"--epsilon: {too_large}")
+        if args.attack == "pgd-linf" and args.epsilon == 1:
+            print("warning: --epsilon 1 lets ℓ∞ PGD reach any image in [0, 1] (written in 0-255 units? 8/255 is 8 "
+                  "in those)", file=sys.stderr)
     if method == "ALP" and args.steps > 1000:
         print(f"warning: --steps {args.steps} makes every batch run {args.steps} forward and backward passes "
               f"before its step (the reference uses 10 for CIFAR, 40 for MNIST)", file=sys.stderr)

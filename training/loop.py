@@ -16,13 +16,13 @@ import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from checkpoints import checkpoint_meta
 from cuda_graph import GraphedStep, cuda_graph_refusal
 from data import DATASETS
 from interrupts import Interrupted, interruptible
 from optimization import LEARNING_POLICIES, OPTIMIZERS, own_options
+from utils import with_progress
 from weights import build_model
 
 from .clock import BatchClock, estimate_line
@@ -116,8 +116,8 @@ def train(args, filled, run, resumed, rank, world_size, device, make_iteration, 
                 started, lr = time.time(), optimizer.param_groups[0]["lr"]
                 tally = EpochTally(device)
                 batches = len(train_loader)
-                for batch, (x, y) in enumerate(tqdm(train_loader.epoch(epoch), total=batches, disable=not progress,
-                                                    desc=f"epoch {epoch + 1}", leave=False)):
+                for batch, (x, y) in enumerate(with_progress(train_loader.epoch(epoch), batches, f"epoch {epoch + 1}",
+                                                             progress, unit="batch")):
                     loss, logits = step(x, y)  # the script's iteration: its loss, its optimiser step
                     tally.add(loss, logits, y)
                     per_batch = clock.tick(last=batch + 1 == batches)

@@ -125,40 +125,51 @@ def write_csv(rows, path):
     write_atomically(path, text.getvalue())
 
 
-def curves_figure(rows, title=""):
-    """The figure of plot_curves: clean and robust validation accuracy per validated epoch, with markers
-    where there are few points to see, the whole title wrapped, and a note instead of an empty frame."""
+def curves_figure(rows, title="", robust_label="robust"):
+    """The figure of plot_curves. Above, accuracy (%): training's on the adversarial half at every epoch, and
+    validation's, clean and under its attack (`robust_label` names it), at every validated epoch; below, the
+    training loss at every epoch. Markers where there are few points to see, the whole title wrapped, and a
+    note instead of an empty frame."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = [r for r in rows if r.get("clean_accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    marker = "o" if len(rows) <= 40 else None
-    for key, label in (("clean_accuracy", "clean"), ("robust_accuracy", "robust (PGD)")):
-        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], label=label, marker=marker)
+    trained = [r for r in rows if r.get("train_loss") is not None]
+    validated = [r for r in rows if r.get("clean_accuracy") is not None]
+    fig, (accuracy, loss) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 6.0), height_ratios=(2, 1))
+    def draw(ax, kept, key, label, scale=100, **style):
+        ax.plot([r["epoch"] for r in kept], [scale * r[key] for r in kept], label=label,
+                marker="o" if len(kept) <= 40 else None, **style)
+    draw(accuracy, trained, "train_adv_accuracy", "training (adversarial half)", color="0.6", markersize=4)
+    draw(accuracy, validated, "clean_accuracy", "validation, clean", color="C0")
+    draw(accuracy, validated, "robust_accuracy", f"validation, {robust_label}", color="C1")
+    draw(loss, trained, "train_loss", "training loss", scale=1, color="0.4", markersize=4)
     if rows:
-        ax.legend()
+        accuracy.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no validated epoch yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_ylim(0, 100)
+        accuracy.text(0.5, 0.5, "no epoch yet", ha="center", va="center", transform=accuracy.transAxes)
+    if rows and not validated:
+        accuracy.text(0.5, 0.5, "no validated epoch yet", ha="center", va="center", transform=accuracy.transAxes)
+    accuracy.set_ylabel("accuracy (%)")
+    accuracy.set_ylim(0, 100)
+    loss.set_ylabel("training loss")
+    loss.set_xlabel("epoch")
     epochs = [r["epoch"] for r in rows]
     if len(set(epochs)) == 1:  # one point: integer ticks around it, not 0.945 ... 1.050
-        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("\n".join(textwrap.wrap(title, 70) or [""]), fontsize=8)
-    ax.grid(alpha=0.3)
+        loss.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    accuracy.set_title("\n".join(textwrap.wrap(title, 70) or [""]), fontsize=8)
+    for ax in (accuracy, loss):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def plot_curves(rows, path, title=""):
+def plot_curves(rows, path, title="", robust_label="robust"):
     """curves.png of a run: see curves_figure."""
     import matplotlib.pyplot as plt
-    fig = curves_figure(rows, title)
+    fig = curves_figure(rows, title, robust_label)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)

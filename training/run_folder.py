@@ -21,13 +21,14 @@ import sys
 from checkpoints import CheckpointError, load_checkpoint, other_checkpoints, save_checkpoint
 from evaluation.checks import constant_predictor_check
 from interrupts import say_on_stop
-from utils import describe_os_error, fail, percent
+from utils import describe_os_error, fail, percent, say
 from weights import put_weights
 
 from . import resume as policy
 from .lock import RunLock, RunLockHeld, lock_holder
 from .records import (BEST, append_start, best_file_name, epoch_line, first_args, plot_curves, set_rng_state,
                       without_epoch_count, write_csv)
+from .validation import validation_name
 
 
 def _one_line_on_write_errors(method):
@@ -221,7 +222,7 @@ class RunFolder:
         """Printed (to stdout, or `file`) and appended to log.txt (main process only)."""
         if not self.is_main:
             return
-        print(line, file=file or sys.stdout, flush=True)
+        say(line, file=file or sys.stdout, flush=True)  # above any progress bar
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")
@@ -282,7 +283,8 @@ class RunFolder:
         released."""
         if not self.is_main:
             return
-        plot_curves(self.metrics, self.file("curves.png"), title=title)
+        plot_curves(self.metrics, self.file("curves.png"), title=title,
+                    robust_label=validation_name(self.args["dataset"]))
         written = [key for key in BEST if self.best[key] >= 0 and os.path.isfile(self.file(best_file_name(key)))]
         if written:
             figures = ", ".join(f"best {key.split('_')[0]} {percent(self.best[key])} ({best_file_name(key)})"

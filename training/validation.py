@@ -4,13 +4,12 @@ import copy
 import time
 
 import torch
-from tqdm import tqdm
 
 from attacks import ATTACKS
 from data import DATASETS
 from evaluation.suite import SUITES, parse_epsilon
 from reference import TABLES
-from utils import percent
+from utils import percent, with_progress
 
 from .hyp import HYP
 
@@ -27,6 +26,12 @@ def validation_attack(family):
     names, at its table's first epsilon."""
     _, name, options = validation_column(family)
     return ATTACKS[name](parse_epsilon(SUITES[family]["linf"]["epsilons"][0]), **options)
+
+
+def validation_name(dataset):
+    """The validation attack as the curves label it: "PGD-100 (ℓ∞ 0.3)"."""
+    family = DATASETS[dataset].family
+    return f"{HYP['validation_attack'][family]} (ℓ∞ {SUITES[family]['linf']['epsilons'][0]})"
 
 
 def validation_batch_size(device):
@@ -47,7 +52,7 @@ def validate(model, loader, attack, num_classes, progress=False, desc="validatin
     model.eval()
     clean = robust = 0
     counts = torch.zeros(num_classes, dtype=torch.long, device=loader.labels.device)
-    for x, y in tqdm(loader.epoch(), total=len(loader), disable=not progress, desc=desc, leave=False):
+    for x, y in with_progress(loader.epoch(), len(loader), desc, progress, unit="batch"):
         x_adv = attack(model, x, y)
         with torch.no_grad():
             predicted, predicted_adv = model(x).argmax(1), model(x_adv).argmax(1)
@@ -80,6 +85,17 @@ REFERENCE_CLEAN_ACCURACY = {dataset: min(t.clean for t in TABLES.values() if t.d
                             for dataset in {table.dataset for table in TABLES.values()}}
 
 
+def clean_barely_learnt(clean, dataset):
+    """Why this clean accuracy is far from useful (less than halfway from chance to what a fully trained model
+    reaches on the data set), or None: barely_learnt's verdict on clean accuracy alone."""
+    chance = 1 / DATASETS[dataset].num_classes
+    halfway = (chance + REFERENCE_CLEAN_ACCURACY.get(dataset, 1.0)) / 2
+    if clean >= halfway:
+        return None
+    return (f"clean {percent(clean)} is less than {100 * halfway:.1f}%, halfway from chance ({100 * chance:.3g}%) "
+            f"to what a fully trained model reaches")
+
+
 def barely_learnt(clean, robust, dataset):
     """Why a run whose best validation figures are these has barely learnt yet, or None. Chance is
     1 / classes (the balanced validation splits of --subset, and the test splits, are about even). Robust
@@ -88,11 +104,7 @@ def barely_learnt(clean, robust, dataset):
     figure) is far from useful: 54.7% on MNIST, 43.6% on CIFAR-10, 28.4% on CIFAR-100, so that the README's
     ResNet32 CIFAR-100 command, whose model the reference does not list, is not warned about once trained."""
     chance = 1 / DATASETS[dataset].num_classes
-    halfway = (chance + REFERENCE_CLEAN_ACCURACY.get(dataset, 1.0)) / 2
-    reasons = []
-    if clean < halfway:
-        reasons.append(f"clean {percent(clean)} is less than {100 * halfway:.1f}%, halfway from chance "
-                       f"({100 * chance:.3g}%) to what a fully trained model reaches")
+    reasons = [clean_barely_learnt(clean, dataset)] if clean_barely_learnt(clean, dataset) else []
     if robust <= chance:
         reasons.append(f"robust {percent(robust)} is no better than chance ({100 * chance:.3g}%)")
     return "; ".join(reasons) or None
