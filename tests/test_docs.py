@@ -40,7 +40,7 @@ def script_main(name):
     return importlib.import_module(name).main
 
 
-@pytest.mark.parametrize("script", ["ALP", "eval", "reproduce", "bench", "acceptance"])
+@pytest.mark.parametrize("script", ["ALP", "CLP", "LSQ", "eval", "reproduce", "bench", "acceptance"])
 def test_no_scripts_help_speaks_of_our_own_machines_on_cpu(script, capsys):
     with pytest.raises(SystemExit) as stop:
         script_main(script)(["--help"])
