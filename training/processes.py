@@ -7,10 +7,15 @@ import torch.distributed as dist
 
 
 def setup_process(device):
-    """(rank, world size, device). Under torchrun one process per device, gloo on CPU, nccl on CUDA."""
+    """(rank, world size, device), the device made current on CUDA. Under torchrun one process per device,
+    gloo on CPU, nccl on CUDA."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = torch.device(device)
     if world_size == 1:
+        if device.type == "cuda" and device.index is not None:
+            # What runs with no device named (torch.cuda.graph's capture stream, synchronize, empty_cache)
+            # runs on the current device: cuda:0 unless it is set.
+            torch.cuda.set_device(device)
         return 0, 1, device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
