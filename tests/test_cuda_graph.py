@@ -24,6 +24,7 @@ from training import mixed_precision, train_step
 from training.clock import BatchClock
 from training.hyp import HYP
 from training.processes import setup_process
+from training.speed import compiled_network
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -680,3 +681,24 @@ def test_a_single_process_on_cuda_1_makes_cuda_1_current(monkeypatch):
     assert setup_process("cuda:1") == (0, 1, torch.device("cuda:1"))
     assert made_current == [torch.device("cuda:1")]
     assert setup_process("cpu") == (0, 1, torch.device("cpu")) and len(made_current) == 1
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_compile_through_the_warm_up_path_compile_each_pass_once_per_batch_size():
+    """CPU, inductor: the attack's passes (WeightsCastOnce's bf16 weights) and the loss's pass compile once
+    each at the first iteration and never again at the same batch size; another batch size compiles anew
+    (static shapes, as a CUDA graph replays them), rather than turning them into dynamic-shape kernels."""
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    model, optimizer, attack, x, y = tiny_setup()
+    net = compiled_network(model)
+    step = GraphedStep(net, net, attack, optimizer, 0.5, mixed_precision("cpu", True), BATCH, capture=False)
+    compiled = []
+    for _ in range(GraphedStep.UNTIMED + 1):
+        assert torch.isfinite(step(x, y)[0])
+        compiled.append(graphs["unique_graphs"])
+    for size in (5, 3):  # the epoch's last batch, shorter: the eager step
+        step(x[:size], y[:size])
+        compiled.append(graphs["unique_graphs"])
+    first = compiled[0]
+    assert 1 <= first <= 2 and compiled == [first] * (GraphedStep.UNTIMED + 1) + [2 * first, 3 * first]
