@@ -43,9 +43,9 @@ class CudaMemory:
 
 
 def costliest_step(model, x):
-    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and the
-    backward of every candidate class at once on CUDA (a PGD, C&W or AutoAttack step backpropagates one
-    loss)."""
+    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and, on
+    CUDA, the backward passes of all its candidate classes as one (torch.func's vmap: the gradients of every
+    candidate at once), where a PGD, C&W or AutoAttack step backpropagates one loss."""
     DeepFool(1.0, "l2", steps=1).minimize(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
 
 
