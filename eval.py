@@ -130,6 +130,9 @@ def evaluate_checkpoint(args):
                       f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)
+    except torch.OutOfMemoryError:
+        fail(f"{device} ran out of memory in an attack at {batch_size} images per attack call (other jobs on it?): "
+             f"give fewer with -b, e.g. -b {max(1, batch_size // 2)} (a new -b starts the attacks afresh)", status=1)
     except OSError as e:  # a unit that cannot be written: a full disk, a folder made read-only
         fail(f"{describe_os_error(e)}; the {store.kept()} finished units of work are kept in {units}: "
              f"run the same command to continue once it can be written")

@@ -12,6 +12,7 @@ import torch
 import eval as eval_script
 import evaluation
 from evaluation.command_line import build_parser, parse_args
+from attacks import ATTACKS
 from evaluation.inputs import choose_data_root
 from checkpoints import checkpoint_meta, save_checkpoint
 from data import data_digest, train_val_splits
@@ -135,6 +136,22 @@ def test_a_device_out_of_memory_while_the_width_is_measured_ends_in_one_line(cap
     code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, "--attacks", "fgsm")
     assert_one_line_error(code, err, "ran out of memory measuring the model's memory per image")
     assert "-b" in err
+
+
+def test_a_device_out_of_memory_inside_an_attack_ends_in_one_line_that_names_b(capsys, checkpoint, data_root,
+                                                                               monkeypatch):  # noqa: F811
+    """CPU, with an attack that runs out of memory as on a full GPU: one line naming -b, no traceback."""
+    class Full:
+        def __init__(self, epsilon, **options):
+            pass
+
+        def __call__(self, model, x, y):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(ATTACKS, "fgsm", Full)
+    code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, "--attacks", "fgsm", "-b", "4")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "ran out of memory in an attack at 4 images per attack call" in err and "-b 2" in err
 
 
 # --- ε sweeps -----------------------------------------------------------------------------------------------
