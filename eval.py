@@ -26,6 +26,7 @@ from evaluation import (Runner, ThreatModelViolation, UnitStore, default_batch_s
                         plan_summary, plan_sweep, plan_threat_models, recorded_batch_size, remove, shared,
                         units_folder)
 from evaluation.command_line import parse_args, requested_evaluation
+from evaluation.suite import is_autoattack
 from evaluation.console import (checked_report, estimate_printer, print_checks, print_corruptions, print_finished,
                                 reporter, save, save_sweep_plot, stopped, warn)
 from evaluation.inputs import corruption_files, load_model, load_source, load_test_images, resolve_device
@@ -48,14 +49,19 @@ def check_plan(args, family, lead):
     where each --attacks name runs: a name may run at several norms)."""
     try:
         if args.sweep:
-            plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
+            attacks = plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
         elif not args.corruptions:
             plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
                                       white_box_only=bool(args.transfer_from))
+            attacks = [attack for *_, table in plan for attack in table]
             if args.attacks and lead:
                 print(f"--attacks {' '.join(args.attacks)} runs {plan_summary(plan)}", flush=True)
     except ValueError as e:
         fail(str(e))
+    if (args.sweep or not args.corruptions) and args.aa_version != "standard" and not any(
+            is_autoattack(name) for _, name, _ in attacks):
+        fail(f"--aa-version picks AutoAttack's version, and the attacks selected run no AutoAttack: drop it, or "
+             f"add aa to --attacks")
 
 
 def evaluate_checkpoint(args):

@@ -114,6 +114,8 @@ def test_the_sweep_plot_keeps_the_grey_image_bound_visible_where_it_meets_the_cl
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
     (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
+    (["--attacks", "fgsm", "pgd-50", "--aa-version", "plus"], "the attacks selected run no AutoAttack"),
+    (["--sweep", "linf", "0:0.3:4", "--aa-version", "plus"], "the attacks selected run no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
     (["--corruptions", "{tmp}", "--attacks", "fgsm"], "--corruptions runs no attacks: drop --attacks"),
     (["--corruptions", "{tmp}", "--seed", "3"], "--corruptions runs no attacks: drop --seed"),
@@ -291,11 +293,22 @@ def test_corruptions_of_a_data_set_without_a_published_set_are_refused(capsys, o
 
 # --- AutoAttack version, JSON file, data root, warnings, help ------------------------------------------------
 
-def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root):  # noqa: F811
-    code, out, err = run(capsys, own_checkpoint, *FAST, "--aa-version", "rand", "--data-root", data_root)
+def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root,  # noqa: F811
+                                                      monkeypatch):
+    """CPU, AutoAttack stood in for by a cheap attack that takes the version (the real one's cost is beside the
+    point here)."""
+    versions = []
+
+    def stand_in(epsilon, version, seed):
+        versions.append(version)
+        return lambda model, x, y: x
+    monkeypatch.setitem(ATTACKS, "aa-linf", stand_in)
+    code, out, err = run(capsys, own_checkpoint, "--norms", "linf", "--attacks", "fgsm", "aa", "--n", "8", "-b", "8",
+                         "--aa-version", "rand", "--data-root", data_root)
     assert code == 0, err
-    report = json.loads(own_checkpoint.with_name("last.eval.n16_linf_fgsm+pgd-50_aa-rand.json").read_text())
+    report = json.loads(own_checkpoint.with_name("last.eval.n8_linf_fgsm+aa_aa-rand.json").read_text())
     assert report["aa_version"] == "rand" and "pyautoattack's rand version" in out
+    assert versions and set(versions) == {"rand"}
 
 
 def test_a_different_evaluation_never_overwrites_the_json_silently(capsys, own_checkpoint, data_root):  # noqa: F811
