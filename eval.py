@@ -60,8 +60,8 @@ def check_plan(args, family, lead):
         fail(str(e))
     if (args.sweep or not args.corruptions) and args.aa_version != "standard" and not any(
             is_autoattack(name) for _, name, _ in attacks):
-        fail(f"--aa-version picks AutoAttack's version, and the attacks selected run no AutoAttack: drop it, or "
-             f"add aa to --attacks")
+        fail("--aa-version picks AutoAttack's version, and the attacks selected run no AutoAttack: drop it, or "
+             "add aa to --attacks")
 
 
 def evaluate_checkpoint(args):
