@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from attacks import ATTACKS
 from attacks.common import clip_to_ball
 from data import DATASETS
-from evaluation import SUITES, cli_name, parse_epsilon
+from evaluation import SUITES, attack_names, cli_name, parse_epsilon
 from cuda_graph import GraphedStep
 from training import cpu_computes_bf16_natively, mixed_precision, train_step
+from training.processes import select_device
+from training.speed import CPU_COMPILE_NOTE, compiled_network
 from optimization import OPTIMIZERS
 from interrupts import Interrupted, interruptible
 from utils import CLIParser, default_device, write_atomically
@@ -125,7 +127,7 @@ def time_training(config, device, repeats, iterations, variant, steps=None):
         model = model.to(memory_format=torch.channels_last)
     if variant.compile:
         torch._dynamo.reset()  # each figure compiles afresh: earlier networks count against dynamo's cache limit
-    net = torch.compile(model) if variant.compile else model
+    net = compiled_network(model) if variant.compile else model  # as ALP.py compiles it
     optimizer = OPTIMIZERS["sgd"](model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4,
                                   fused=variant.graph)
     attack = (BackwardEveryStepPGD(epsilon, steps, stepsize) if variant.baseline
@@ -247,7 +249,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
     p.add_argument("--skip-attacks", action="store_true")
     p.add_argument("--families", nargs="+", choices=SUITES, default=list(SUITES))
-    p.add_argument("--attacks", nargs="+", help="only these attack columns (e.g. fgsm pgd-10)")
+    p.add_argument("--attacks", nargs="+", choices=attack_names(), metavar="ATTACK",
+                   help=f"only these attack columns: {', '.join(attack_names())}")
     p.add_argument("--attack-batch", type=int, default=None, help="images per attack call (CPU 32, CUDA 1000)")
     p.add_argument("--attack-repeats", type=int, default=1)
     p.add_argument("--skip-training", action="store_true")
@@ -256,7 +259,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be positive, not {args.steps}")
-    device = torch.device(args.device or default_device())
+    device = select_device(args.device or default_device())
+    if args.compile and device.type != "cuda":
+        print(f"bench.py: {CPU_COMPILE_NOTE.split(';')[0]}, and bench.py times it on CUDA only: nothing compiled here")
     if args.attack_batch is None:
         args.attack_batch = 1000 if device.type == "cuda" else 32
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"

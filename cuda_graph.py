@@ -64,7 +64,10 @@ class GraphedStep:
     every random draw on the device raises; GraphedStep puts back a copy of the generator's state taken
     before the capture, unmarked, so the eager step draws the numbers the capture would have drawn. Should
     random draws still fail after that, the run stops in one line that names --no-cuda-graph (the epochs
-    saved so far are kept). What the failed capture allocated in its private memory pool stays reserved.
+    saved so far are kept); so it does when the capture's private memory pool could not be ended
+    (CUDAGraphRecorder). After the graph's first replay one host read checks that a weight changed: a graph
+    that recorded nothing (captured on another device's stream, say) stops the run in that same line instead
+    of replaying nothing for the rest of it.
 
     A compiled network whose compilation fails in a warm-up is replaced by the network itself, with one line
     to `log`, and the warm-up runs again uncompiled.
@@ -214,15 +217,26 @@ class GraphedStep:
             # What the abandoned capture allocated (gradients, outputs) is dropped with it: the eager step
             # starts from no gradients, as every eager step does.
             self.optimizer.zero_grad(set_to_none=True)
+            if isinstance(error, CapturePoolLeftOpen):
+                _stop(f"recording the CUDA graph failed ({self.capture_failure}) and {error}")
             if not _random_draws_work(self.device):
-                fail(f"recording the CUDA graph failed ({self.capture_failure}) and left the random number "
-                     f"generator of {self.device} unusable; stopping (the epochs saved so far are kept): "
-                     f"continue with --resume --no-cuda-graph", status=1)
+                _stop(f"recording the CUDA graph failed ({self.capture_failure}) and left the random number "
+                      f"generator of {self.device} unusable")
             self.log(f"CUDA graph: recording it failed ({self.capture_failure}); the eager step runs instead")
             return False
         self.graph, self.outputs = graph, outputs
+        weights = self._trained_tensors()
+        before = _concatenated(weights)
         graph.replay()
+        if any(lr > 0 for lr in self.learning_rates) and torch.equal(before, _concatenated(weights)):
+            _stop(f"the CUDA graph's first replay changed no weight on {self.device}: it recorded nothing")
         return True
+
+    def _trained_tensors(self):
+        """What an iteration with a positive learning rate changes: the parameters the optimizer steps and
+        the network's floating-point buffers (BatchNorm's statistics)."""
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return parameters + [b for b in self.models[0].buffers() if b.is_floating_point()]
 
 
 class WeightsCastOnce(torch.nn.Module):
@@ -256,6 +270,18 @@ def _autocast_dtype(autocast, device_type):
         if torch.is_autocast_enabled(device_type):
             return torch.get_autocast_dtype(device_type)
     return None
+
+
+def _stop(reason):
+    """End the run in one line: what the graph left cannot be trained on, and the eager step can."""
+    fail(f"{reason}; stopping (the epochs saved so far are kept): continue with --resume --no-cuda-graph",
+         status=1)
+
+
+def _concatenated(tensors):
+    """One flat float32 copy of `tensors` (compared after the graph's first replay: one host read)."""
+    with torch.no_grad():
+        return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
 
 def _first_cause(error):
@@ -333,38 +359,82 @@ class HostReads(TorchDispatchMode):
         return ", ".join(f"aten.{name} x{count}" for name, count in self.counts.most_common())
 
 
+class CapturePoolLeftOpen(RuntimeError):
+    """A refused capture whose private memory pool could not be ended: the caching allocator would go on
+    treating the device as capturing."""
+
+
 class CUDAGraphRecorder:
     """How GraphedStep warms up and records on CUDA, as PyTorch's CUDA graph notes do it: the warm-up
     iterations run on a side stream, then one iteration is captured into a CUDAGraph. `generator` is the
-    random generator a capture on the device registers (its default one)."""
+    random generator a capture on the device registers (its default one).
+
+    Everything runs with the run's device current (`torch.cuda.device`) and the capture on the side stream,
+    made on that device: torch.cuda.graph, given no stream, captures on a stream of the *current* device,
+    and capture_begin takes its device and memory pool from the current device. Captured on another
+    device's stream, the step's kernels would run eagerly and the graph would record nothing.
+
+    The capture allocates from a pool of its own (graph_pool_handle). CUDAGraph.capture_end ends that pool
+    only once the capture ended cleanly (cudaStreamEndCapture comes first and raises for a refused capture),
+    and a graph whose capture did not end never releases it: the caching allocator would go on routing and
+    deferring as if a capture were under way. A refused capture's pool is ended and released here, as
+    torch.cuda.use_mem_pool ends its pools; where that fails, record raises CapturePoolLeftOpen."""
 
     def __init__(self, device):
-        self.device = device
-        self.side_stream = torch.cuda.Stream(device)
         torch.cuda.init()  # fills torch.cuda.default_generators
-        self.generator = torch.cuda.default_generators[device.index if device.index is not None
-                                                       else torch.cuda.current_device()]
+        self.device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        with torch.cuda.device(self.device):
+            self.side_stream = torch.cuda.Stream(self.device)
+        self.generator = torch.cuda.default_generators[self.device.index]
 
     def warm_up(self, fn):
         """fn() on the side stream, ordered after and before the current stream's work."""
-        current = torch.cuda.current_stream(self.device)
-        self.side_stream.wait_stream(current)
-        with torch.cuda.stream(self.side_stream):
-            result = fn()
-        current.wait_stream(self.side_stream)
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            self.side_stream.wait_stream(current)
+            with torch.cuda.stream(self.side_stream):
+                result = fn()
+            current.wait_stream(self.side_stream)
         return result
 
     def record(self, fn):
         """(graph, fn()'s outputs as the graph will write them). A failure inside the capture ends the
-        capture (torch.cuda.graph's exit) before it propagates."""
-        graph = torch.cuda.CUDAGraph()
-        eager_stream = torch.cuda.current_stream(self.device)
-        try:
-            with torch.cuda.graph(graph):
-                outputs = fn()
-        finally:  # when ending a broken capture raises, torch.cuda.graph leaves its capture stream current
-            torch.cuda.set_stream(eager_stream)
+        capture (torch.cuda.graph's exit) and its memory pool before it propagates."""
+        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        with torch.cuda.device(self.device):
+            eager_stream = torch.cuda.current_stream(self.device)
+            try:
+                with torch.cuda.graph(graph, pool=pool, stream=self.side_stream):
+                    outputs = fn()
+            except BaseException as error:
+                torch.cuda.set_stream(eager_stream)  # ending a broken capture leaves its capture stream current
+                left_open = self._end_refused_pool(graph, pool)
+                if left_open:
+                    raise CapturePoolLeftOpen(f"its memory pool could not be ended ({left_open})") from error
+                raise
         return graph, outputs
+
+    def _end_refused_pool(self, graph, pool):
+        """End and release the pool of a capture that did not end; None when done (or nothing was left),
+        else why not."""
+        try:
+            graph.pool()  # answers only after a capture that ended: then the graph releases its pool itself
+            return None
+        except RuntimeError:
+            pass
+        index = self.device.index
+        try:
+            torch.cuda.memory._cuda_endAllocateToPool(index, pool)
+        except RuntimeError:  # refused before the pool began (capture_begin's own checks): nothing to end
+            return None
+        except Exception as error:
+            return short_reason(error)
+        try:
+            torch.cuda.memory._cuda_releasePool(index, pool)
+            torch.cuda.empty_cache()
+        except Exception as error:
+            return short_reason(error)
+        return None
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from evaluation import (Runner, ThreatModelViolation, UnitStore, default_batch_s
                         plan_summary, plan_sweep, plan_threat_models, recorded_batch_size, remove, shared,
                         units_folder)
 from evaluation.command_line import parse_args, requested_evaluation
-from evaluation.suite import epsilon_in_0_255_units
+from evaluation.suite import epsilon_in_0_255_units, is_autoattack
 from evaluation.console import (checked_report, estimate_printer, print_checks, print_corruptions, print_finished,
                                 reporter, save, save_sweep_plot, stopped, warn)
 from evaluation.inputs import corruption_files, load_model, load_source, load_test_images, resolve_device
@@ -50,7 +50,7 @@ def check_plan(args, spec, lead):
     family = spec.family
     try:
         if args.sweep:
-            plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
+            attacks = plan_sweep(family, args.sweep[0], args.attacks, args.aa_version)
         elif not args.corruptions:
             plan = plan_threat_models(family, args.norms, args.attacks, args.epsilon, args.aa_version,
                                       white_box_only=bool(args.transfer_from))
@@ -58,10 +58,15 @@ def check_plan(args, spec, lead):
                 too_large = epsilon_in_0_255_units(norm, label, epsilon, spec.shape)
                 if too_large:
                     raise ValueError(f"--epsilon: {too_large}")
+            attacks = [attack for *_, table in plan for attack in table]
             if args.attacks and lead:
                 print(f"--attacks {' '.join(args.attacks)} runs {plan_summary(plan)}", flush=True)
     except ValueError as e:
         fail(str(e))
+    if (args.sweep or not args.corruptions) and args.aa_version != "standard" and not any(
+            is_autoattack(name) for _, name, _ in attacks):
+        fail("--aa-version picks AutoAttack's version, and the attacks selected run no AutoAttack: drop it, or "
+             "add aa to --attacks")
 
 
 def evaluate_checkpoint(args):
@@ -136,6 +141,9 @@ def evaluate_checkpoint(args):
                       f"{' without --force' if args.force else ''} to continue" if lead else None)
     except ThreatModelViolation as e:
         fail(f"attack bug, evaluation stopped: {e}", status=1)
+    except torch.OutOfMemoryError:
+        fail(f"{device} ran out of memory in an attack at {batch_size} images per attack call (other jobs on it?): "
+             f"give fewer with -b, e.g. -b {max(1, batch_size // 2)} (a new -b starts the attacks afresh)", status=1)
     except OSError as e:  # a unit that cannot be written: a full disk, a folder made read-only
         fail(f"{describe_os_error(e)}; the {store.kept()} finished units of work are kept in {units}: "
              f"run the same command to continue once it can be written")

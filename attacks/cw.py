@@ -7,8 +7,12 @@ still gives an adversarial, and the smallest adversarial seen at any step is kep
 
 With stop_inside_ball, a sample leaves the search once it holds an adversarial example inside the epsilon
 ball: the attack's output at epsilon (that example) can then no longer change from adversarial to not, so
-the steps it would still take are spent only on making it smaller. The batch's early abort then watches
-the loss of the samples still searched.
+the steps it would still take are spent only on making it smaller.
+
+The early abort (abort_early) watches each sample's own loss: a sample whose loss did not fall over a tenth of
+the steps stops its search step, and is dropped from the batch at the next check. Foolbox watches the batch's
+summed loss instead, which is the same for a batch of one image; in a wider batch it keeps every stalled
+sample stepping for as long as any other still improves (most of the attack's work, on a robust model).
 
 Nothing is read back from the device between checks (see check_every): masks keep what a sample found from
 the steps the batch still takes after the sample left the search or the early abort stopped the search step.
@@ -78,38 +82,39 @@ class CarliniWagnerL2:
         upper = torch.full_like(consts, math.inf)
         best, best_norms = x.clone(), torch.full((n,), math.inf, device=x.device)
         searching = torch.ones(n, dtype=torch.bool, device=x.device)  # all, unless stop_inside_ball
-        # The batch worked on: a superset of the samples searched (those left are masked), narrowed to them
-        # at each check (see check_every), the only time the host reads anything back.
-        rows = torch.arange(n, device=x.device)
+        # The batch worked on (rows): a superset of the samples still searched and running (those left are
+        # masked), narrowed to them at each check (see check_every), the only time the host reads anything back.
         every = check_every(x.device)
         abort_check_every = math.ceil(self.steps / 10)
         with attacking(model):
             for search_step in range(self.binary_search_steps):
                 if search_step == self.binary_search_steps - 1 and self.binary_search_steps >= 10:
                     consts = upper.clamp(max=1e10)  # a long search ends with one more try at the best const
+                rows = torch.arange(n, device=x.device)  # every sample searched: the first check narrows it
                 delta = torch.zeros_like(w0, requires_grad=True)
                 optimizer = Adam(delta, lr=self.stepsize)
                 found = torch.zeros(n, dtype=torch.bool, device=x.device)
-                running = torch.ones((), dtype=torch.bool, device=x.device)  # until the early abort
-                loss_at_last_check = torch.full((), math.inf, dtype=torch.float64, device=x.device)
+                running = torch.ones(n, dtype=torch.bool, device=x.device)  # each until its early abort
+                loss_at_last_check = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
                 consts_now = consts.to(x.dtype)
                 for step in range(self.steps):
                     # A sample out of the search gets no gradient; its delta is never read again.
-                    weights = searching[rows].to(x.dtype)
+                    weights = (searching[rows] & running[rows]).to(x.dtype)
                     with torch.enable_grad():
                         x_adv = from_tanh_space(w0[rows] + delta[rows])
                         logits = model(x_adv).float()
-                        loss = self._loss(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows], weights)
-                        (gradient,) = torch.autograd.grad(loss, delta)
+                        losses = self._losses(logits, y[rows], consts_now[rows], x_adv, x_reconstructed[rows],
+                                              weights)
+                        (gradient,) = torch.autograd.grad(losses.sum(), delta)
                     optimizer.step(gradient)
                     if self.abort_early and step % abort_check_every == 0:
-                        # Adam is stopped when a tenth of its steps did not lower the (searched samples') loss:
-                        # from here on nothing of this search step is kept.
-                        loss = loss.detach().double()
-                        running = running & (loss <= 0.9999 * loss_at_last_check)
-                        loss_at_last_check = loss
+                        # A sample's Adam is stopped when a tenth of its steps did not lower its loss: from
+                        # here on nothing of its search step is kept.
+                        losses = losses.detach().double()
+                        running[rows] = running[rows] & (losses <= 0.9999 * loss_at_last_check[rows])
+                        loss_at_last_check[rows] = losses
                     x_adv, logits = x_adv.detach(), logits.detach()
-                    adversarial = self._is_adversarial(logits, y[rows]) & searching[rows] & running
+                    adversarial = self._is_adversarial(logits, y[rows]) & searching[rows] & running[rows]
                     found[rows] = found[rows] | adversarial
                     norms = flat_norm(x_adv - x[rows], "l2")
                     improved = adversarial & (norms < best_norms[rows])
@@ -120,20 +125,20 @@ class CarliniWagnerL2:
                     if (step + 1) % every == 0:
                         left = (searching & running).nonzero().flatten()
                         if len(left) == 0:
-                            break  # rows, kept, still holds every sample searched
+                            break
                         rows = left
                 upper = torch.where(found, consts, upper)
                 lower = torch.where(found, lower, consts)
                 consts = torch.where(upper.isinf(), consts * 10, (lower + upper) / 2)
         return best
 
-    def _loss(self, logits, y, consts, x_adv, x_reference, weights):
-        """The summed loss of the samples with weight 1; those with weight 0 add nothing, nor get a gradient."""
+    def _losses(self, logits, y, consts, x_adv, x_reference, weights):
+        """Each sample's loss times its weight: those with weight 0 add nothing, nor get a gradient."""
         label_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         best_other = logits.scatter(1, y.unsqueeze(1), -math.inf).amax(dim=1)
         misclassification = (label_logit - best_other + self.confidence).clamp_min(0) * consts
         distance = (x_adv - x_reference).flatten(1).square().sum(dim=1)
-        return (misclassification * weights).sum() + (distance * weights).sum()
+        return (misclassification + distance) * weights
 
     def _is_adversarial(self, logits, y):
         """Misclassified even with the label's logit raised by the confidence margin."""

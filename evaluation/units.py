@@ -220,6 +220,17 @@ def combine(units):
     return Outcome(broken, size_sums, sum(unit["seconds"] for unit in units))
 
 
+UNITS_PER_JOB = 10  # at least, for a job of that many samples per process
+
+
+def unit_size(width, samples, processes=1):
+    """The images per unit of a job on `samples` images: at most `width` (the images per attack call, for
+    throughput), and at most a tenth of each process's share of the job, so that the time estimate (after
+    the first unit of every job) comes after at most about a tenth of the work, a progress bar moves at
+    least ten times per attack, and a kill loses at most about a tenth of an attack."""
+    return max(1, min(width, math.ceil(samples / (UNITS_PER_JOB * processes))))
+
+
 # --- units shared out over processes -------------------------------------------------------------------------
 
 def shared(value, world_size):
@@ -264,27 +275,32 @@ class Runner:
 
     def run(self, jobs, images, labels, batch_size, on_job=None):
         """[Outcome per job]. on_job(i, outcome) is called for each job in order, as soon as its units
-        are done (under torch.distributed: once all processes are)."""
-        units = [(j, p) for j, job in enumerate(jobs) for p in range(job.units(batch_size))]
+        are done (under torch.distributed: once all processes are). `batch_size` is the widest unit (the
+        images per attack call); each job's units are at most a tenth of its share per process (unit_size)."""
+        sizes = [unit_size(batch_size, len(job.indices), self.world_size) for job in jobs]
+        units = [(j, p) for j, job in enumerate(jobs) for p in range(job.units(sizes[j]))]
         done = {}
         for j, p in units:
-            stored = self.store and self.store.get(jobs[j].key(batch_size, p), jobs[j].samples(batch_size, p).tolist())
+            stored = self.store and self.store.get(jobs[j].key(sizes[j], p), jobs[j].samples(sizes[j], p).tolist())
             if stored:
                 done[j, p] = stored
         mine_first, mine_rest, rest = self.deal([u for u in units if u not in done])
         mine = mine_first + mine_rest
         announced = 0
 
+        def outcome(j):
+            return combine([done[j, p] for p in range(jobs[j].units(sizes[j]))])
+
         def announce():
             nonlocal announced
             while announced < len(jobs) and all((announced, p) in done
-                                                for p in range(jobs[announced].units(batch_size))):
+                                                for p in range(jobs[announced].units(sizes[announced]))):
                 if on_job:
-                    on_job(announced, combine([done[announced, p] for p in range(jobs[announced].units(batch_size))]))
+                    on_job(announced, outcome(announced))
                 announced += 1
 
         def size(unit):
-            return len(jobs[unit[0]].samples(batch_size, unit[1]))
+            return len(jobs[unit[0]].samples(sizes[unit[0]], unit[1]))
 
         def estimate():
             if rest and self.rank == 0 and self.on_estimate:
@@ -299,9 +315,9 @@ class Runner:
             if bar is None or bar.job is not jobs[j]:
                 following = [size(u) for u in itertools.takewhile(lambda u: u[0] == j, mine[k:])]
                 bar = JobBar(jobs[j], following, len(labels), self.progress and self.rank == 0, previous=bar)
-            done[j, p] = run_unit(jobs[j], p, images, labels, batch_size)
+            done[j, p] = run_unit(jobs[j], p, images, labels, sizes[j])
             if self.store is not None:
-                self.store.put(jobs[j].key(batch_size, p), done[j, p])
+                self.store.put(jobs[j].key(sizes[j], p), done[j, p])
             bar.update(done[j, p]["broken"])
             if k + 1 == len(mine_first):
                 bar.close()  # the estimate's line, printed under a finished bar
@@ -313,12 +329,12 @@ class Runner:
             gathered = [None] * self.world_size
             dist.all_gather_object(gathered, {u: done[u] for u in mine})
             for outcomes in gathered:
-                for (j, p), outcome in outcomes.items():
-                    done[j, p] = outcome
+                for (j, p), unit in outcomes.items():
+                    done[j, p] = unit
                     if self.store is not None:
-                        self.store.put(jobs[j].key(batch_size, p), outcome, write=False)
+                        self.store.put(jobs[j].key(sizes[j], p), unit, write=False)
         announce()
-        return [combine([done[j, p] for p in range(job.units(batch_size))]) for j, job in enumerate(jobs)]
+        return [outcome(j) for j in range(len(jobs))]
 
     def seconds_left(self, rest, done, size):
         """The wall time the units `rest` should take over the processes: each job's seconds per sample in

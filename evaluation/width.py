@@ -1,5 +1,6 @@
-"""How wide a unit of work is when no batch size is given: the images per unit, small on the CPU and on CUDA
-sized from the free memory and the model's measured peak per image."""
+"""How wide an attack call is when no batch size is given: the images per call, small on the CPU and on CUDA
+sized from the free memory and the model's measured peak per image. A unit of work is at most that wide,
+and at most a tenth of its job (units.unit_size)."""
 import math
 
 import torch
@@ -10,8 +11,9 @@ from .units import as_float
 
 # Default batch sizes. On the CPU small enough that a progress bar moves every few seconds even under C&W on
 # the MNIST net (a few images/s on one thread, README's Speed section). On CUDA as wide as memory allows, up
-# to the whole split (each process's share of it): units run one after another and each has fixed costs (its
-# checks' host syncs, its file's fsync, AutoAttack's set-up), which a few wide units pay least often.
+# to the whole split (each process's share of it), for throughput: each call has fixed costs (its checks'
+# host syncs, AutoAttack's set-up), which wide calls pay least often. Units stay at most a tenth of a job
+# whatever the width, so that the estimate, the progress bars and what a kill loses stay small.
 CPU_BATCH_SIZE = 16
 CUDA_MEMORY_SHARE = 0.7  # of the free memory; the rest covers fragmentation and cuDNN's workspaces
 # Image-sized float32 tensors an attack holds per sample beside the model's activations: AutoAttack's current
@@ -43,9 +45,9 @@ class CudaMemory:
 
 
 def costliest_step(model, x):
-    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and the
-    backward of every candidate class at once on CUDA (a PGD, C&W or AutoAttack step backpropagates one
-    loss)."""
+    """The attack step that holds the most memory per image: DeepFool's linearisation, a forward and, on
+    CUDA, the backward passes of all its candidate classes as one (torch.func's vmap: the gradients of every
+    candidate at once), where a PGD, C&W or AutoAttack step backpropagates one loss."""
     DeepFool(1.0, "l2", steps=1).minimize(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
 
 

@@ -62,6 +62,10 @@ def test_cpu_form_reports_every_part_and_exits_1_on_a_failed_test(synthetic_mnis
         assert run["estimated_seconds_per_epoch"] > 0  # read back from the run's own estimate line
     assert "CUDA graphs need a CUDA device" in training["runs"]["graph"]["graph_notes"][0]
 
+    second = parts["second_device"]  # the CPU form has no second CUDA device, and says so
+    assert second["ok"] and not second["ran"] and "--device cuda:1 could not run" in second["note"]
+    assert second["note"] in (out / "acceptance.md").read_text()
+
     suite = parts["evaluation"]["suites"]["mnist"]  # on the reference command's checkpoint
     fgsm = [a for a in suite["attacks"] if a["attack"] == "FGSM"]
     assert parts["evaluation"]["ok"] and suite["finished"] and len(fgsm) == 1 and fgsm[0]["seconds"] > 0
@@ -141,6 +145,48 @@ def test_timing_stand_in_is_mnist_sized_from_the_real_test_digits(tmp_path):
     (train_x, train_y), (test_x, test_y) = train_val_splits("mnist", str(tmp_path), 0.0, None, 1)
     assert (len(train_y), len(test_y)) == (60_000, 10_000)
     assert torch.equal(train_x[:10_000], test_x) and torch.equal(train_x[50_000:], test_x)
+
+
+def test_the_cpu_form_takes_mnist_root_for_its_mnist_parts(tmp_path, monkeypatch):
+    """CPU, the evaluation part stood in for: the MNIST data root it gets is --mnist-root's."""
+    roots = []
+    monkeypatch.setattr(acceptance, "run_evaluation", lambda parts, form, device, given, *rest: roots.append(given))
+    (tmp_path / "data").mkdir()
+    acceptance.main([str(tmp_path / "out"), "--device=cpu", "--data-root", str(tmp_path / "data"), "--mnist-root",
+                     str(tmp_path / "digits"), "--parts", "evaluation", "--work", str(tmp_path / "work")])
+    assert roots == [{"cifar10": str(tmp_path / "data"), "mnist": str(tmp_path / "digits")}]
+
+
+class RecordingParts:
+    def __init__(self):
+        self.figures = {}
+
+    def record(self, part, figures):
+        self.figures[part] = figures
+
+
+@pytest.mark.parametrize("devices, notes, ok", [(2, [], True), (2, ["CUDA graph: recording it failed (...)"], False),
+                                                (1, None, True)])
+def test_a_second_cuda_device_trains_with_the_graph_on_cuda_1_or_the_report_says_it_could_not(
+        devices, notes, ok, monkeypatch, tmp_path):
+    """CPU, the device count and ALP.py's run stood in for."""
+    runs = []
+
+    def train_run(parts, name, arguments, device, data_root, offline_data, work, part="training"):
+        runs.append((device, arguments, part))
+        return {"ok": True, "seconds": 9.0, "epochs": [{"epoch": 1, "seconds": 8.0, "clean_percent": 97.0}],
+                "graph_notes": notes}, None
+    monkeypatch.setattr(acceptance.torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(acceptance, "train_run", train_run)
+    parts = RecordingParts()
+    acceptance.run_second_device(parts, acceptance.FORMS["cuda"], str(tmp_path), str(tmp_path))
+    figures = parts.figures["second_device"]
+    assert figures["ok"] == ok and figures["ran"] == (devices > 1)
+    if devices > 1:
+        ((device, arguments, part),) = runs
+        assert device == "cuda:1" and "--cuda-graph" in arguments and part == "second_device"
+    else:
+        assert not runs and figures["note"] == "--device cuda:1 could not run: 1 CUDA device(s) here"
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -352,3 +352,32 @@ def test_checkpoint_needing_code_is_refused_on_resume(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         ALP.main([*args, "--resume"])
     assert stop.value.code == 2 and "needs code to load" in capsys.readouterr().err
+
+
+def test_compile_serves_the_training_step_alone_with_static_shapes_and_says_it_is_slower_on_a_cpu(
+        synthetic_mnist_root, tmp_path, monkeypatch, cheap_validation):
+    """CPU (the compiler faked): validation runs the network itself, so the compiled network holds only the
+    step's graphs (a validation first would compile an eval-mode, no-grad pass at another batch size, and
+    make dynamo mark the batch dimension dynamic)."""
+    compiled = []
+
+    class CompiledStandIn(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod, self.grad_enabled = model, []
+
+        def forward(self, x):
+            self.grad_enabled.append(torch.is_grad_enabled())
+            return self._orig_mod(x)
+
+    def fake_compile(model, **options):
+        compiled.append((CompiledStandIn(model), options))
+        return compiled[-1][0]
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    ALP.main([*QUICK, "--epochs=1", "--subset=100", "--compile", "--data-root", str(synthetic_mnist_root),
+              "--out", str(tmp_path)])
+    ((net, options),) = compiled
+    assert options == {"dynamic": False}
+    assert net.grad_enabled and all(net.grad_enabled)  # the attack's and the loss's passes, no validation pass
+    with open(os.path.join(run_folder(tmp_path), "log.txt")) as f:
+        assert f.read().count("--compile: on a CPU the compiled step is usually slower") == 1

@@ -1,7 +1,10 @@
 """CPU (on every machine): what the CUDA-graph step does around the graph, with the graph faked. A recorder
-that fails as a refused capture does, leaving the random generator as CUDA leaves it; a step that reads
-device values on the host, found before any capture; a compiled network through the step; the time estimate
-after the warm-ups and the capture. The graph itself is tested on CUDA in tests/test_cuda.py."""
+that fails as a refused capture does, leaving the random generator as CUDA leaves it; the CUDA recorder
+itself through torch.cuda.graph over a fake of the CUDA calls beneath it (devices, streams, the graph, the
+caching allocator's pools); a step that reads device values on the host, found before any capture; a
+compiled network through the step; the time estimate after the warm-ups and the capture. The graph itself
+is tested on CUDA in tests/test_cuda.py."""
+from collections import Counter
 from contextlib import nullcontext
 from functools import partial
 
@@ -14,13 +17,15 @@ import ALP
 import training.clock
 import training.loop
 from attacks import ATTACKS
-from cuda_graph import GraphedStep, HostReads
+from cuda_graph import CUDAGraphRecorder, GraphedStep, HostReads
 from data import DeviceLoader
 from models import MODELS
 from conftest import alp_iteration, make_optimizer, run_epoch
 from training import mixed_precision, train_step
 from training.clock import BatchClock
 from training.hyp import HYP
+from training.processes import setup_process
+from training.speed import compiled_network
 from optimization import OPTIMIZERS
 
 DEVICE = torch.device("cpu")
@@ -115,17 +120,16 @@ class ReplayedIteration:
 
     def replay(self):
         self.replays += 1
-        if self.replays > 1:  # the first replay is the recorded iteration itself
-            for static, new in zip(self.outputs, self.fn()):
-                static.copy_(new)
+        for static, new in zip(self.outputs, self.fn()):
+            static.resize_(new.shape).copy_(new)
         if self.clock:
             self.clock.advance(ReplayingRecorder.REPLAY_SECONDS)
 
 
 class ReplayingRecorder:
-    """A capture that succeeds, on the CPU: recording runs the iteration once (what the capture and its first
-    replay do together on CUDA), each later replay runs it again into the recorded outputs. With a fake
-    `clock`, a warm-up or the recording takes 10 s (compilation, cudnn's benchmarks), a replay 1 s."""
+    """A capture that succeeds, on the CPU: recording runs nothing (a capture runs no kernel) and returns the
+    outputs the graph will write, each replay runs the iteration into them. With a fake `clock`, a warm-up or
+    the recording takes 10 s (compilation, cudnn's benchmarks), a replay 1 s."""
     REPLAY_SECONDS, ONE_OFF_SECONDS = 1.0, 10.0
 
     def __init__(self, generator, clock=None):
@@ -140,7 +144,7 @@ class ReplayingRecorder:
         self.recordings += 1
         if self.clock:
             self.clock.advance(self.ONE_OFF_SECONDS - self.REPLAY_SECONDS)  # its replay follows
-        outputs = fn()
+        outputs = torch.empty(0), torch.empty(0)  # filled by each replay
         return ReplayedIteration(fn, outputs, self.clock), outputs
 
 
@@ -174,16 +178,6 @@ def assert_same_weights(model, other, **tolerance):
             torch.testing.assert_close(value, other.state_dict()[key], msg=key, **tolerance)
         else:
             assert torch.equal(value, other.state_dict()[key]), key
-
-
-def test_the_stand_in_generator_is_poisoned_by_a_refused_capture_as_cuda_is(generator):
-    with pytest.raises(RuntimeError):
-        RefusedCapture(generator).record(lambda: None)
-    torch.manual_seed(0)  # seeding does not lift the mark on CUDA either
-    with pytest.raises(RuntimeError, match=POISON):
-        torch.rand(2)
-    generator.graphsafe_set_state(generator.clone_state())
-    assert torch.rand(2).shape == (2,)
 
 
 def train_two_epochs(make_step):
@@ -444,3 +438,267 @@ def test_alp_run_whose_recording_fails_ends_with_the_eager_runs_figures(syntheti
     assert sum("recording it failed (RuntimeError" in line for line in graph_lines) == 1
     eager_epochs = logged("eager")[1]
     assert graph_epochs == eager_epochs and len(eager_epochs) == 1
+
+
+class FakeStream:
+    def __init__(self, device=None, default=False):
+        self.device = torch.device("cuda", FakeCUDA.now.device if device is None else torch.device(device).index)
+        self.default = default
+
+    def wait_stream(self, other):
+        pass
+
+
+class FakeCUDAGraph:
+    """torch.cuda.CUDAGraph as aten/src/ATen/cuda/CUDAGraph.cpp behaves, run by the real torch.cuda.graph:
+    capture_begin captures on the current stream, takes the current device and begins allocating to the pool
+    there; capture_end first ends the stream's capture, which raises for a refused capture before the pool is
+    ended; pool() answers only after a clean end, and only then does the graph release the pool."""
+
+    def __init__(self):
+        self.ended, self.replays = False, 0
+
+    def capture_begin(self, pool=None, capture_error_mode="global", check_input_liveness=False):
+        cuda = FakeCUDA.now
+        self.stream, self.device, self.mempool = cuda.current_stream(), cuda.device, pool
+        assert not self.stream.default, "CUDA graphs must be captured on a non-default stream"
+        cuda.allocator.begin(self.device, self.mempool)
+        cuda.capturing = self
+
+    def capture_end(self):
+        cuda = FakeCUDA.now
+        assert cuda.current_stream() is self.stream, "Capture must end on the same stream it began on"
+        cuda.capturing = None
+        if cuda.refused:  # cudaStreamEndCapture: the capture was invalidated
+            cuda.generators[self.device].capture_refused()
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        cuda.allocator.end(self.device, self.mempool)
+        self.ended = True
+
+    def pool(self):
+        if not self.ended:
+            raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
+        return self.mempool
+
+    def replay(self):
+        self.replays += 1
+
+    def __del__(self):
+        if self.ended and FakeCUDA.now is not None:
+            FakeCUDA.now.allocator.release(self.device, self.mempool)
+
+
+class FakeAllocator:
+    """The caching allocator's graph pools: the captures under way and each pool's use count."""
+
+    def __init__(self):
+        self.underway, self.use_counts = [], Counter()
+
+    def begin(self, device, pool):
+        self.underway.append((device, pool))
+        self.use_counts[device, pool] += 1
+
+    def end(self, device, pool):
+        if (device, pool) not in self.underway:
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+        self.underway.remove((device, pool))
+
+    def release(self, device, pool):
+        assert self.use_counts[device, pool] > 0, "INTERNAL ASSERT FAILED: releasePool of a released pool"
+        self.use_counts[device, pool] -= 1
+
+
+class CurrentDevice:
+    """torch.cuda.device: the device current inside, the one before after."""
+
+    def __init__(self, cuda, index):
+        self.cuda, self.index = cuda, index
+
+    def __enter__(self):
+        self.before, self.cuda.device = self.cuda.device, self.index
+
+    def __exit__(self, *exc):
+        self.cuda.device = self.before
+
+
+class CurrentStream:
+    """torch.cuda.stream (StreamContext): the stream current on its device inside, with its device current;
+    the streams and device before after. Left unexited, as a capture whose end raises leaves it, it puts
+    nothing back."""
+
+    def __init__(self, cuda, stream):
+        self.cuda, self.stream = cuda, stream
+
+    def __enter__(self):
+        self.before, self.device = self.cuda.current_stream(self.stream.device), self.cuda.device
+        self.cuda.set_stream(self.stream)
+
+    def __exit__(self, *exc):
+        self.cuda.set_stream(self.before)
+        self.cuda.device = self.device
+
+
+class FakeCUDA:
+    """Two CUDA devices as torch.cuda shows them, on the CPU: the current device (cuda:0 until set), each
+    device's current stream, default generators, graph pools. `refused` makes a capture end as CUDA ends an
+    invalidated one; `seen` keeps (what, current device, current stream's device) for each call of note."""
+    now = None
+
+    def __init__(self, monkeypatch, generators):
+        FakeCUDA.now = self
+        self.device, self.capturing, self.refused, self.seen = 0, None, False, []
+        self.streams = {i: FakeStream(i, default=True) for i in range(2)}
+        self.generators, self.allocator, self.pools = generators, FakeAllocator(), 0
+        cuda = torch.cuda
+        for name, value in {"init": lambda: None, "current_device": lambda: self.device, "device": self.use_device,
+                            "Stream": FakeStream, "current_stream": self.current_stream, "stream": self.use_stream,
+                            "set_stream": self.set_stream, "default_generators": generators,
+                            "CUDAGraph": FakeCUDAGraph, "graph_pool_handle": self.graph_pool_handle,
+                            "synchronize": lambda device=None: self.note("synchronize"),
+                            "empty_cache": lambda: self.note("empty_cache")}.items():
+            monkeypatch.setattr(cuda, name, value)
+        monkeypatch.setattr(torch._C, "_host_emptyCache", lambda: None, raising=False)
+        monkeypatch.setattr(torch.cuda.graph, "default_capture_stream", None)
+        monkeypatch.setattr(torch.cuda.memory, "_cuda_endAllocateToPool", self.allocator.end)
+        monkeypatch.setattr(torch.cuda.memory, "_cuda_releasePool", self.allocator.release)
+
+    def note(self, what):
+        self.seen.append((what, self.device, self.current_stream().device.index))
+
+    def current_stream(self, device=None):
+        return self.streams[self.device if device is None else torch.device(device).index]
+
+    def set_stream(self, stream):
+        self.device = stream.device.index  # torch._C._cuda_setStream makes the stream's device current
+        self.streams[self.device] = stream
+
+    def use_device(self, device):
+        return CurrentDevice(self, torch.device(device).index)
+
+    def use_stream(self, stream):
+        return CurrentStream(self, stream)
+
+    def graph_pool_handle(self):
+        self.pools += 1
+        return (0, self.pools)
+
+
+@pytest.fixture
+def two_fake_gpus(monkeypatch):
+    generators = [StandInGenerator(), StandInGenerator()]
+    yield FakeCUDA(monkeypatch, generators)
+    for stand_in in generators:
+        stand_in.mark(False)
+    FakeCUDA.now = None
+
+
+def test_warm_ups_and_capture_run_on_the_runs_device_and_a_stream_made_there(two_fake_gpus):
+    """torch.cuda.graph given no stream captures on a stream of the current device (cuda:0 here): the step's
+    kernels on cuda:1 would run eagerly during the capture and the graph would record nothing."""
+    cuda = two_fake_gpus
+    recorder = CUDAGraphRecorder(torch.device("cuda:1"))
+    recorder.warm_up(lambda: cuda.note("warm-up"))
+    graph, _ = recorder.record(lambda: (cuda.note("captured"), None))
+    assert (graph.device, graph.stream.device.index) == (1, 1)
+    assert cuda.seen == [("warm-up", 1, 1), ("synchronize", 1, 1), ("empty_cache", 1, 1), ("captured", 1, 1)]
+    assert cuda.device == 0 and cuda.current_stream(1).default  # put back as they were
+    del graph
+    assert not cuda.allocator.underway and not +cuda.allocator.use_counts
+
+
+def graphed_on_fake_gpu(recorder, attack_wrapper=lambda attack: attack, lines=None):
+    return lambda model, optimizer, attack: GraphedStep(
+        model, model, attack_wrapper(attack), optimizer, 0.5, nullcontext, BATCH, capture=True,
+        log=print if lines is None else lines.append, recorder=recorder)
+
+
+def refused_in_capture(attack):
+    def attack_that_syncs_in_capture(model, x, y):
+        if FakeCUDA.now.capturing is not None:  # .item() while capturing: CUDA invalidates the capture
+            FakeCUDA.now.refused = True
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return attack(model, x, y)
+    return attack_that_syncs_in_capture
+
+
+def test_a_refused_capture_ends_and_releases_its_memory_pool_and_trains_eagerly(two_fake_gpus):
+    """CUDAGraph.capture_end raises before it ends the pool, and the graph of a capture that did not end
+    never releases it: left so, the caching allocator treats the device as capturing from then on."""
+    lines = []
+    model, step, losses = train_tiny(graphed_on_fake_gpu(CUDAGraphRecorder(torch.device("cuda:1")),
+                                                         refused_in_capture, lines), GraphedStep.UNTIMED + 2)
+    eager_model, _, eager_losses = train_tiny(eager_step, GraphedStep.UNTIMED + 2)
+    assert len(lines) == 1 and lines[0].startswith("CUDA graph: recording it failed (RuntimeError: CUDA error: "
+                                                   "operation not permitted"), lines
+    assert not two_fake_gpus.allocator.underway and not +two_fake_gpus.allocator.use_counts
+    assert two_fake_gpus.generators[1].poison is None and two_fake_gpus.device == 0
+    assert torch.equal(losses, eager_losses)
+    assert_same_weights(model, eager_model)
+
+
+def test_a_refused_capture_whose_pool_cannot_be_ended_stops_the_run_in_one_line(two_fake_gpus, monkeypatch,
+                                                                                 capsys):
+    def unavailable(device, pool):
+        raise AttributeError("module 'torch._C' has no attribute '_cuda_endAllocateToPool'")
+
+    monkeypatch.setattr(torch.cuda.memory, "_cuda_endAllocateToPool", unavailable)
+    with pytest.raises(SystemExit) as stop:
+        train_tiny(graphed_on_fake_gpu(CUDAGraphRecorder(torch.device("cuda:1")), refused_in_capture),
+                   GraphedStep.UNTIMED)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1
+    assert "its memory pool could not be ended" in err[0] and "--resume --no-cuda-graph" in err[0]
+
+
+class CapturedOnAnotherDevice:
+    """What a capture on another device's stream does: the step's kernels run eagerly while capturing, and
+    the graph records none of them."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def warm_up(self, fn):
+        return fn()
+
+    def record(self, fn):
+        return FakeCUDAGraph(), fn()
+
+
+def test_a_graph_whose_first_replay_changes_no_weight_stops_the_run_in_one_line(generator, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_tiny(graphed_on_fake_gpu(CapturedOnAnotherDevice(generator)), GraphedStep.UNTIMED + 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1
+    assert "first replay changed no weight" in err[0] and "--resume --no-cuda-graph" in err[0]
+
+
+def test_a_single_process_on_cuda_1_makes_cuda_1_current(monkeypatch):
+    """What names no device (torch.cuda.graph's own capture stream, synchronize, empty_cache) runs on the
+    current device; on CPU, torch.cuda.set_device recorded."""
+    made_current = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert setup_process("cuda:1") == (0, 1, torch.device("cuda:1"))
+    assert made_current == [torch.device("cuda:1")]
+    assert setup_process("cpu") == (0, 1, torch.device("cpu")) and len(made_current) == 1
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_compile_through_the_warm_up_path_compile_each_pass_once_per_batch_size():
+    """CPU, inductor: the attack's passes (WeightsCastOnce's bf16 weights) and the loss's pass compile once
+    each at the first iteration and never again at the same batch size; another batch size compiles anew
+    (static shapes, as a CUDA graph replays them), rather than turning them into dynamic-shape kernels."""
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    model, optimizer, attack, x, y = tiny_setup()
+    net = compiled_network(model)
+    step = GraphedStep(net, net, attack, optimizer, 0.5, mixed_precision("cpu", True), BATCH, capture=False)
+    compiled = []
+    for _ in range(GraphedStep.UNTIMED + 1):
+        assert torch.isfinite(step(x, y)[0])
+        compiled.append(graphs["unique_graphs"])
+    for size in (5, 3):  # the epoch's last batch, shorter: the eager step
+        step(x[:size], y[:size])
+        compiled.append(graphs["unique_graphs"])
+    first = compiled[0]
+    assert 1 <= first <= 2 and compiled == [first] * (GraphedStep.UNTIMED + 1) + [2 * first, 3 * first]

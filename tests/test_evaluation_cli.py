@@ -12,6 +12,7 @@ import torch
 import eval as eval_script
 import evaluation
 from evaluation.command_line import build_parser, parse_args
+from attacks import ATTACKS
 from evaluation.inputs import choose_data_root
 from checkpoints import checkpoint_meta, save_checkpoint
 from data import data_digest, train_val_splits
@@ -157,6 +158,8 @@ def test_a_run_folder_given_for_a_checkpoint_lists_its_checkpoints_with_or_witho
     (["--transfer-from", "{checkpoint}", "--attacks", "aa"], "AutoAttack is not offered as a transfer attack"),
     (["--source-model", "mnist"], "--source-model needs --transfer-from"),
     (["--transfer-from", "{checkpoint}", "--aa-version", "rand"], "a transfer evaluation runs no AutoAttack"),
+    (["--attacks", "fgsm", "pgd-50", "--aa-version", "plus"], "the attacks selected run no AutoAttack"),
+    (["--sweep", "linf", "0:0.3:4", "--aa-version", "plus"], "the attacks selected run no AutoAttack"),
     (["--sweep", "linf", "0:0.3:4", "--epsilon", "0.1"], "--sweep takes its norm and epsilons itself"),
     (["--norms", "linf", "--epsilon", "76"], "linf epsilon 76 is above the largest distance between two images"),
     (["--norms", "l2", "--epsilon", "510"], "0-255 units? Images here are in [0, 1], so write 8/255"),
@@ -181,6 +184,22 @@ def test_a_device_out_of_memory_while_the_width_is_measured_ends_in_one_line(cap
     code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, "--attacks", "fgsm")
     assert_one_line_error(code, err, "ran out of memory measuring the model's memory per image")
     assert "-b" in err
+
+
+def test_a_device_out_of_memory_inside_an_attack_ends_in_one_line_that_names_b(capsys, checkpoint, data_root,
+                                                                               monkeypatch):  # noqa: F811
+    """CPU, with an attack that runs out of memory as on a full GPU: one line naming -b, no traceback."""
+    class Full:
+        def __init__(self, epsilon, **options):
+            pass
+
+        def __call__(self, model, x, y):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(ATTACKS, "fgsm", Full)
+    code, _, err = run(capsys, checkpoint, "--data-root", data_root, "--n", 8, "--attacks", "fgsm", "-b", "4")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "ran out of memory in an attack at 4 images per attack call" in err and "-b 2" in err
 
 
 # --- ε sweeps -----------------------------------------------------------------------------------------------
@@ -320,11 +339,22 @@ def test_corruptions_of_a_data_set_without_a_published_set_are_refused(capsys, o
 
 # --- AutoAttack version, JSON file, data root, warnings, help ------------------------------------------------
 
-def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root):  # noqa: F811
-    code, out, err = run(capsys, own_checkpoint, *FAST, "--aa-version", "rand", "--data-root", data_root)
+def test_aa_version_is_recorded_and_named_in_the_json(capsys, own_checkpoint, data_root,  # noqa: F811
+                                                      monkeypatch):
+    """CPU, AutoAttack stood in for by a cheap attack that takes the version (the real one's cost is beside the
+    point here)."""
+    versions = []
+
+    def stand_in(epsilon, version, seed):
+        versions.append(version)
+        return lambda model, x, y: x
+    monkeypatch.setitem(ATTACKS, "aa-linf", stand_in)
+    code, out, err = run(capsys, own_checkpoint, "--norms", "linf", "--attacks", "fgsm", "aa", "--n", "8", "-b", "8",
+                         "--aa-version", "rand", "--data-root", data_root)
     assert code == 0, err
-    report = json.loads(own_checkpoint.with_name("last.eval.n16_linf_fgsm+pgd-50_aa-rand.json").read_text())
+    report = json.loads(own_checkpoint.with_name("last.eval.n8_linf_fgsm+aa_aa-rand.json").read_text())
     assert report["aa_version"] == "rand" and "pyautoattack's rand version" in out
+    assert versions and set(versions) == {"rand"}
 
 
 def test_a_different_evaluation_never_overwrites_the_json_silently(capsys, own_checkpoint, data_root):  # noqa: F811

@@ -49,7 +49,7 @@ def test_a_runner_takes_finished_units_from_its_store_and_keeps_those_it_runs(mo
     model, images, labels = model_and_digits
     job = pgd_job(model, torch.arange(16))
     (first,) = evaluation.Runner(evaluation.UnitStore(tmp_path / "units")).run([job], images, labels, 6)
-    assert len(list((tmp_path / "units").glob("*.json"))) == 3
+    assert len(list((tmp_path / "units").glob("*.json"))) == 8  # units of 2: at most a tenth of the job
     assert 0 < int(first.broken.sum()) < 16
 
     ran = []
@@ -61,7 +61,7 @@ def test_a_runner_takes_finished_units_from_its_store_and_keeps_those_it_runs(mo
 
     moved = pgd_job(model, torch.arange(1, 17) % 16)  # the same key, other samples: stored units do not fit
     evaluation.Runner(store).run([moved], images, labels, 6)
-    assert ran == [0, 1, 2]
+    assert ran == list(range(8))
 
 
 @pytest.mark.slow
@@ -86,6 +86,23 @@ def test_cw_stops_searching_samples_inside_the_ball_and_keeps_the_robust_accurac
     assert work_with_stop < 0.9 * work
 
 
+def test_cw_stops_each_samples_search_step_once_its_own_loss_stalls(model_and_digits):
+    """Each sample of a batch gets what a batch of it alone gets (foolbox's early abort, which watches the
+    batch's summed loss, is the same for one image), and the batch does less work than with one abort for
+    all, which keeps stalled samples stepping while any other improves."""
+    model, images, labels = model_and_digits
+    x, y = images[:8].float() / 255, labels[:8]
+    attack = CarliniWagnerL2(2.0, binary_search_steps=2, steps=100, stepsize=0.05, initial_const=1.0)
+    forwarded = []
+    hook = model.register_forward_hook(lambda module, inputs, output: forwarded.append(len(inputs[0])))
+    together = attack.minimize(model, x, y)
+    work = sum(forwarded)
+    hook.remove()
+    alone = torch.cat([attack.minimize(model, x[i:i + 1], y[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    assert work < 0.9 * len(x) * attack.binary_search_steps * attack.steps
+
+
 def test_the_suites_cw_stops_inside_the_ball():
     for family in evaluation.SUITES.values():
         (cw,) = [a for a in family["l2"]["attacks"] if a[1] == "cw-l2"]
@@ -102,7 +119,7 @@ def test_the_constant_predictor_check_reads_class_counts(counts, flagged):
 def test_the_estimate_is_each_jobs_measured_seconds_per_sample_times_its_samples_left(model_and_digits,
                                                                                      monkeypatch):
     """Two jobs whose units take 1 s and 0.1 s per sample (a stand-in for run_unit): once the first unit of
-    each has run, the rest should take 10 x 1 + 10 x 0.1 seconds, and the estimate says so before it runs."""
+    each has run, the rest should take 14 x 1 + 14 x 0.1 seconds, and the estimate says so before it runs."""
     model, images, labels = model_and_digits
     per_sample = {"slow": 1.0, "fast": 0.1}
     ran, estimates = [], []
@@ -116,7 +133,30 @@ def test_the_estimate_is_each_jobs_measured_seconds_per_sample_times_its_samples
     jobs = [evaluation.Job(label, "fgsm", {}, "linf", 0.1, torch.arange(16), seed=0, model=model)
             for label in per_sample]
     runner = evaluation.Runner(on_estimate=lambda seconds: estimates.append((seconds, len(ran))))
-    runner.run(jobs, images, labels, batch_size=6)  # units of 6, 6 and 4 samples
+    runner.run(jobs, images, labels, batch_size=6)  # units of 2 samples: at most a tenth of each job
     assert ran[:2] == [("slow", 0), ("fast", 0)]  # the first unit of every job first
     (seconds, after), = estimates
-    assert after == 2 and seconds == pytest.approx(10 * 1.0 + 10 * 0.1)
+    assert after == 2 and seconds == pytest.approx(14 * 1.0 + 14 * 0.1)
+
+
+def test_a_job_as_wide_as_the_split_still_estimates_and_moves_within_its_first_tenth(model_and_digits,
+                                                                                     monkeypatch):
+    """A width that holds the whole split (CUDA's memory-sized width): the estimate comes once a tenth of the
+    job has run, the progress bar moves ten times, and no unit (what a kill loses) is over a tenth; with
+    several processes, of each process's share."""
+    model, _, _ = model_and_digits
+    ran, estimates, moves = [], [], []
+
+    def run_unit(job, position, images, labels, batch_size):
+        index = job.samples(batch_size, position).tolist()
+        ran.append(len(index))
+        return {"indices": index, "broken": [False] * len(index), "sizes": [], "seconds": 0.01 * len(index)}
+    monkeypatch.setattr(evaluation.units, "run_unit", run_unit)
+    monkeypatch.setattr(evaluation.units.JobBar, "update", lambda bar, broken: moves.append(len(broken)))
+    samples = 1000
+    job = evaluation.Job("PGD-50", "pgd-linf", {}, "linf", 0.1, torch.arange(samples), seed=0, model=model)
+    evaluation.Runner(on_estimate=estimates.append).run(
+        [job], torch.zeros(samples, 1), torch.zeros(samples, dtype=torch.long), batch_size=samples)
+    assert len(estimates) == 1 and ran[0] <= samples // 10
+    assert len(moves) >= 10 and max(ran) <= samples // 10
+    assert evaluation.units.unit_size(samples, samples, processes=4) <= samples // 4 // 10

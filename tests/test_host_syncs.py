@@ -14,6 +14,7 @@ from attacks import ATTACKS
 from attacks.common import CHECK_EVERY, check_every
 from attacks.deepfool import DeepFool, candidate_gradients
 from host_syncs import ForwardPasses, HostSyncs
+from models import MODELS
 from models.normalize import Normalize
 
 DEVICE = torch.device("cpu")
@@ -158,20 +159,45 @@ def test_checking_every_step_or_every_tenth_gives_the_same_result(name, request)
     assert not torch.equal(every_step, x)  # something was found
 
 
+def differences_of(model):
+    def differences(x):
+        logits = model(x)
+        return logits[:, 1:] - logits[:, :1], logits.detach()
+    return differences
+
+
 def test_deepfool_candidate_gradients_batched_are_those_one_by_one():
     """The GPU's single batched backward against the CPU's one per candidate."""
     model = tiny_cnn()
     x, _ = inputs(model)
-    x = x.requires_grad_(True)
+    one_by_one = candidate_gradients(differences_of(model), x, batched=False)
+    batched = candidate_gradients(differences_of(model), x, batched=True)
+    assert batched[1].shape == (len(x), 9, *x.shape[1:])
+    for ours, theirs in zip(batched, one_by_one):
+        torch.testing.assert_close(ours, theirs)
 
-    def differences():  # a graph for each backward
-        logits = model(x)
-        return logits[:, 1:] - logits[:, :1]
 
-    one_by_one = candidate_gradients(differences(), x, batched=False)
-    batched = candidate_gradients(differences(), x, batched=True)
-    assert batched.shape == (len(x), 9, *x.shape[1:])
-    torch.testing.assert_close(batched, one_by_one)
+def test_deepfool_batched_gradients_run_no_op_slice_by_slice_on_a_batchnorm_resnet(recwarn):
+    """CPU: vmap falls back to a loop over the batch for an op without a batching rule, and says so once
+    its fallback warnings are on (the legacy vmap of autograd.grad's is_grads_batched did, for the
+    convolution, BatchNorm and gather backward passes of a ResNet)."""
+    torch.manual_seed(0)
+    model = MODELS["resnet20"](num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # as attacks.common.attacking leaves them
+    x = torch.rand(4, 3, 16, 16)
+    legacy = torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+    torch._C._debug_only_display_vmap_fallback_warnings(True)
+    torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+    try:
+        batched = candidate_gradients(differences_of(model), x, batched=True)
+    finally:
+        torch._C._debug_only_display_vmap_fallback_warnings(legacy)
+        torch._C._functorch._set_vmap_fallback_warning_enabled(False)  # off unless asked for
+    fallbacks = [str(w.message) for w in recwarn if "batching rule" in str(w.message)]
+    assert not fallbacks, fallbacks[:3]
+    one_by_one = candidate_gradients(differences_of(model), x, batched=False)
+    torch.testing.assert_close(batched[1], one_by_one[1])
 
 
 def test_deepfool_stops_when_every_sample_is_done(request):

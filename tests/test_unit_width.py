@@ -1,5 +1,6 @@
-"""How wide a unit of work is when no batch size is given: small on the CPU (CPU), and on CUDA as wide as the
-free memory holds at the model's measured peak per image, up to the whole split. The CUDA sizing runs here on
+"""How wide an attack call is when no batch size is given: small on the CPU (CPU), and on CUDA as wide as the
+free memory holds at the model's measured peak per image, up to the whole split (a unit of work is then at
+most a tenth of a job: tests/test_evaluation_units.py). The CUDA sizing runs here on
 the CPU with a fake memory probe; the real probe is exercised where a GPU is present."""
 import pytest
 import torch
@@ -49,7 +50,11 @@ def test_the_cpu_keeps_small_batches_and_probes_nothing():
 def test_a_cuda_unit_holds_what_the_free_memory_allows_at_the_measured_peak_per_image():
     memory = FakeMemory(free=10 * GIB, per_image=20 * MIB)
     width = default_batch_size(CUDA, small_model(), cifar_like(10_000), memory=memory)
-    assert width == int(10 * GIB * CUDA_MEMORY_SHARE // (20 * MIB + ATTACK_STATE_IMAGES * IMAGE_BYTES))
+    share = 10 * GIB * CUDA_MEMORY_SHARE
+
+    def held(images):  # the measured peak and the attack's own image-sized tensors, per image
+        return images * (20 * MIB + ATTACK_STATE_IMAGES * IMAGE_BYTES)
+    assert held(width) <= share < held(width + 1)  # the widest unit that fits, no narrower
     assert 300 < width < 10_000
     # A heavier model (twice the peak per image) gets narrower units.
     heavier = default_batch_size(CUDA, small_model(), cifar_like(10_000), memory=FakeMemory(10 * GIB, 40 * MIB))
@@ -78,10 +83,16 @@ def test_a_unit_holds_at_least_one_image():
 
 
 def test_the_probed_step_leaves_the_model_as_it_was():
-    """The probe runs a real attack step; it must not leave the model in eval mode or frozen (CPU)."""
-    model = small_model().train()
+    """The probe runs a real attack step, in eval mode: BatchNorm's running statistics are not moved by it,
+    and the model comes back in training mode, its weights trainable and without gradients (CPU)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize((0.5,) * 3, (0.25,) * 3), nn.Conv2d(3, 4, 3, stride=2, padding=1),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 10)).train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
     costliest_step(model, cifar_like(4).float() / 255)
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -71,21 +71,22 @@ from utils import CLIParser, default_device, fail  # noqa: E402
 # MNIST-type data are its flags), for its seconds per epoch; eval_*: eval.py's selections, one process each
 # (a cut keeps the finished ones), less the checkpoint, --data-root and --json; images: test images (None:
 # the whole test split).
-Form = namedtuple("Form", "bench train reference_mnist eval_mnist eval_cifar images")
+Form = namedtuple("Form", "bench train reference_mnist eval_mnist eval_cifar images second_device")
 NORM_BY_NORM = [["--norms", norm] for norm in ("linf", "l2", "l1")]
 FORMS = {
     "cuda": Form(bench=[], train=["resnet32", "cifar10", "-lp=cosine", "--epochs=2"],
                  reference_mnist=["mnist", "mnist", "--epochs=2"],
-                 eval_mnist=NORM_BY_NORM, eval_cifar=NORM_BY_NORM, images=None),
+                 eval_mnist=NORM_BY_NORM, eval_cifar=NORM_BY_NORM, images=None,
+                 second_device=["mnist", "mnist", "--epochs=1", "--subset=5000", "--cuda-graph"]),
     "cpu": Form(bench=["--configs", "mnist/mnist b50 PGD-40", "--steps=2", "--repeats=1", "--iterations=1"],
                 train=["mnist", "mnist", "-lp=cosine", "--epochs=1", "--subset=20", "-b=10", "--steps=2",
                        "--epsilon=0.3", "--stepsize=0.1"],
                 reference_mnist=["mnist", "mnist", "--epochs=1", "--subset=20", "-b=10", "--steps=2"],
-                eval_mnist=[["--norms", "linf", "--attacks", "fgsm"]], eval_cifar=[], images=10),
+                eval_mnist=[["--norms", "linf", "--attacks", "fgsm"]], eval_cifar=[], images=10, second_device=None),
 }
 # Each part's share of --budget, in run order (acceptance_parts.Parts turns them into deadlines); with --parts,
 # the chosen parts share the budget.
-SHARES = {"data": 0.04, "timings": 0.18, "training": 0.3, "evaluation": 0.28, "tests": 0.2}
+SHARES = {"data": 0.04, "timings": 0.18, "training": 0.27, "second_device": 0.03, "evaluation": 0.28, "tests": 0.2}
 
 
 # --- the parts ------------------------------------------------------------------------------------------
@@ -137,10 +138,10 @@ def run_timings(parts, form, device, work):
     parts.record("timings", figures)
 
 
-def train_run(parts, name, arguments, device, data_root, offline_data, work):
+def train_run(parts, name, arguments, device, data_root, offline_data, work, part="training"):
     """One ALP.py run in WORK/train-NAME: its verdict, epochs, graph notes, estimate; and its checkpoint."""
     out = os.path.join(work, f"train-{name}")
-    status, seconds = parts.run("training", script_command(
+    status, seconds = parts.run(part, script_command(
         "ALP.py", [*arguments, f"--device={device}", "--data-root", data_root, "--out", out], offline_data))
     rows, lines, last = read_run(out)
     run = {**outcome(status, seconds),
@@ -176,6 +177,22 @@ def run_training(parts, form, device, data_root, mnist_root, offline_data, work)
     figures["ok"] = all(run["ok"] for run in runs.values()) and len(runs) == 3 and figures["agree"] and graph_replayed
     parts.record("training", figures)
     return checkpoints
+
+
+def run_second_device(parts, form, mnist_root, work):
+    """Where a second CUDA device exists, a short ALP.py run with the CUDA graph on cuda:1: a graph captured
+    on another device's stream would record nothing (the run then stops in one line), and a graph that
+    was refused leaves a note in the log; else the figures say that it could not run."""
+    count = torch.cuda.device_count() if form.second_device else 0
+    if count < 2:
+        parts.record("second_device", {"ok": True, "ran": False,
+                                       "note": f"--device cuda:1 could not run: {count} CUDA device(s) here"})
+        return
+    run, _ = train_run(parts, "cuda1", form.second_device, "cuda:1", mnist_root, None, work, part="second_device")
+    replayed = bool(run["epochs"]) and not run["graph_notes"]
+    parts.record("second_device", {**run, "ran": True, "ok": run["ok"] and replayed,
+                                   **({} if replayed or not run["ok"] else
+                                      {"error": "the CUDA graph did not replay on cuda:1"})})
 
 
 def run_evaluation(parts, form, device, roots, offline_data, checkpoints, work):
@@ -319,8 +336,8 @@ def main(argv=None):
     print(f"acceptance ({form_name} form) on {machine}, torch {torch.__version__}: figures in {args.out_dir}",
           flush=True)
 
-    mnist_root = data_root if form_name == "cpu" else os.path.abspath(
-        args.mnist_root or os.path.join(data_root, "mnist-timing"))
+    mnist_root = os.path.abspath(args.mnist_root or (data_root if form_name == "cpu"
+                                                     else os.path.join(data_root, "mnist-timing")))
     if "data" in args.parts:
         run_data(parts, form_name, data_root, mnist_root, offline_data)
     if "timings" in args.parts:
@@ -329,6 +346,8 @@ def main(argv=None):
         checkpoints = run_training(parts, form, device, data_root, mnist_root, offline_data, work)
     else:
         checkpoints = previous_checkpoints(args.work or tempfile.gettempdir())
+    if "second_device" in args.parts:
+        run_second_device(parts, form, mnist_root, work)
     if "evaluation" in args.parts:
         run_evaluation(parts, form, device, {"cifar10": data_root, "mnist": mnist_root}, offline_data, checkpoints,
                        work)

@@ -49,6 +49,17 @@ def markdown(report):
             lines += [f"| {kind} | {status_line(run)} | | | |"] if not run["ok"] else []
             lines += [f"| {kind} | {note} | | | |" for note in run["graph_notes"]]
         lines.append("")
+    if "second_device" in parts:
+        second = parts["second_device"]
+        lines += ["## The CUDA graph on a second device (--device cuda:1)", ""]
+        if not second.get("ran"):
+            lines += [second["note"], ""]
+        else:
+            lines += [status_line(second), ""]
+            lines += [f"- epoch {e['epoch']}: {e['seconds']:.1f} s, clean {e['clean_percent']} %"
+                      for e in second["epochs"]]
+            lines += [f"- {note}" for note in second["graph_notes"]]
+            lines.append("")
     if "evaluation" in parts:
         evaluation = parts["evaluation"]
         lines += [f"## Default attack suites on {evaluation.get('images', '?')} test images", "",

@@ -33,7 +33,7 @@ from .loading import load_data
 from .processes import end_processes, gather_over_processes, setup_process
 from .records import get_rng_state, in_force, run_name
 from .run_folder import RunFolder
-from .speed import mixed_precision, speed_options
+from .speed import CPU_COMPILE_NOTE, compiled_network, mixed_precision, speed_options
 from .validation import barely_learnt_note, validate, validates, validation_attack, validation_seconds
 
 
@@ -84,7 +84,7 @@ def train(args, filled, run, resumed, rank, world_size, device, make_iteration, 
     scheduler = LEARNING_POLICIES[args.learning_policy](optimizer, args.epochs)
     start_epoch = run.restore(resumed, rank, model, optimizer, scheduler) if resumed else 0
 
-    net = torch.compile(model) if args.compile else model  # what the attacks, the loss and validation call
+    net = compiled_network(model) if args.compile else model  # what the training step's attack and loss call
     ddp_net = DistributedDataParallel(net) if world_size > 1 else net  # its backward averages the gradients
     autocast = mixed_precision(device.type, args.amp)
     iteration = make_iteration(args, optimizer, autocast)  # the script's own loss and step
@@ -94,6 +94,8 @@ def train(args, filled, run, resumed, rank, world_size, device, make_iteration, 
         step = functools.partial(iteration, ddp_net, net)
     if graph_note:
         run.log(graph_note)
+    if args.compile and device.type == "cpu":
+        run.log(CPU_COMPILE_NOTE)
     run.log(f"{'resuming' if resumed else 'starting'} {run.path} at epoch {start_epoch + 1}/{args.epochs} on "
             f"{world_size} x {device} (training in {'bf16 autocast' if args.amp else 'float32'}"
             f"{', one CUDA graph per iteration' if args.cuda_graph else ''}, validation in float32); "
@@ -109,7 +111,7 @@ def train(args, filled, run, resumed, rank, world_size, device, make_iteration, 
     epoch = start_epoch
     try:
         with interruptible():
-            validation_cost = (validation_seconds(net, val_loader, validator, spec.num_classes)
+            validation_cost = (validation_seconds(model, val_loader, validator, spec.num_classes)
                                if run.is_main else None)
             clock = BatchClock(device, untimed=GraphedStep.UNTIMED if args.cuda_graph else 1)
             for epoch in range(start_epoch, args.epochs):
@@ -134,7 +136,7 @@ def train(args, filled, run, resumed, rank, world_size, device, make_iteration, 
                 if run.is_main and validates(epoch, args.epochs, args.eval_freq):
                     validation_started = time.time()
                     row["clean_accuracy"], row["robust_accuracy"], counts = validate(
-                        net, val_loader, validator, spec.num_classes, progress, f"validating epoch {epoch + 1}")
+                        model, val_loader, validator, spec.num_classes, progress, f"validating epoch {epoch + 1}")
                     row["validation_seconds"] = round(time.time() - validation_started, 2)
                 row["seconds"] = round(time.time() - started, 2)
                 run.save_epoch(model, optimizer, scheduler, meta, row, gather_over_processes(get_rng_state()),

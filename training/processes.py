@@ -7,16 +7,27 @@ import torch.distributed as dist
 
 
 def setup_process(device):
-    """(rank, world size, device). Under torchrun one process per device, gloo on CPU, nccl on CUDA."""
+    """(rank, world size, device), the device made current on CUDA. Under torchrun one process per device,
+    gloo on CPU, nccl on CUDA."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = torch.device(device)
     if world_size == 1:
-        return 0, 1, device
+        return 0, 1, select_device(device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world_size, device
+
+
+def select_device(device):
+    """`device`, made the current CUDA device where it names one: what runs with no device named
+    (torch.cuda.graph's own capture stream, synchronize, empty_cache) runs on the current device, cuda:0
+    unless it is set."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def reduce_over_processes(tensor, op=dist.ReduceOp.SUM):

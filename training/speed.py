@@ -32,3 +32,13 @@ def mixed_precision(device_type, enabled):
     if not enabled:
         return nullcontext
     return lambda: torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+CPU_COMPILE_NOTE = "--compile: on a CPU the compiled step is usually slower than the eager one; compiling as asked"
+
+
+def compiled_network(model):
+    """The network as --compile runs it, for the training step alone (validation runs the network itself):
+    static shapes (dynamic=False), so that the epoch's shorter last batch compiles a graph of its own rather
+    than turning the step's graph into dynamic-shape kernels, which a CUDA graph would then replay."""
+    return torch.compile(model, dynamic=False)
