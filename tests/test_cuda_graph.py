@@ -608,8 +608,8 @@ def test_warm_ups_and_capture_run_on_the_runs_device_and_a_stream_made_there(two
 
 def graphed_on_fake_gpu(recorder, attack_wrapper=lambda attack: attack, lines=None):
     return lambda model, optimizer, attack: GraphedStep(
-        model, model, attack_wrapper(attack), optimizer, 0.5, nullcontext, BATCH, capture=True,
-        log=print if lines is None else lines.append, recorder=recorder)
+        alp_iteration(attack_wrapper(attack), optimizer, 0.5, nullcontext), model, model, optimizer, nullcontext,
+        BATCH, capture=True, log=print if lines is None else lines.append, recorder=recorder)
 
 
 def refused_in_capture(attack):
@@ -692,7 +692,9 @@ def test_bf16_autocast_and_compile_through_the_warm_up_path_compile_each_pass_on
     graphs = torch._dynamo.utils.counters["stats"]
     model, optimizer, attack, x, y = tiny_setup()
     net = compiled_network(model)
-    step = GraphedStep(net, net, attack, optimizer, 0.5, mixed_precision("cpu", True), BATCH, capture=False)
+    autocast = mixed_precision("cpu", True)
+    step = GraphedStep(alp_iteration(attack, optimizer, 0.5, autocast), net, net, optimizer, autocast, BATCH,
+                       capture=False)
     compiled = []
     for _ in range(GraphedStep.UNTIMED + 1):
         assert torch.isfinite(step(x, y)[0])
