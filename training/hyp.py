@@ -51,9 +51,9 @@ HYP = {
     "validation_attack": {"cifar": "PGD-10", "mnist": "PGD-100"},
     # Images per validation batch: no weight gradients are kept, so it can be wider than training's. On a
     # GPU 2000 is chosen, not measured: a wider batch launches fewer kernels per image, and resnet18's PGD
-    # at 2000 images should need a few GB. On a CPU, wider batches are slower per image: PGD-100 in float32 on 1000 real-MNIST
-    # test images took 37.8-40.6 s in batches of 100 against 55.6-56.7 s in batches of 500 (an ALP-trained
-    # MNIST net, one thread, this project's shared 2-core machine).
+    # at 2000 images should need a few GB. On a CPU, wider batches are slower per image: PGD-100 in float32
+    # on 1000 real-MNIST test images took 37.8-40.6 s in batches of 100 against 55.6-56.7 s in batches of
+    # 500 (an ALP-trained MNIST net, one thread, this project's shared 2-core machine).
     "validation_batch": {"cuda": 2000, "cpu": 100},
     # The time estimate waits for this many training batches after the first (which pays one-off costs:
     # oneDNN's or cuDNN's choice of kernels, compilation, a CUDA graph's recording), or this many seconds of
