@@ -17,9 +17,14 @@ ESTIMATE_FROM_SECONDS = 30
 
 def estimate_printer():
     """on_estimate for the Runner: the time a round of attacks should still take, as measured on the
-    first batch of each of its attacks."""
-    def on_estimate(seconds):
-        if seconds >= ESTIMATE_FROM_SECONDS:
+    first batch of each of its attacks; or, early, at most how long."""
+    def on_estimate(seconds, upper_bound=False):
+        if upper_bound:
+            say(f"estimated: at most {duration(seconds)} more for this round of attacks (the attacks timed so far "
+                f"at their pace, the others at their full gradient steps per image; DeepFool, C&W and AutoAttack "
+                f"stop on the samples they break; a closer estimate follows once each has run its first batch)",
+                flush=True)
+        elif seconds >= ESTIMATE_FROM_SECONDS:
             say(f"estimated: {duration(seconds)} more for this round of attacks (measured on the first batch of "
                   f"each)", flush=True)
     return on_estimate

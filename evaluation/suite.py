@@ -67,6 +67,25 @@ def columns_of(table, named=False):
     return table["attacks"] + (table.get("on_request", []) if named else [])
 
 
+# AutoAttack's gradient steps (or queries) per image that resists it to the end, from pyautoattack's standard
+# version: APGD-CE's 100 steps, APGD-T's and FAB-T's 100 for each of 9 target classes, Square's 5000 queries
+# counted as a third of a step each (a forward pass without the backward).
+AUTOATTACK_STEPS = 100 + 9 * 100 + 9 * 100 + 5000 / 3
+
+
+def gradient_steps(column):
+    """The gradient steps (forward + backward) an attack of eval.py's suite, (label, registry name, options),
+    takes per image that resists it to the end. Attacks that stop on the samples they break (DeepFool, C&W,
+    AutoAttack) take fewer on a less robust model, so an estimate from these is an upper bound."""
+    _, name, options = column
+    if name.startswith("aa-"):
+        return AUTOATTACK_STEPS
+    if name == "fgsm":
+        return 1
+    # DeepFool: each step the gradients of its candidate classes; C&W: its steps in each binary-search step
+    return options["steps"] * options.get("candidates", 1) * options.get("binary_search_steps", 1)
+
+
 def cli_name(label):
     """The name of a column in a selection (--attacks, and evaluate's attacks=): its label in lowercase
     ("C&W" -> "cw")."""

@@ -25,7 +25,7 @@ from attacks import ATTACKS
 from attacks.common import NORMS, flat_norm
 from utils import percent, progress_meter
 
-from .suite import is_autoattack
+from .suite import gradient_steps, is_autoattack
 
 TOLERANCE = 1e-5  # float32 slack, absolute and relative, when checking that x_adv is in the threat model
 
@@ -243,16 +243,23 @@ def shared(value, world_size):
     return box[0]
 
 
+# A round whose first units (one per job) still run this many seconds after it started gets an early estimate,
+# an upper bound, so that a round of slow attacks (C&W, AutoAttack on robust samples) is not silent for minutes.
+EARLY_ESTIMATE_SECONDS = 30
+
+
 class Runner:
     """Runs jobs unit by unit: in this process, or, with world_size > 1 (torch.distributed initialised),
     the units not yet in the store dealt out over the processes and the outcomes gathered, so that every
     process returns the same outcomes as one process alone would. progress: a bar per job. on_estimate
-    (seconds): called in rank 0 once the first unit of every job has run, with the time the rest of the
-    round should take, measured on those units (not called where nothing is left)."""
+    (seconds, upper_bound=False): called in rank 0 once the first unit of every job has run, with the time
+    the rest of the round should take, measured on those units (not called where nothing is left); and
+    before that, once, where those first units are still running EARLY_ESTIMATE_SECONDS into the round,
+    with an upper bound (upper_bound=True). clock: seconds, for that wait."""
 
-    def __init__(self, store=None, rank=0, world_size=1, progress=False, on_estimate=None):
+    def __init__(self, store=None, rank=0, world_size=1, progress=False, on_estimate=None, clock=time.monotonic):
         self.store, self.rank, self.world_size, self.progress = store, rank, world_size, progress
-        self.on_estimate = on_estimate
+        self.on_estimate, self.clock = on_estimate, clock
         if store is not None:
             store.outcomes = self.shared(store.outcomes)  # what rank 0 read: every process deals the same
 
@@ -306,6 +313,16 @@ class Runner:
             if rest and self.rank == 0 and self.on_estimate:
                 self.on_estimate(self.seconds_left(rest, done, size))
 
+        started, early = self.clock(), [self.rank != 0 or not self.on_estimate]
+
+        def early_estimate(left):
+            if early[0] or self.clock() - started < EARLY_ESTIMATE_SECONDS:
+                return
+            seconds = self.seconds_at_most(jobs, left, done, size)
+            if seconds is not None:
+                early[0] = True
+                self.on_estimate(seconds, upper_bound=True)
+
         if not mine_first:  # every job's first units were kept from an earlier run
             estimate()
         bar = None
@@ -323,6 +340,8 @@ class Runner:
                 bar.close()  # the estimate's line, printed under a finished bar
                 bar = None
                 estimate()
+            elif k + 1 < len(mine_first):
+                early_estimate([u for u in units if u not in done])
         if bar is not None:
             bar.close()
         if self.world_size > 1:
@@ -335,6 +354,23 @@ class Runner:
                         self.store.put(jobs[j].key(sizes[j], p), unit, write=False)
         announce()
         return [outcome(j) for j in range(len(jobs))]
+
+    def seconds_at_most(self, jobs, left, done, size):
+        """Before every job has been timed: the wall time the units `left` should take at most, the timed
+        jobs at their seconds per sample, the others at their gradient steps per sample (evaluation.suite's
+        count for a sample that resists to the end) times the seconds per image and step measured so far.
+        None before any unit has run."""
+        spent, seen = {}, {}
+        for (j, p), outcome in done.items():
+            spent[j] = spent.get(j, 0.0) + outcome["seconds"]
+            seen[j] = seen.get(j, 0) + len(outcome["indices"])
+        steps = {j: gradient_steps((job.label, job.name, job.options)) for j, job in enumerate(jobs)}
+        timed_steps = sum(steps[j] * seen[j] for j in seen)
+        if not timed_steps:
+            return None
+        per_step = sum(spent.values()) / timed_steps
+        return sum(spent[j] / seen[j] * size((j, p)) if seen.get(j) else per_step * steps[j] * size((j, p))
+                   for j, p in left) / self.world_size
 
     def seconds_left(self, rest, done, size):
         """The wall time the units `rest` should take over the processes: each job's seconds per sample in

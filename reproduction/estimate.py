@@ -7,31 +7,14 @@ import os
 import re
 
 from data import DATASETS
-from evaluation.suite import SANITY, SUITES, cli_name, columns_of
+from evaluation.suite import SANITY, SUITES, cli_name, columns_of, gradient_steps
 from training.clock import read_estimate_line
 from training.validation import validation_column
 from utils import duration, read_json, write_atomically
 
-# AutoAttack's gradient steps (or queries) per image that resists it to the end, from pyautoattack's standard
-# version: APGD-CE's 100 steps, APGD-T's and FAB-T's 100 for each of 9 target classes, Square's 5000 queries
-# counted as a third of a step each (a forward pass without the backward).
-AUTOATTACK_STEPS = 100 + 9 * 100 + 9 * 100 + 5000 / 3
 PER_EVALUATION_STEPS = 1 + SANITY["options"]["steps"]  # each eval.py run: the clean predictions, the sanity PGD
 # ALP.py's line as it starts: "... 60000 training, 10000 validation images".
 VALIDATION_IMAGES = re.compile(r"\d+ training, (\d+) validation images")
-
-
-def gradient_steps(column):
-    """The gradient steps (forward + backward) an attack of eval.py's suite takes per image that resists it
-    to the end. Attacks that stop on the samples they break (DeepFool, C&W, AutoAttack) take fewer on a less
-    robust model, so the evaluation's estimate is an upper bound."""
-    _, name, options = column
-    if name.startswith("aa-"):
-        return AUTOATTACK_STEPS
-    if name == "fgsm":
-        return 1
-    # DeepFool: each step the gradients of its candidate classes; C&W: its steps in each binary-search step
-    return options["steps"] * options.get("candidates", 1) * options.get("binary_search_steps", 1)
 
 
 class Estimate:

@@ -139,6 +139,45 @@ def test_the_estimate_is_each_jobs_measured_seconds_per_sample_times_its_samples
     assert after == 2 and seconds == pytest.approx(14 * 1.0 + 14 * 0.1)
 
 
+@pytest.mark.parametrize("seconds_per_unit, early", [(40, True), (5, False)])
+def test_first_units_still_running_after_half_a_minute_give_an_early_upper_bound(model_and_digits, monkeypatch,
+                                                                                  seconds_per_unit, early):
+    """CPU, fake clock: FGSM (1 gradient step) takes 0.1 s per sample and PGD-100 5 s (it stops on what it
+    breaks, say). Half a minute into the round, with PGD not yet timed, the early estimate counts PGD at its
+    full 100 steps at FGSM's 0.1 s per image and step: an upper bound, above what the measured estimate then
+    says; a round whose first units end sooner gets the measured estimate alone."""
+    model, images, labels = model_and_digits
+    per_sample = {"FGSM": 0.1, "PGD-100": 5.0}
+    estimates, now = [], [0.0]
+
+    def run_unit(job, position, images, labels, batch_size):
+        index = job.samples(batch_size, position).tolist()
+        now[0] += seconds_per_unit
+        return {"indices": index, "broken": [False] * len(index), "sizes": [],
+                "seconds": per_sample[job.label] * len(index)}
+    monkeypatch.setattr(evaluation.units, "run_unit", run_unit)
+    jobs = [evaluation.Job("FGSM", "fgsm", {}, "linf", 0.1, torch.arange(16), seed=0, model=model),
+            evaluation.Job("PGD-100", "pgd-linf", {"steps": 100, "rel_stepsize": 0.03}, "linf", 0.1,
+                           torch.arange(16), seed=0, model=model)]
+    runner = evaluation.Runner(on_estimate=lambda seconds, upper_bound=False: estimates.append(
+        (round(seconds, 6), upper_bound)), clock=lambda: now[0])
+    runner.run(jobs, images, labels, batch_size=6)  # units of 2: FGSM's first, then PGD's first
+    measured = (round(14 * 0.1 + 14 * 5.0, 6), False)
+    assert estimates == ([(round(14 * 0.1 + 16 * 100 * 0.1, 6), True), measured] if early else [measured])
+
+
+def test_the_early_estimate_is_printed_as_an_upper_bound_and_the_measured_one_from_half_a_minute(capsys):
+    """CPU: eval.py's printer of the Runner's estimates."""
+    from evaluation.console import estimate_printer
+    on_estimate = estimate_printer()
+    on_estimate(20, upper_bound=True)
+    on_estimate(20)  # the measured estimate of a round that is nearly over: not worth a line
+    on_estimate(600)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("estimated: at most 20 s more") and "closer estimate" in lines[0]
+    assert lines[1].startswith("estimated: 10 min more") and "at most" not in lines[1]
+
+
 def test_a_job_as_wide_as_the_split_still_estimates_and_moves_within_its_first_tenth(model_and_digits,
                                                                                      monkeypatch):
     """A width that holds the whole split (CUDA's memory-sized width): the estimate comes once a tenth of the
