@@ -12,7 +12,9 @@ the whole command ends within about 9 minutes):
      float32;
   2. ALP.py resnet32 cifar10 -lp=cosine for 2 epochs twice, eager (--no-cuda-graph) and with the graph:
      seconds per epoch (validation included), the estimate each run printed, and validation accuracies,
-     which must agree within 1.5 points; then the reference's MNIST command for 2 of its 84 epochs;
+     which must agree within 1.5 points; then the reference's MNIST command for 2 of its 84 epochs; and
+     where there is a second GPU, a short MNIST run with the graph on --device cuda:1 (a graph recorded
+     on another device than the current one would replay nothing; on one GPU the report says so);
   3. eval.py: the default attack suites on the whole 10,000 test images, MNIST on the reference command's
      checkpoint, then CIFAR-10 on the graph run's, one process per threat model (a cut keeps the finished
      ones), seconds per attack;
