@@ -9,7 +9,8 @@ class RunLock:
 
     NAME = "run.lock"
 
-    def __init__(self, folder):
+    def __init__(self, folder, probe=False):
+        """probe: only see whether another process holds it (RunLockHeld), then let it go, writing nothing."""
         import fcntl  # POSIX: the training scripts target Linux
         self.path = os.path.join(folder, self.NAME)
         self.file = open(self.path, "a+")
@@ -20,6 +21,9 @@ class RunLock:
             holder = self.file.read().strip() or "unknown"
             self.file.close()
             raise RunLockHeld(holder) from None
+        if probe:
+            self.file.close()
+            return
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
@@ -39,7 +43,7 @@ def lock_holder(folder):
     if not os.path.isfile(os.path.join(folder, RunLock.NAME)):
         return None
     try:
-        RunLock(folder).release()
+        RunLock(folder, probe=True)
     except RunLockHeld as held:
         return held.args[0]
     except OSError:
