@@ -436,6 +436,12 @@ def test_only_the_schedule_whose_learning_rate_or_state_depends_on_the_epoch_cou
         "Counter({2: 1}) vs Counter({4: 1}))")
 
 
+def test_a_cosine_run_of_one_epoch_refuses_to_grow_in_learning_rates_not_the_schedulers_internals():
+    refusal = resume.schedule_change_refusal("cosine", 0.0001, done=1, epochs=1, new_epochs=2)
+    assert refusal == ("the cosine schedule's learning rate depends on --epochs (epoch 2 would run at 0 under "
+                       "--epochs 1 and at 5e-05 under --epochs 2)")
+
+
 def test_a_resume_names_the_speed_options_and_device_that_change_the_arithmetic():
     before = {"device": "cpu", "amp": True, "channels_last": True, "compile": False, "cudnn_benchmark": False}
     assert resume.arithmetic_changes(before, {**before, "cudnn_benchmark": True}) == []

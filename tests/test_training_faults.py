@@ -165,6 +165,57 @@ def test_a_finished_run_grows_in_its_renamed_folder_and_warns_of_speed_options_t
         f"epoch {n:3d}" for n in (1, 2, 3)]  # the lines logged as "/2" are not restored again
 
 
+def grow_records(run_dir):
+    """(the args.json records of an epochs change, the log.txt lines that say it) of the run in `run_dir`."""
+    with open(os.path.join(run_dir, "args.json")) as f:
+        changes = [r["epochs_changed"] for r in json.load(f)["runs"] if "epochs_changed" in r]
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        return changes, [line for line in f.read().splitlines() if "the run grows from" in line]
+
+
+@pytest.mark.slow
+def test_a_grow_stopped_before_its_first_new_epoch_is_saved_leaves_the_run_as_it_was(
+        finished_run, cheap_validation, monkeypatch, capsys):
+    argv, run_dir = finished_run
+    grown = [*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"]
+    stop_at_step(monkeypatch, 1)  # the grow's first step
+    with pytest.raises(SystemExit) as stopped:
+        ALP.main(grown)
+    assert stopped.value.code == 130
+    assert not os.path.exists(run_folder_of(grown)) and load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 2
+    assert grow_records(run_dir) == ([], [])
+    capsys.readouterr()
+    assert ALP.main([*argv, "--resume"]) is None  # the run under its own count: finished
+    assert capsys.readouterr().out.strip() == f"{run_dir} is finished: all 2 epochs are done, nothing to resume"
+    monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
+    ALP.main(grown)  # and the grow, again, goes through
+    changes, lines = grow_records(run_folder_of(grown))
+    assert changes == [{"from": 2, "to": 3, "folder_was": run_dir}] and len(lines) == 1
+
+
+@pytest.mark.slow
+def test_a_grow_stopped_between_its_first_new_epoch_and_the_rename_is_finished_once_by_the_same_command(
+        finished_run, cheap_validation, monkeypatch, capsys):
+    argv, run_dir = finished_run
+    grown = [*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"]
+    real_rename = os.rename
+
+    def stopped_rename(src, dst):
+        monkeypatch.setattr(os, "rename", real_rename)
+        raise KeyboardInterrupt  # the user's Ctrl-C, at the worst moment
+
+    monkeypatch.setattr(os, "rename", stopped_rename)
+    with pytest.raises(SystemExit):
+        ALP.main(grown)
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 3  # saved, under the old name
+    assert "resume it with --epochs 3" in stops_in_one_line([*argv, "--resume"], capsys)  # not "finished"
+    assert ALP.main(grown) is None  # finishes the rename, and the run is done
+    assert f"{run_folder_of(grown)} is finished: all 3 epochs are done" in capsys.readouterr().out
+    changes, lines = grow_records(run_folder_of(grown))
+    assert changes == [{"from": 2, "to": 3, "folder_was": run_dir}] and len(lines) == 1
+    assert not os.path.exists(run_dir)
+
+
 @pytest.mark.slow
 def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monkeypatch, capsys):
     argv, run_dir = finished_run

@@ -9,8 +9,7 @@ class RunLock:
 
     NAME = "run.lock"
 
-    def __init__(self, folder, probe=False):
-        """probe: only see whether another process holds it (RunLockHeld), then let it go, writing nothing."""
+    def __init__(self, folder):
         import fcntl  # POSIX: the training scripts target Linux
         self.path = os.path.join(folder, self.NAME)
         self.file = open(self.path, "a+")
@@ -21,9 +20,6 @@ class RunLock:
             holder = self.file.read().strip() or "unknown"
             self.file.close()
             raise RunLockHeld(holder) from None
-        if probe:
-            self.file.close()
-            return
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
@@ -38,14 +34,19 @@ class RunLockHeld(Exception):
 
 
 def lock_holder(folder):
-    """The PID (as text) of a live process holding `folder`'s run lock, or None. A lock file that cannot be
-    opened (a read-only folder) says nothing about a holder: None, and taking the lock reports the folder."""
-    if not os.path.isfile(os.path.join(folder, RunLock.NAME)):
+    """The PID (as text) of a live process holding `folder`'s run lock, or None. Only looks: the lock file
+    is left as it is. A lock file that cannot be opened (a read-only folder) says nothing about a holder:
+    None, and taking the lock reports the folder."""
+    import fcntl
+    path = os.path.join(folder, RunLock.NAME)
+    if not os.path.isfile(path):
         return None
     try:
-        RunLock(folder, probe=True)
-    except RunLockHeld as held:
-        return held.args[0]
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds its exclusive lock
+            except BlockingIOError:
+                return f.read().strip() or "unknown"
     except OSError:
         return None
     return None
