@@ -3,10 +3,12 @@ gets: crafted checkpoints, a lost args.json or best_*.pt, one-class models, Ctrl
 Everything runs on the CPU; runs use the synthetic digits and a one-step validation attack."""
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -307,8 +309,9 @@ def test_a_ctrl_c_in_the_first_checkpoint_write_leaves_no_temporary_file(synthet
 
 
 # A sitecustomize.py that makes a script stop at a chosen moment, without a race: STOP_WITH (SIGINT or
-# SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, or when it renames a file
-# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place).
+# SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, when it renames a file
+# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place), or with STOP_AT_EXIT in the last
+# atexit callback (a Ctrl-C once the script's own code has ended).
 STOPPING_SITECUSTOMIZE = """
 import importlib.abc, os, signal, sys
 signum = getattr(signal, os.environ["STOP_WITH"])
@@ -329,6 +332,9 @@ def replace_stopping(src, dst):
     return real_replace(src, dst)
 
 os.replace = replace_stopping
+if os.environ.get("STOP_AT_EXIT"):
+    import atexit
+    atexit.register(lambda: os.kill(os.getpid(), signum))
 """
 
 
@@ -350,6 +356,51 @@ def test_a_stop_while_a_script_imports_torch_is_one_line_with_the_shells_status(
     stopped = stopped_script(tmp_path, [script, "x.pt"], STOP_WITH=signum, STOP_AT_IMPORT="torch")
     name = "Ctrl-C" if signum == "SIGINT" else "SIGTERM"
     assert (stopped.returncode, stopped.stderr) == (status, f"{script}: stopped by {name}\n")
+
+
+@pytest.mark.parametrize("script", ["ALP.py", "eval.py"])
+def test_a_sigterm_inside_an_import_that_catches_errors_still_stops_the_process_at_once(script, tmp_path):
+    """CPU. numpy's import of numpy.linalg sits inside torch's own try: an exit raised there was swallowed,
+    and the script ran on after saying it had stopped."""
+    stopped = stopped_script(tmp_path, [script, "x.pt"], STOP_WITH="SIGTERM", STOP_AT_IMPORT="numpy.linalg")
+    assert (stopped.returncode, stopped.stderr) == (143, f"{script}: stopped by SIGTERM\n")
+
+
+def test_a_ctrl_c_after_the_scripts_own_code_has_ended_prints_no_traceback(tmp_path):
+    stopped = stopped_script(tmp_path, ["eval.py", str(tmp_path / "x.pt")], STOP_WITH="SIGINT", STOP_AT_EXIT="1")
+    assert "Traceback" not in stopped.stderr and "Exception ignored" not in stopped.stderr, stopped.stderr
+    assert stopped.returncode == 130 and stopped.stderr.splitlines()[-1] == "eval.py: stopped by Ctrl-C"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, argv", [("ALP.py", ["mnist", "mnist", "--resume", "--device=cpu"]),
+                                          ("eval.py", ["x.pt"])])
+def test_a_sigterm_at_random_moments_of_the_start_stops_the_script_or_comes_after_its_end(script, argv, tmp_path):
+    """CPU. A batch scheduler's SIGTERM right at the start, 20 times at random moments between the start and
+    the script's own refusal (of a missing run or checkpoint): each run either stops in one line with
+    status 143, or had ended (exit 2, no word of a stop), never both, never a traceback. (Before the script's
+    first line and after the interpreter's end, the signal's default action ends the process.)"""
+    command = [sys.executable, script, *argv, *(["--out", str(tmp_path / "runs")] if script == "ALP.py" else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    unstopped = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert unstopped.returncode == 2
+    whole = time.time() - started
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(20):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env)
+        time.sleep(rng.uniform(0.02, whole))
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+        if process.returncode == 143:
+            assert err == f"{script}: stopped by SIGTERM\n", err
+        else:  # ended by its refusal, or by the signal's default action before Python's start or after its end
+            assert process.returncode in (2, -signal.SIGTERM), (process.returncode, err)
+            assert "stopped" not in err and "Traceback" not in err, err
+        outcomes.add(process.returncode)
+    assert 143 in outcomes  # the moments reached into the start
 
 
 @pytest.mark.slow
