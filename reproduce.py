@@ -24,16 +24,19 @@ if __name__ == "__main__":
 import os
 import sys
 
+from checkpoints import CheckpointError
+from evaluation.store import weights_digest
 from interrupts import Interrupted, interruptible
 from reference import SOURCE, TABLES, TEST_IMAGES
 from reproduction.child_scripts import LogFollower, run_or_stop
 from reproduction.comparison import compare
 from reproduction.estimate import Estimate
-from reproduction.folder import claim, complete, epochs_done, run_folder
+from reproduction.folder import checked, claim, complete, epochs_done, moved, run_folder
 from reproduction.plan import (evaluation_argv, evaluations, reference_epochs, shortening, trial_label,
                                training_argv)
 from reproduction.report import NORM_SYMBOLS, print_report, write_report
 from utils import CLIParser, default_device, fail, read_json
+from weights import model_from_file
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -84,18 +87,28 @@ def train(argv, parent, epochs, estimate):
     return os.path.join(folder, "last.pt")
 
 
-def evaluate(checkpoint, norm, attacks, json_path, common):
-    """eval.py's report of the checkpoint at this norm, running or continuing it first."""
+def evaluate(checkpoint, weights, norm, attacks, json_path, common, data_root, figures):
+    """eval.py's report of the checkpoint (whose weights have the digest `weights`) at this norm, running or
+    continuing it first, and checked (reproduction.folder.checked) before any figure of it is used."""
     report = read_json(json_path)
-    if complete(report, checkpoint):
+    if complete(report, weights):
         print(f"evaluation at {NORM_SYMBOLS[norm]}: done, {json_path}", flush=True)
-        return report
-    run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common],
+        return checked(json_path, report, weights, data_root, figures)
+    run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common,
+                            *(["--force"] if moved(report, checkpoint) else [])],
                 f"evaluation at {NORM_SYMBOLS[norm]}")
     report = read_json(json_path)
-    if not complete(report, checkpoint):
+    if not complete(report, weights):
         fail(f"eval.py ended well but {json_path} holds no finished evaluation of {checkpoint}", status=1)
-    return report
+    return checked(json_path, report, weights, data_root, figures)
+
+
+def digest_of(checkpoint):
+    """The digest of the checkpoint's weights, as eval.py records it (evaluation.store.weights_digest)."""
+    try:
+        return weights_digest(model_from_file(checkpoint)[0])
+    except CheckpointError as e:
+        fail(str(e))
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -115,11 +128,12 @@ def main(argv=None):
     runs = evaluations(table)
     images = cut.get("images", TEST_IMAGES)
     command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
+    data_root = os.path.abspath(args.data_root or "./data")  # ALP.py's and eval.py's default, where it is now
     claim(folder, {"table": args.table, "command": command, "training": training,
-                   "evaluations": [evaluation_argv(norm, attacks) for norm, attacks in runs], "images": images})
+                   "evaluations": [evaluation_argv(norm, attacks) for norm, attacks in runs], "images": images,
+                   "data_root": data_root})
     label = trial_label(table, cut, images)
-    where = [*(["--data-root", args.data_root] if args.data_root else []),
-             *(["--device", args.device] if args.device else [])]
+    where = ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
     print(label or f"REPRODUCTION of the reference's {table.title} table", flush=True)
     print(f"reproduce.py: {table.title} in {folder}: training with {table.training_source} "
           f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test images; "
@@ -131,20 +145,24 @@ def main(argv=None):
             checkpoint = train([*training, "--out", os.path.join(folder, "training"), *where],
                                os.path.join(folder, "training"), epochs, estimate)
             checkpoint = os.path.abspath(checkpoint)
+            weights = digest_of(checkpoint)
             json_paths = [os.path.abspath(os.path.join(folder, f"eval-{norm}.json")) for norm, _ in runs]
             left = [(norm, attacks) for (norm, attacks), path in zip(runs, json_paths)
-                    if not complete(read_json(path), checkpoint)]
+                    if not complete(read_json(path), weights)]
             if estimate.validation_images is None:  # training was done before this start
                 estimate.say_for_evaluation(left)
             stage = "evaluation"
             common = [*(["--images", str(images)] if "images" in cut else []), *where]
-            reports = [evaluate(checkpoint, norm, attacks, path, common)
+            reports = [evaluate(checkpoint, weights, norm, attacks, path, common, data_root,
+                                [(norm, t.epsilon, column.label) for t in table.threat_models if t.norm == norm
+                                 for column in t.columns])
                        for (norm, attacks), path in zip(runs, json_paths)]
             stage = "report"
             n, compared = compare(table, reports)
             label = trial_label(table, cut, n)
             paths = write_report(folder, table, args.table, label, n, compared,
-                                 {"command": f"python ALP.py {' '.join(training)}", "checkpoint": checkpoint},
+                                 {"command": f"python ALP.py {' '.join(training)}", "checkpoint": checkpoint,
+                                  "data_root": data_root},
                                  json_paths)
             print_report(table.title, label, n, compared, paths)
     except Interrupted as stop:
