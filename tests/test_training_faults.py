@@ -1,6 +1,7 @@
 """What a careless or unlucky user does to a training run, and the one line (or the right behaviour) each
 gets: crafted checkpoints, a lost args.json or best_*.pt, one-class models, Ctrl-C and SIGTERM, odd flags.
 Everything runs on the CPU; runs use the synthetic digits and a one-step validation attack."""
+import io
 import json
 import os
 import random
@@ -228,6 +229,36 @@ def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monk
     monkeypatch.setattr(training.lock.RunLock, "__init__", read_only)
     err = stops_in_one_line([*argv, "--resume"], capsys)
     assert f"cannot lock the run folder {run_dir}" in err and "writable" in err
+
+
+# --- a console that goes away ---------------------------------------------------------------------------------
+
+def test_a_console_that_goes_away_ends_the_output_not_the_run(synthetic_mnist_root, tmp_path, cheap_validation,
+                                                              monkeypatch):
+    """CPU. `ALP.py ... | head -2`, or a pager quit: the pipe breaks, the run goes on into its log."""
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    ALP.main(argv)
+    with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
+        log = f.read().splitlines()
+    assert log[0].startswith("starting ") and log[-1].startswith("done: ")
+
+
+@pytest.mark.slow
+def test_alp_piped_into_head_finishes_its_run_without_a_word_on_stderr(synthetic_mnist_root, tmp_path):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    process = subprocess.Popen([sys.executable, "ALP.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process.stdout.readline()
+    process.stdout.close()  # what head does after its lines
+    _, err = process.communicate(timeout=300)
+    assert (process.returncode, err) == (0, "")
+    with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
+        assert f.read().splitlines()[-1].startswith("done: ")
 
 
 # --- stopping by hand ------------------------------------------------------------------------------------------

@@ -30,6 +30,15 @@ from .records import (BEST, append_start, best_file_name, epoch_line, first_args
                       recorded_data_digest, set_rng_state, without_epoch_count, write_csv)
 
 
+def console_gone(stream):
+    """After a broken pipe on `stream`: what is written to it from now on goes nowhere, so that neither a
+    later line nor the interpreter's last flush raises again (log.txt keeps every line)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):  # not a file descriptor (a notebook's or a test's stream)
+        pass
+
+
 def file_identity(path):
     """What tells one version of a file from the next that write_atomically puts there."""
     stat = os.stat(path)
@@ -255,7 +264,10 @@ class RunFolder:
         """Printed (to stdout, or `file`) and appended to log.txt (main process only)."""
         if not self.is_main:
             return
-        print(line, file=file or sys.stdout, flush=True)
+        try:
+            print(line, file=file or sys.stdout, flush=True)
+        except BrokenPipeError:  # `ALP.py ... | head`, a pager quit: the console is gone, the run goes on
+            console_gone(file or sys.stdout)
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")
