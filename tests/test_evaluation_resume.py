@@ -136,3 +136,27 @@ def test_every_flag_survives_torchruns_parser():
                     if o.startswith("--") and o not in ("--help", "--n")]
     args = get_args_parser().parse_args(["--nproc_per_node=2", "eval.py", "CKPT", *script_flags])
     assert args.training_script_args == ["CKPT", *script_flags]
+
+
+def test_a_second_evaluation_of_one_json_is_refused_while_the_first_runs(capsys, checkpoint, data_root,  # noqa: F811
+                                                                         tmp_path):
+    """CPU. Two processes on one JSON would run its units of work twice; the first one's lock (an flock, as
+    a live eval.py holds it) refuses the second in one line."""
+    json_path = tmp_path / "report.json"
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                               f"from training.lock import RunLock; lock = RunLock({str(tmp_path)!r}, "
+                               f"name='report.json.lock'); print('locked', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    argv = [str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "8", "--norms", "linf",
+            "--attacks", "fgsm", "--json", str(json_path)]
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as stop:
+            eval_script.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{json_path} is being evaluated by a running process (PID {holder.pid})" in err
+    finally:
+        holder.communicate("")
+    eval_script.main(argv)  # the first one gone, the evaluation runs, and leaves no lock file behind
+    assert json.loads(json_path.read_text())["complete"] and not os.path.exists(f"{json_path}.lock")

@@ -360,7 +360,8 @@ def test_a_shortened_trial_runs_end_to_end_and_a_kill_in_each_stage_changes_no_f
     moved = tmp_path / "moved"  # the absolute paths in its reports are the old folder's now
     os.rename(out, moved)
     again = run(mnist_stand_in_root, moved)
-    assert again.count(": done, ") == 3 and figures(moved) == figures(finished)
+    assert again.count(": done, ") == 4 and "$ " not in again  # training and 3 evaluations: no script ran
+    assert figures(moved) == figures(finished)
     elsewhere = subprocess.run(command(tmp_path / "other-data", moved), capture_output=True, text=True)
     assert elsewhere.returncode == 2 and f"--data-root {mnist_stand_in_root}, not {tmp_path / 'other-data'}" in \
         elsewhere.stderr

@@ -9,9 +9,10 @@ class RunLock:
 
     NAME = "run.lock"
 
-    def __init__(self, folder):
+    def __init__(self, folder, name=None):
+        """name: the lock file's, where it is not a run folder's (eval.py locks its JSON's evaluation)."""
         import fcntl  # POSIX: the training scripts target Linux
-        self.path = os.path.join(folder, self.NAME)
+        self.path = os.path.join(folder, name or self.NAME)
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
