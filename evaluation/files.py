@@ -9,6 +9,7 @@ never reused and never mixed with this evaluation's figures.
     finished = check_report(json_path, requested, identity, force)   # a finished report of this evaluation
     store, notes = open_units(units_folder(json_path), identity, force)
 """
+import glob
 import itertools
 import json
 import os
@@ -215,23 +216,39 @@ def remove(folder):
         shutil.rmtree(folder)
 
 
+def stale_folders(folder):
+    """The units folders set aside beside `folder` (<folder>.stale-N)."""
+    return sorted(glob.glob(glob.escape(folder) + ".stale-*"))
+
+
 def open_units(folder, identity, force):
     """(UnitStore of this evaluation's finished units, [lines to print]). With force an earlier folder is
-    removed (a link to one: the link). A folder that holds the units of another identity, or of an unknown
-    one, is set aside as <folder>.stale-N, never read: a line says what differed. Raises OSError where the
-    folder cannot be made."""
+    removed (a link to one: the link), and every one set aside. A folder that holds the units of another
+    identity, or of an unknown one, is set aside as <folder>.stale-N, never read: a line says what differed.
+    At most one is kept aside, and one of this identity (the weights came back) is taken up again. Raises
+    OSError where the folder cannot be made."""
     notes = []
     if force:
-        remove(folder)
-    elif os.path.lexists(folder):
+        for path in [folder, *stale_folders(folder)]:
+            remove(path)
+    else:
+        ours = next((path for path in stale_folders(folder)
+                     if (read_json(os.path.join(path, MANIFEST)) or {}).get("identity") == identity), None)
         stored = (read_json(os.path.join(folder, MANIFEST)) or {}).get("identity")
-        if stored != identity:
+        if os.path.lexists(folder) and stored != identity:
+            for path in stale_folders(folder):
+                if path != ours:
+                    remove(path)
             aside = next(name for name in (f"{folder}.stale-{k}" for k in itertools.count(1))
                          if not os.path.lexists(name))
             os.rename(folder, aside)
             what = differences(stored, identity) if stored else "an unknown evaluation (it holds no manifest)"
             notes.append(f"{folder} held the units of an evaluation of {what}: set aside as {aside}, and "
-                         f"not used; this evaluation starts afresh")
+                         f"not used; this evaluation " + ("takes up its own units again" if ours else "starts afresh"))
+        if ours and not os.path.lexists(folder):
+            os.rename(ours, folder)
+            if not notes:
+                notes.append(f"{ours} held this evaluation's units, set aside earlier: taken up again")
     if not os.path.isdir(folder):
         os.makedirs(folder)
         write_atomically(os.path.join(folder, MANIFEST), json.dumps({"identity": identity}, indent=2))
