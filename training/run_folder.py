@@ -3,7 +3,7 @@
 What a run folder holds (ALP.py writes it through RunFolder):
     run.lock        the PID of the process that runs it (an flock: a killed run's lock is stale by construction)
     args.json       {"runs": [{"args": ..., "in_force": ...}, ...]}: one record per start and per --resume
-                    (and "epochs_changed" where --resume grew the run: see RunFolder.open)
+                    (and "epochs_changed" where --resume grew the run: see RunFolder._move_to_target)
     log.txt         what the run printed; metrics.csv: one row per epoch; curves.png: validation accuracies
     last.pt         the last epoch: weights, optimiser, scheduler, metrics, best figures, every process's RNG
     best_clean.pt, best_robust.pt, epoch_NNN.pt   weights only (checkpoints.py says what a checkpoint is)
@@ -156,8 +156,8 @@ class RunFolder:
         are) before anything is written. Create and lock the folder for a new run (state None; a resumed run
         holds its lock since open()), re-check it under the lock (another run may have taken it while the
         data loaded), remove the temporary files a kill left, append this start to args.json, open the log,
-        and for a resumed run repair what a kill left and
-        warn if it computes otherwise than its last epoch did."""
+        and for a resumed run repair what a kill left and warn if it computes otherwise than its last epoch
+        did. (A run whose --epochs changed takes its new name once its first new epoch is saved.)"""
         resume = state is not None
         if resume:
             policy.refuse_unless_it_fits(state, self.last, in_force["data_digest"], in_force["world_size"])
@@ -199,13 +199,14 @@ class RunFolder:
                                                      "folder_was": old})
         line = policy.epochs_change_line(self.args["learning_policy"], done, self.epochs_before,
                                          self.args["epochs"], self.args.get("eval_freq") or 1, old, self.target)
-        if self._log_file is not None and line not in self._logged():
-            self.log(line)
-        else:  # logged by a run stopped before its rename, or open() finishing that rename before the log opens
+        if line in self._logged():  # by a run stopped before its rename
             print(line, flush=True)
-            if line not in self._logged():
-                with open(self.file("log.txt"), "a") as f:
-                    f.write(line + "\n")
+        elif self._log_file is not None:
+            self.log(line)
+        else:  # open() finishing the rename of a run stopped before it: the log is not open yet
+            with open(self.file("log.txt"), "a") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
         try:
             os.rename(old, self.target)
         except OSError as e:
