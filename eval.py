@@ -17,6 +17,8 @@ from interrupts import stop_in_one_line
 if __name__ == "__main__":
     stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -32,6 +34,7 @@ from evaluation.console import (checked_report, estimate_printer, print_checks, 
 from evaluation.inputs import corruption_files, load_model, load_source, load_test_images, resolve_device
 from interrupts import Interrupted, interruptible
 from training import setup_process
+from training.lock import RunLock, RunLockHeld
 from utils import default_device, describe_os_error, fail
 
 
@@ -69,6 +72,30 @@ def check_plan(args, spec, lead):
              "add aa to --attacks")
 
 
+def lock_evaluation(json_path):
+    """One live process per evaluation, from its start to its JSON: a second one would run the same units of
+    work again beside it. The lock is <json>.lock, an flock (dropped by the kernel however the process
+    ends), removed once the evaluation is finished. None where the folder cannot be written: the JSON's own
+    check says so."""
+    folder, name = os.path.split(os.path.abspath(json_path))
+    try:
+        return RunLock(folder, name=name + ".lock")
+    except RunLockHeld as held:
+        fail(f"{json_path} is being evaluated by a running process (PID {held.args[0]}); wait for it to end, or "
+             f"stop it")
+    except OSError:
+        return None
+
+
+def let_go(lock):
+    if lock is not None:
+        try:
+            os.remove(lock.path)  # under the lock: a process that opened it meanwhile finds it held until now
+        except OSError:
+            pass
+        lock.release()
+
+
 def evaluate_checkpoint(args):
     # Under torchrun: one process per GPU (gloo on CPU); rank 0 alone prints and writes.
     rank, world_size, device = setup_process(resolve_device(args.device or default_device()))
@@ -89,6 +116,7 @@ def evaluate_checkpoint(args):
             evaluate_checkpoint_on_corruptions(args, model, model_info, dataset, requested, identity, json_path)
         return
 
+    lock = lock_evaluation(json_path) if lead else None  # before the units are read or written
     images, labels, data_root, warnings = load_test_images(meta, args.data_root, args.n)
     attacked = source if source is not None else model  # a transfer attacks the source
     try:
@@ -102,6 +130,7 @@ def evaluate_checkpoint(args):
                                    batch_size=batch_size, source=source, source_name=(source_info or {}).get("model"))
     finished = checked_report(json_path, requested, identity, args.force)
     if finished:
+        let_go(lock)
         return print_finished(finished, json_path) if lead else None
 
     units = units_folder(json_path)
@@ -157,6 +186,7 @@ def evaluate_checkpoint(args):
         save_sweep_plot(report, json_path)
     save(report, json_path)
     remove(units)  # the JSON holds every figure now
+    let_go(lock)
     print_checks(report, json_path)
 
 

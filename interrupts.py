@@ -39,6 +39,8 @@ def interruptible():
     """Ctrl-C and SIGTERM (a cluster's pre-emption, `kill`) raise Interrupted inside the block, so that a
     script can end with one line saying how to continue instead of a traceback."""
     def raise_interrupted(signum, frame):
+        global _stopping
+        _stopping = True  # a second signal, once this block is left (an atexit callback), ends it at once
         raise interrupted_by(signum)
 
     previous = {signum: signal.signal(signum, raise_interrupted) for signum in SIGNALS}
@@ -54,14 +56,19 @@ def interruptible():
 # What a stop outside every interruptible() block leaves, as a clause, once the script has something to say
 # (training.run_folder.RunFolder says how to continue the run it holds); None: the bare line.
 _describe_what_is_left = None
+_holding = 0  # how many holding() blocks are open
 _stopping = False
 
 
 def stop_in_one_line():
     """From now on, a Ctrl-C or SIGTERM that lands outside every interruptible() block ends the script with
     `SCRIPT: stopped by Ctrl-C` (and what say_on_stop() registered) on stderr, and exit status 130 or 143.
-    The exit is a SystemExit, so `finally` blocks and write_atomically's clean-up still run; a second signal
-    during that exit ends the process at once. Under torchrun only rank 0 prints."""
+    Until the script holds something to clean up (say_on_stop() registered a clause, or a holding() block
+    is open), and whenever the signal lands inside an import, the process ends at once (os._exit): nothing
+    is lost, and no import machinery or C++ frame can catch the exit and carry on. Otherwise the exit is a
+    SystemExit, so that `finally` blocks and write_atomically's clean-up run. A second signal, or one that
+    lands after the script's own code has ended (in an atexit callback), ends the process at once and
+    silently. Under torchrun only rank 0 prints."""
     for signum in SIGNALS:
         signal.signal(signum, _stop)
 
@@ -72,14 +79,52 @@ def say_on_stop(describe):
     _describe_what_is_left = describe
 
 
+@contextmanager
+def holding():
+    """A stretch that leaves something to clean up if it is cut short (a temporary file): a stop by
+    stop_in_one_line inside it takes the SystemExit path."""
+    global _holding
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+
+
+def _frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _in_main_program(frame):
+    """Whether the script's own code is running below `frame` (not an atexit callback or a finaliser)."""
+    return any(f.f_code.co_name == "<module>" and f.f_globals.get("__name__") == "__main__" for f in _frames(frame))
+
+
+def _importing(frame):
+    return any(f.f_code.co_filename.startswith("<frozen importlib") for f in _frames(frame))
+
+
+def _exit_now(status):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # the signal may have landed inside a write to it
+            pass
+    os._exit(status)
+
+
 def _stop(signum, frame):
     global _stopping
     stop = interrupted_by(signum)
     if _stopping:  # the second Ctrl-C of an impatient user: no more clean-up
-        os._exit(stop.exit_status)
+        _exit_now(stop.exit_status)
     _stopping = True
     if os.environ.get("RANK", "0") == "0":
         clause = _describe_what_is_left() if _describe_what_is_left is not None else None
         line = f"{os.path.basename(sys.argv[0])}: stopped by {stop}" + (f"; {clause}" if clause else "")
         os.write(2, (line + "\n").encode())  # not print(): the signal may have landed inside one
+    if (_describe_what_is_left is None and not _holding) or _importing(frame) or not _in_main_program(frame):
+        _exit_now(stop.exit_status)
     raise SystemExit(stop.exit_status)

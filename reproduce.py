@@ -24,17 +24,20 @@ if __name__ == "__main__":
 import os
 import sys
 
+from checkpoints import CheckpointError
+from evaluation.store import weights_digest
 from interrupts import Interrupted, interruptible
 from reference import ROW_TABLES, SOURCE, TABLES, TEST_IMAGES, row_training
 from reproduction.child_scripts import LogFollower, run_or_stop
 from reproduction.comparison import compare
 from reproduction.estimate import Estimate
-from reproduction.folder import claim, complete, epochs_done, run_folder
+from reproduction.folder import checked, claim, complete, epochs_done, moved, run_folder
 from reproduction.plan import (command_epochs, evaluation_argv, evaluations, reference_epochs, shortening,
                                trial_label, training_argv, with_epochs)
 from reproduction.report import NORM_SYMBOLS, print_report, write_report
 from reproduction.rows import compare_row, print_row_report, row_evaluations, write_row_report
 from utils import CLIParser, default_device, fail, read_json
+from weights import model_from_file
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def tables_help():
                      f"{table.source['commit'][:7]}), one training run per row (--rows):")
         for row_name, row in table.rows.items():
             lines.append(f"    {row_name} ({row.title}): python {row.script} {' '.join(row_training(table, row))}")
-        for stem, norm, attacks in row_evaluations(table):
+        for stem, norm, attacks, _ in row_evaluations(table):
             lines.append(f"    python eval.py <row>/last.pt {' '.join(evaluation_argv(norm, attacks))} "
                          f"--images {table.images}")
     return "\n".join(lines)
@@ -98,18 +101,28 @@ def train(argv, parent, epochs, estimate, script="ALP.py"):
     return os.path.join(folder, "last.pt")
 
 
-def evaluate(checkpoint, norm, attacks, json_path, common):
-    """eval.py's report of the checkpoint at this norm, running or continuing it first."""
+def evaluate(checkpoint, weights, norm, attacks, json_path, common, data_root, figures):
+    """eval.py's report of the checkpoint (whose weights have the digest `weights`) at this norm, running or
+    continuing it first, and checked (reproduction.folder.checked) before any figure of it is used."""
     report = read_json(json_path)
-    if complete(report, checkpoint):
+    if complete(report, weights):
         print(f"evaluation at {NORM_SYMBOLS[norm]}: done, {json_path}", flush=True)
-        return report
-    run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common],
+        return checked(json_path, report, weights, data_root, figures)
+    run_or_stop("eval.py", [checkpoint, *evaluation_argv(norm, attacks), "--json", json_path, *common,
+                            *(["--force"] if moved(report, checkpoint) else [])],
                 f"evaluation at {NORM_SYMBOLS[norm]}")
     report = read_json(json_path)
-    if not complete(report, checkpoint):
+    if not complete(report, weights):
         fail(f"eval.py ended well but {json_path} holds no finished evaluation of {checkpoint}", status=1)
-    return report
+    return checked(json_path, report, weights, data_root, figures)
+
+
+def digest_of(checkpoint):
+    """The digest of the checkpoint's weights, as eval.py records it (evaluation.store.weights_digest)."""
+    try:
+        return weights_digest(model_from_file(checkpoint)[0])
+    except CheckpointError as e:
+        fail(str(e))
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -136,11 +149,12 @@ def main(argv=None):
     runs = evaluations(table)
     images = cut.get("images", TEST_IMAGES)
     command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
+    data_root = os.path.abspath(args.data_root or "./data")  # ALP.py's and eval.py's default, where it is now
     claim(folder, {"table": args.table, "command": command, "training": training,
-                   "evaluations": [evaluation_argv(norm, attacks) for norm, attacks in runs], "images": images})
+                   "evaluations": [evaluation_argv(norm, attacks) for norm, attacks in runs], "images": images,
+                   "data_root": data_root})
     label = trial_label(table, cut, images)
-    where = [*(["--data-root", args.data_root] if args.data_root else []),
-             *(["--device", args.device] if args.device else [])]
+    where = ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
     print(label or f"REPRODUCTION of the reference's {table.title} table", flush=True)
     print(f"reproduce.py: {table.title} in {folder}: training with {table.training_source} "
           f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test images; "
@@ -152,20 +166,24 @@ def main(argv=None):
             checkpoint = train([*training, "--out", os.path.join(folder, "training"), *where],
                                os.path.join(folder, "training"), epochs, estimate)
             checkpoint = os.path.abspath(checkpoint)
+            weights = digest_of(checkpoint)
             json_paths = [os.path.abspath(os.path.join(folder, f"eval-{norm}.json")) for norm, _ in runs]
             left = [(norm, attacks) for (norm, attacks), path in zip(runs, json_paths)
-                    if not complete(read_json(path), checkpoint)]
+                    if not complete(read_json(path), weights)]
             if estimate.validation_images is None:  # training was done before this start
                 estimate.say_for_evaluation(left)
             stage = "evaluation"
             common = [*(["--images", str(images)] if "images" in cut else []), *where]
-            reports = [evaluate(checkpoint, norm, attacks, path, common)
+            reports = [evaluate(checkpoint, weights, norm, attacks, path, common, data_root,
+                                [(norm, t.epsilon, column.label) for t in table.threat_models if t.norm == norm
+                                 for column in t.columns])
                        for (norm, attacks), path in zip(runs, json_paths)]
             stage = "report"
             n, compared = compare(table, reports)
             label = trial_label(table, cut, n)
             paths = write_report(folder, table, args.table, label, n, compared,
-                                 {"command": f"python ALP.py {' '.join(training)}", "checkpoint": checkpoint},
+                                 {"command": f"python ALP.py {' '.join(training)}", "checkpoint": checkpoint,
+                                  "data_root": data_root},
                                  json_paths)
             print_report(table.title, label, n, compared, paths)
     except Interrupted as stop:
@@ -192,11 +210,12 @@ def reproduce_rows(parser, args):
                 for name, row in table.rows.items()}
     runs = row_evaluations(table)
     command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
+    data_root = os.path.abspath(args.data_root or "./data")  # the scripts' default, where it is now
     claim(folder, {"table": args.table, "command": command, "rows": commands,
-                   "evaluations": [evaluation_argv(norm, attacks) for _, norm, attacks in runs], "images": images})
+                   "evaluations": [evaluation_argv(norm, attacks) for _, norm, attacks, _ in runs], "images": images,
+                   "data_root": data_root})
     label = trial_label(table, cut, images, full=full)
-    where = [*(["--data-root", args.data_root] if args.data_root else []),
-             *(["--device", args.device] if args.device else [])]
+    where = ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
     common = [*(["--images", str(images)]), *where]
     print(label or f"REPRODUCTION of {table.title}", flush=True)
     print(f"reproduce.py: {table.title} in {folder}: rows {', '.join(chosen)}, each trained by its script "
@@ -208,41 +227,48 @@ def reproduce_rows(parser, args):
             for name in chosen:
                 row_folder = os.path.join(folder, name)
                 print(f"\n{table.rows[name].title} ({name}):", flush=True)
-                estimate = Estimate(row_folder, table.dataset, images, [(norm, attacks) for _, norm, attacks in runs],
-                                    args.device or default_device())
+                estimate = Estimate(row_folder, table.dataset, images,
+                                    [(norm, attacks) for _, norm, attacks, _ in runs], args.device or default_device())
                 stage = f"training of {name}"
                 script, *argv = commands[name]
                 checkpoint = os.path.abspath(train([*argv, "--out", os.path.join(row_folder, "training"), *where],
                                                    os.path.join(row_folder, "training"), epochs, estimate, script))
-                paths = [os.path.abspath(os.path.join(row_folder, f"eval-{stem}.json")) for stem, _, _ in runs]
+                weights = digest_of(checkpoint)
+                paths = [os.path.abspath(os.path.join(row_folder, f"eval-{stem}.json")) for stem, *_ in runs]
                 if estimate.validation_images is None:  # trained before this start
-                    estimate.say_for_evaluation([(norm, attacks) for (_, norm, attacks), path in zip(runs, paths)
-                                                 if not complete(read_json(path), checkpoint)])
+                    estimate.say_for_evaluation([(norm, attacks) for (_, norm, attacks, _), path in zip(runs, paths)
+                                                 if not complete(read_json(path), weights)])
                 stage = f"evaluation of {name}"
-                for (_, norm, attacks), path in zip(runs, paths):
-                    evaluate(checkpoint, norm, attacks, path, common)
+                for (_, norm, attacks, figures), path in zip(runs, paths):
+                    evaluate(checkpoint, weights, norm, attacks, path, common, data_root, figures)
             stage = "report"
-            report_rows(folder, table, args.table, label, commands, runs)
+            report_rows(folder, table, args.table, label, commands, runs, data_root)
     except Interrupted as stop:
         print(f"reproduce.py: stopped by {stop} in the {stage}; the same command continues", file=sys.stderr)
         sys.exit(stop.exit_status)
 
 
-def report_rows(folder, table, table_name, label, commands, runs):
-    """The report of every row whose evaluations the folder holds finished, chosen this time or before."""
+def report_rows(folder, table, table_name, label, commands, runs, data_root):
+    """The report of every row whose evaluations the folder holds finished, chosen this time or before, each
+    report checked (reproduction.folder.checked) before any figure of it is used."""
     compared, rows_run, n = [], {}, None
     for name, row in table.rows.items():
         parent = os.path.join(folder, name, "training")
         run = run_folder(parent) if os.path.isdir(parent) else None
         checkpoint = os.path.abspath(os.path.join(run, "last.pt")) if run else None
-        paths = [os.path.abspath(os.path.join(folder, name, f"eval-{stem}.json")) for stem, _, _ in runs]
-        reports = [read_json(path) for path in paths]
-        if checkpoint is None or not all(complete(report, checkpoint) for report in reports):
+        if checkpoint is None or not os.path.isfile(checkpoint):
             continue
+        weights = digest_of(checkpoint)
+        paths = [os.path.abspath(os.path.join(folder, name, f"eval-{stem}.json")) for stem, *_ in runs]
+        reports = [read_json(path) for path in paths]
+        if not all(complete(report, weights) for report in reports):
+            continue
+        reports = [checked(path, report, weights, data_root, figures)
+                   for path, report, (*_, figures) in zip(paths, reports, runs)]
         compared.append(compare_row(table, row, *reports))
         n = reports[-1]["evaluation"]["n"]
         rows_run[name] = {"command": f"python {' '.join(commands[name])}", "checkpoint": checkpoint,
-                          "reports": paths}
+                          "data_root": data_root, "reports": paths}
     if compared:
         paths = write_row_report(folder, table, table_name, label, n, compared, rows_run)
         print_row_report(table, label, n, compared, paths)

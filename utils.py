@@ -13,6 +13,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from interrupts import holding
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows each flag's default and keeps the description's own line breaks. On/off switches show
@@ -103,11 +105,12 @@ def write_atomically(path, data):
     an OSError (ENOSPC above all) gets the path it was meant for as its filename."""
     tmp = f"{path}.{secrets.token_hex(6)}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with holding():  # a stop by interrupts.stop_in_one_line lets the clean-up below run
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException as e:
         try:
             os.remove(tmp)

@@ -56,7 +56,16 @@ def print_table(table, report):
 
 
 def print_finished(report, json_path):
-    """A finished evaluation is not run again: its tables, from its JSON."""
+    """A finished evaluation is not run again: its tables, from its JSON (one line, never a traceback, where
+    a part of it was edited away)."""
+    try:
+        _print_finished(report, json_path)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        fail(f"{json_path} cannot be printed again ({type(e).__name__} {e}: a part of it is missing or of another "
+             f"type, edited or damaged); pass --force to evaluate again")
+
+
+def _print_finished(report, json_path):
     say(f"{json_path} holds this evaluation, complete (--force runs it again)\n")
     if report["threat_models"] or report["transfer"]:
         say(format_legend(report), "", sep="\n")

@@ -9,6 +9,7 @@ never reused and never mixed with this evaluation's figures.
     finished = check_report(json_path, requested, identity, force)   # a finished report of this evaluation
     store, notes = open_units(units_folder(json_path), identity, force)
 """
+import glob
 import itertools
 import json
 import os
@@ -134,6 +135,10 @@ def check_report(path, requested, identity, force):
         raise ValueError(f"--json {path} cannot be written ({e.strerror or type(e).__name__})") from None
     if not earlier or not earlier.get("complete"):
         return None
+    contradiction = figure_contradiction(earlier)
+    if contradiction:
+        raise ValueError(f"{path} does not hold figures this project wrote ({contradiction}): edited or "
+                         f"damaged; pass --force to evaluate again")
     stored = earlier["evaluation"].get("identity")
     if stored != identity:
         what = (differences(stored, identity) if stored else
@@ -141,6 +146,66 @@ def check_report(path, requested, identity, force):
         raise ValueError(f"{path} holds a finished evaluation of {what}, not of what is evaluated now; pass "
                          f"--force to evaluate again, or choose another --json")
     return earlier
+
+
+def _count(value):
+    return type(value) is int and value >= 0
+
+
+def _agrees(figure, count, n):
+    """Whether `figure` is a number equal to count / n (as the engine writes it)."""
+    return type(figure) in (int, float) and abs(figure - count / n) <= 1e-9
+
+
+def figure_contradiction(report):
+    """Where a finished report's figures contradict the counts beside them, or a field they need is missing or
+    of another type: "FIELD: what is wrong" for the first such field; None where every figure agrees. Each
+    accuracy is a count over n written as a fraction, so a figure edited by hand stands out. (--corruptions
+    reports keep no counts beside their accuracies: not checked.)"""
+    if report.get("corruptions"):
+        return None
+    evaluation = report.get("evaluation")
+    n = evaluation.get("n") if isinstance(evaluation, dict) else None
+    if not _count(n) or n == 0:
+        return f"evaluation.n: {n!r} is not a positive number of test images"
+    clean = report.get("clean")
+    if not isinstance(clean, dict) or not _count(clean.get("correct")) or clean["correct"] > n:
+        return f"clean.correct: missing, or not a count of at most {n} images"
+    if not _agrees(clean.get("accuracy"), clean["correct"], n):
+        return f"clean.accuracy: {clean.get('accuracy')!r} is not {clean['correct']} correct of {n}"
+    sections = [("threat_models", report.get("threat_models"))]
+    if isinstance(report.get("transfer"), dict):
+        sections.append(("transfer.threat_models", report["transfer"].get("threat_models")))
+    for where, tables in sections:
+        if not isinstance(tables, list) or (where == "threat_models" and not tables and not any(
+                report.get(key) for key in ("transfer", "sweep", "corruptions"))):
+            return f"{where}: missing or empty"
+        for t, table in enumerate(tables):
+            at = f"{where}[{t}]"
+            if not isinstance(table, dict) or not all(isinstance(table.get(key), str)
+                                                      for key in ("norm", "epsilon_label")):
+                return f"{at}: no norm and epsilon_label"
+            records = table.get("attacks")
+            if not isinstance(records, list) or not records:
+                return f"{at}.attacks: missing or empty"
+            for r, record in enumerate(records):
+                field = f"{at}.attacks[{r}]"
+                if not isinstance(record, dict) or not isinstance(record.get("label"), str):
+                    return f"{field}: not an attack's record"
+                attacked, broken, figure = record.get("attacked"), record.get("broken"), record.get("robust_accuracy")
+                if not (_count(attacked) and _count(broken) and broken <= attacked <= n):
+                    return (f"{field} ({record['label']}): attacked {attacked!r} and broken {broken!r} are not "
+                            f"counts of at most {n} images")
+                if figure is not None and not _agrees(figure, attacked - broken, n):
+                    return (f"{field}.robust_accuracy ({record['label']}): {figure!r} is not the {attacked - broken} "
+                            f"of {n} images left unbroken ({broken} broken of {attacked} attacked)")
+            worst = table.get("worst_case")
+            if not isinstance(worst, dict) or not _count(worst.get("robust")) or worst["robust"] > n:
+                return f"{at}.worst_case.robust: missing, or not a count of at most {n} images"
+            if not _agrees(worst.get("robust_accuracy"), worst["robust"], n):
+                return (f"{at}.worst_case.robust_accuracy: {worst.get('robust_accuracy')!r} is not {worst['robust']} "
+                        f"of {n}")
+    return None
 
 
 def remove(folder):
@@ -151,23 +216,39 @@ def remove(folder):
         shutil.rmtree(folder)
 
 
+def stale_folders(folder):
+    """The units folders set aside beside `folder` (<folder>.stale-N)."""
+    return sorted(glob.glob(glob.escape(folder) + ".stale-*"))
+
+
 def open_units(folder, identity, force):
     """(UnitStore of this evaluation's finished units, [lines to print]). With force an earlier folder is
-    removed (a link to one: the link). A folder that holds the units of another identity, or of an unknown
-    one, is set aside as <folder>.stale-N, never read: a line says what differed. Raises OSError where the
-    folder cannot be made."""
+    removed (a link to one: the link), and every one set aside. A folder that holds the units of another
+    identity, or of an unknown one, is set aside as <folder>.stale-N, never read: a line says what differed.
+    At most one is kept aside, and one of this identity (the weights came back) is taken up again. Raises
+    OSError where the folder cannot be made."""
     notes = []
     if force:
-        remove(folder)
-    elif os.path.lexists(folder):
+        for path in [folder, *stale_folders(folder)]:
+            remove(path)
+    else:
+        ours = next((path for path in stale_folders(folder)
+                     if (read_json(os.path.join(path, MANIFEST)) or {}).get("identity") == identity), None)
         stored = (read_json(os.path.join(folder, MANIFEST)) or {}).get("identity")
-        if stored != identity:
+        if os.path.lexists(folder) and stored != identity:
+            for path in stale_folders(folder):
+                if path != ours:
+                    remove(path)
             aside = next(name for name in (f"{folder}.stale-{k}" for k in itertools.count(1))
                          if not os.path.lexists(name))
             os.rename(folder, aside)
             what = differences(stored, identity) if stored else "an unknown evaluation (it holds no manifest)"
             notes.append(f"{folder} held the units of an evaluation of {what}: set aside as {aside}, and "
-                         f"not used; this evaluation starts afresh")
+                         f"not used; this evaluation " + ("takes up its own units again" if ours else "starts afresh"))
+        if ours and not os.path.lexists(folder):
+            os.rename(ours, folder)
+            if not notes:
+                notes.append(f"{ours} held this evaluation's units, set aside earlier: taken up again")
     if not os.path.isdir(folder):
         os.makedirs(folder)
         write_atomically(os.path.join(folder, MANIFEST), json.dumps({"identity": identity}, indent=2))

@@ -5,7 +5,7 @@ import json
 import os
 
 from data import DATASETS
-from evaluation.suite import SUITES, cli_name
+from evaluation.suite import SUITES, cli_name, columns_of
 from utils import describe_os_error, fail, write_atomically
 
 from .comparison import SPREAD, comparison_row, spread_rule
@@ -16,15 +16,25 @@ WORST_CASE_NOTE = ("worst case: a sample counts as robust only if it survives ev
                    "reference's is never outside: the evaluation should be at least as strong as theirs.")
 
 
+def suite_columns(table):
+    """The default ℓ∞ suite of the table's data set: [(label, registry name, options)]."""
+    return SUITES[DATASETS[table.dataset].family]["linf"]["attacks"]
+
+
 def suite_attacks(table):
     """eval.py's names of the default ℓ∞ suite of the table's data set."""
-    return [cli_name(column[0]) for column in SUITES[DATASETS[table.dataset].family]["linf"]["attacks"]]
+    return [cli_name(column[0]) for column in suite_columns(table)]
 
 
 def row_evaluations(table):
-    """[(name of its JSON file, norm, eval.py attack names)] of every row: the reference's baseline attack
-    alone (its figure is an attack's own, not a worst case), then the default ℓ∞ suite."""
-    return [("baseline", "linf", [table.baseline]), ("linf", "linf", suite_attacks(table))]
+    """[(name of its JSON file, norm, eval.py attack names, the figures it must hold as (norm, epsilon label,
+    attack label))] of every row: the reference's baseline attack alone (its figure is an attack's own, not a
+    worst case), then the default ℓ∞ suite."""
+    baseline = [column[0] for column in columns_of(SUITES[DATASETS[table.dataset].family]["linf"], named=True)
+                if cli_name(column[0]) == table.baseline]
+    return [("baseline", "linf", [table.baseline], [("linf", table.epsilon, label) for label in baseline]),
+            ("linf", "linf", suite_attacks(table),
+             [("linf", table.epsilon, column[0]) for column in suite_columns(table)])]
 
 
 def threat_model(report, epsilon):

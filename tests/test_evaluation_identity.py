@@ -361,3 +361,24 @@ def test_killed_with_kill_9_and_swapped_the_checkpoint_gets_figures_of_its_own(n
     assert result.returncode == 0, result.stderr
     assert "continuing" not in result.stdout and "other weights" in result.stderr
     assert figures(json.loads(json_path.read_text())) == fresh["B"]
+
+
+def test_at_most_one_units_folder_is_kept_aside_one_of_this_evaluation_is_taken_up_again_and_force_clears_them(
+        tmp_path):
+    """CPU. Checkpoints swapped back and forth under an unfinished evaluation: A's units set aside for B's,
+    then taken up again when A comes back; a third identity leaves one folder aside, not a pile of them."""
+    from evaluation.files import open_units, stale_folders
+    folder = str(tmp_path / "last.eval.json.units")
+    identity = {name: {"weights": name} for name in "ABC"}
+    open_units(folder, identity["A"], force=False)
+    with open(os.path.join(folder, "a-unit.json"), "w") as f:
+        f.write("{}")  # what tells A's folder from a new one
+    _, notes = open_units(folder, identity["B"], force=False)
+    assert stale_folders(folder) == [folder + ".stale-1"] and "starts afresh" in notes[0]
+    _, notes = open_units(folder, identity["A"], force=False)  # A is back: its units with it
+    assert os.path.isfile(os.path.join(folder, "a-unit.json")) and "takes up its own units again" in notes[0]
+    assert len(stale_folders(folder)) == 1  # B's, aside
+    open_units(folder, identity["C"], force=False)
+    assert len(stale_folders(folder)) == 1  # A's; B's is gone
+    open_units(folder, identity["C"], force=True)
+    assert stale_folders(folder) == [] and os.path.isdir(folder)

@@ -136,3 +136,50 @@ def test_every_flag_survives_torchruns_parser():
                     if o.startswith("--") and o not in ("--help", "--n")]
     args = get_args_parser().parse_args(["--nproc_per_node=2", "eval.py", "CKPT", *script_flags])
     assert args.training_script_args == ["CKPT", *script_flags]
+
+
+def test_a_second_evaluation_of_one_json_is_refused_while_the_first_runs(capsys, checkpoint, data_root,  # noqa: F811
+                                                                         tmp_path):
+    """CPU. Two processes on one JSON would run its units of work twice; the first one's lock (an flock, as
+    a live eval.py holds it) refuses the second in one line."""
+    json_path = tmp_path / "report.json"
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                               f"from training.lock import RunLock; lock = RunLock({str(tmp_path)!r}, "
+                               f"name='report.json.lock'); print('locked', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    argv = [str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "8", "--norms", "linf",
+            "--attacks", "fgsm", "--json", str(json_path)]
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as stop:
+            eval_script.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{json_path} is being evaluated by a running process (PID {holder.pid})" in err
+    finally:
+        holder.communicate("")
+    eval_script.main(argv)  # the first one gone, the evaluation runs, and leaves no lock file behind
+    assert json.loads(json_path.read_text())["complete"] and not os.path.exists(f"{json_path}.lock")
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda r: r["threat_models"][0]["attacks"][0].update(robust_accuracy=0.97), "robust_accuracy (FGSM): 0.97"),
+    (lambda r: r.pop("masking_checks"), "cannot be printed again (KeyError 'masking_checks'"),
+])
+def test_a_finished_report_edited_by_hand_is_refused_in_one_line_not_reprinted(  # noqa: F811
+        edit, says, capsys, checkpoint, data_root, tmp_path):
+    """CPU. A figure that contradicts the counts beside it, or a part taken out: never printed as ours, never
+    a traceback."""
+    json_path = tmp_path / "report.json"
+    argv = [str(checkpoint), "--device", "cpu", "--data-root", str(data_root), "--n", "8", "--norms", "linf",
+            "--attacks", "fgsm", "--json", str(json_path)]
+    eval_script.main(argv)
+    report = json.loads(json_path.read_text())
+    edit(report)
+    json_path.write_text(json.dumps(report))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        eval_script.main(argv)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+    assert "97.00" not in out and "pass --force" in err

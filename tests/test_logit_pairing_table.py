@@ -108,7 +108,10 @@ def test_help_lists_the_rows_with_the_commands_they_run_on_cpu():
     for name, row in TABLE.rows.items():
         assert f"{name} ({row.title}): python {row.script} {' '.join(row_training(TABLE, row))}" in text
     assert "python eval.py <row>/last.pt --norms linf --attacks pgd-40 --images 1000" in text
-    assert [stem for stem, _, _ in row_evaluations(TABLE)] == ["baseline", "linf"]
+    (baseline, _, attacks, figures), (suite, _, suite_names, suite_figures) = row_evaluations(TABLE)
+    assert (baseline, attacks, figures) == ("baseline", ["pgd-40"], [("linf", "0.3", "PGD-40")])
+    assert suite == "linf" and suite_names == ["fgsm", "pgd-50", "pgd-100", "deepfool", "aa"]
+    assert [label for *_, label in suite_figures] == ["FGSM", "PGD-50", "PGD-100", "DeepFool", "AA"]
 
 
 def refusal(capsys, argv):

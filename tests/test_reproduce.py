@@ -138,6 +138,69 @@ def test_a_folder_holding_other_work_is_refused_in_one_line_on_cpu(monkeypatch, 
     assert "invalid choice: 'cifar10'" in refusal(capsys, ["cifar10"])
 
 
+def test_another_data_root_on_a_reproduction_is_refused_naming_both_on_cpu(monkeypatch, tmp_path, capsys):
+    folder = str(tmp_path / "repro")
+    start_and_stop(monkeypatch, ["mnist", "--out", folder, "--data-root", str(tmp_path / "data")])
+    err = refusal(capsys, ["mnist", "--out", folder, "--data-root", str(tmp_path / "other")])
+    assert f"holds the work of --data-root {tmp_path / 'data'}, not {tmp_path / 'other'}" in err
+
+
+# A finished eval.py report as the engine writes it (evaluation/engine.py), cut to one attack: 16 test images,
+# all correct clean, FGSM broke 6 of the 16 it attacked.
+def finished_report(weights="w" * 64, data_root="/data"):
+    return {"complete": True, "corruptions": None, "transfer": None, "sweep": None,
+            "evaluation": {"n": 16, "identity": {"weights": weights}, "data_root": data_root,
+                           "requested": {"checkpoint": "/runs/last.pt"}},
+            "clean": {"correct": 16, "accuracy": 1.0},
+            "threat_models": [{"norm": "linf", "epsilon": 0.3, "epsilon_label": "0.3",
+                               "attacks": [{"label": "FGSM", "attacked": 16, "broken": 6, "robust_accuracy": 0.625}],
+                               "worst_case": {"robust": 10, "robust_accuracy": 0.625}}]}
+
+
+def edited(change):
+    report = finished_report()
+    change(report)
+    return report
+
+
+FGSM = ("linf", "0.3", "FGSM")
+
+
+@pytest.mark.parametrize("report, field", [
+    (edited(lambda r: r["threat_models"][0]["attacks"][0].update(robust_accuracy=0.97)),
+     "threat_models[0].attacks[0].robust_accuracy (FGSM): 0.97 is not the 10 of 16 images left unbroken"),
+    (edited(lambda r: r["threat_models"][0]["attacks"][0].update(robust_accuracy="0.625")),
+     "threat_models[0].attacks[0].robust_accuracy (FGSM): '0.625' is not"),
+    (edited(lambda r: r["threat_models"][0]["attacks"].clear()), "threat_models[0].attacks: missing or empty"),
+    (edited(lambda r: r["threat_models"].clear()), "threat_models: missing or empty"),
+    (edited(lambda r: r["threat_models"][0].update(epsilon_label="0.1")), "threat_models: no FGSM at linf 0.3"),
+    (edited(lambda r: r.update(clean=None)), "clean.correct: missing"),
+    (edited(lambda r: r["evaluation"].update(n=0)), "evaluation.n: 0 is not a positive number"),
+    (edited(lambda r: r["evaluation"]["identity"].update(weights="v" * 64)),
+     "evaluation.identity.weights: not the digest"),
+    (edited(lambda r: r["evaluation"].update(data_root="/elsewhere")),
+     "evaluation.data_root: '/elsewhere' is not this reproduction's --data-root /data"),
+])
+def test_a_report_is_refused_in_one_line_naming_the_file_and_field_where_it_is_not_what_eval_wrote_on_cpu(
+        report, field, capsys):
+    from reproduction.folder import checked
+    assert checked("eval-linf.json", finished_report(), "w" * 64, "/data", [FGSM]) == finished_report()
+    with pytest.raises(SystemExit) as stop:
+        checked("eval-linf.json", report, "w" * 64, "/data", [FGSM])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"eval-linf.json: {field}" in err and "remove eval-linf.json and run the same command" in err, err
+
+
+def test_eval_refuses_to_reprint_a_finished_report_whose_figure_contradicts_its_counts_on_cpu(tmp_path):
+    from evaluation.files import check_report
+    report = edited(lambda r: r["threat_models"][0]["attacks"][0].update(robust_accuracy=0.97))
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"robust_accuracy \(FGSM\): 0.97 is not the 10 of 16 .*pass --force"):
+        check_report(str(path), report["evaluation"]["requested"], report["evaluation"]["identity"], force=False)
+
+
 def test_shortening_flags_make_a_labelled_trial_with_a_folder_of_its_own_on_cpu(monkeypatch, tmp_path, capsys):
     table = TABLES["mnist"]
     assert trial_label(table, {}, TEST_IMAGES) is None
@@ -306,3 +369,20 @@ def test_a_shortened_trial_runs_end_to_end_and_a_kill_in_each_stage_changes_no_f
     assert "--resume" in stopped and "resuming" in stopped and "All figures: " + str(out / "eval-linf.json") in stopped
     assert "training: done" in continued and "evaluation at ℓ∞: done" in continued
     assert figures(out) == figures(finished)
+
+    moved = tmp_path / "moved"  # the absolute paths in its reports are the old folder's now
+    os.rename(out, moved)
+    again = run(mnist_stand_in_root, moved)
+    assert again.count(": done, ") == 4 and "$ " not in again  # training and 3 evaluations: no script ran
+    assert figures(moved) == figures(finished)
+    elsewhere = subprocess.run(command(tmp_path / "other-data", moved), capture_output=True, text=True)
+    assert elsewhere.returncode == 2 and f"--data-root {mnist_stand_in_root}, not {tmp_path / 'other-data'}" in \
+        elsewhere.stderr
+    report = json.loads((moved / "eval-linf.json").read_text())
+    fgsm = next(a for a in report["threat_models"][0]["attacks"] if a["label"] == "FGSM")
+    fgsm["robust_accuracy"] = 0.97  # by hand: it contradicts the counts beside it
+    (moved / "eval-linf.json").write_text(json.dumps(report))
+    edited = subprocess.run(command(mnist_stand_in_root, moved), capture_output=True, text=True)
+    assert edited.returncode == 2 and len(edited.stderr.strip().splitlines()) == 1, edited.stderr
+    assert f"{moved / 'eval-linf.json'}: threat_models[0].attacks[" in edited.stderr
+    assert "robust_accuracy (FGSM): 0.97 is not" in edited.stderr and "97.00" not in edited.stdout

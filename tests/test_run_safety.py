@@ -20,8 +20,8 @@ from training.lock import RunLock, lock_holder
 from training.flags import parse_args
 from training.run_folder import RunFolder
 import utils
-from checkpoints import (FORMAT_VERSION, CheckpointError, content_digest, load_checkpoint, read_pt_file,
-                         save_checkpoint)
+from checkpoints import (FORMAT_VERSION, CheckpointError, checkpoint_meta, content_digest, load_checkpoint,
+                         read_pt_file, save_checkpoint)
 from conftest import QUICK, ROOT, run_folder_of
 from optimization import LEARNING_POLICIES, OPTIMIZERS
 from models import MODELS
@@ -293,6 +293,93 @@ def test_resume_of_a_finished_run_says_so_in_one_line_and_exits_0(run_argv, caps
     assert out.strip() == f"{run_dir} is finished: all 2 epochs are done, nothing to resume"
 
 
+# --- a checkpoint of another run, and every refusal leaving the folder as it was ---------------------------------
+
+def folder_bytes(folder):
+    """Every file under `folder` and its bytes: what a refusal must leave as it found it."""
+    content = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as f:
+                content[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
+    return content
+
+
+def recorded_run(argv, run_dir, epoch=1, epochs=2, trained_with=None, data_digest="d" * 64, policy="null"):
+    """A run folder as a run of `argv` leaves it after `epoch` epochs: args.json, log.txt, metrics.csv, the
+    lock file of the process that ran it, and a last.pt whose own record says it was trained with `argv`
+    changed by `trained_with` ({flag: value})."""
+    args = vars(parse_args(argv))
+    records.append_start(os.path.join(run_dir, "args.json"), args, {"data_digest": "d" * 64}, resume=False)
+    trained = {**args, **(trained_with or {})}
+    state = resumable_state(epoch, epochs)
+    state["scheduler"] = LEARNING_POLICIES[policy](torch.optim.Adam(MODELS["mnist"](
+        num_classes=10, mean=(0.1307,), std=(0.3081,)).parameters()), epochs).state_dict()
+    state["meta"] = checkpoint_meta(trained["model"], trained["dataset"], trained, data_digest=data_digest)
+    save_checkpoint(state, os.path.join(run_dir, "last.pt"))
+    for name, text in (("log.txt", "epoch   1/2 | lr 0.001 | ...\n"), ("metrics.csv", "epoch,lr\n1,0.001\n"),
+                       (RunLock.NAME, "4242\n")):
+        with open(os.path.join(run_dir, name), "w") as f:
+            f.write(text)
+
+
+def test_a_last_pt_copied_from_a_run_with_other_arguments_is_refused_naming_them_and_the_folder_is_untouched(
+        run_argv, capsys):
+    argv, run_dir, last = run_argv
+    recorded_run(argv, run_dir, trained_with={"steps": 40, "leverage": 0.0})
+    before = folder_bytes(run_dir)
+    err = resume_fails(argv, capsys)
+    assert f"{last} is another run's checkpoint" in err
+    assert "--leverage 0.0 (this run has 0.5), --steps 40 (this run has 3)" in err
+    assert folder_bytes(run_dir) == before
+
+
+def test_a_last_pt_of_another_network_is_refused_before_the_folder_changes(run_argv, capsys):
+    argv, run_dir, last = run_argv
+    recorded_run(argv, run_dir, trained_with={"model": "resnet20"})
+    before = folder_bytes(run_dir)
+    assert "--model resnet20 (this run has mnist)" in resume_fails(argv, capsys)
+    assert folder_bytes(run_dir) == before
+
+
+def test_a_last_pt_trained_on_other_data_than_the_folder_records_is_refused_before_the_folder_changes(
+        run_argv, capsys):
+    argv, run_dir, last = run_argv
+    recorded_run(argv, run_dir, data_digest="e" * 64)
+    before = folder_bytes(run_dir)
+    err = resume_fails(argv, capsys)
+    assert "trained on other data than this run (data digest eeeeeeeeeeee, the run's dddddddddddd" in err
+    assert folder_bytes(run_dir) == before
+
+
+def damage(last):
+    offset, size = part_offset(last, "data/0")
+    flip_bytes(last, offset + size // 2)
+
+
+@pytest.mark.parametrize("change, extra, says", [
+    (None, ["--eval-freq=2"], "--eval_freq 2 (the run has 1)"),
+    (lambda last: shutil.copy(os.path.join(os.path.dirname(last), "best_clean.pt"), last), [], "cannot be resumed"),
+    (damage, [], "damaged"),
+    (None, ["--epochs=1"], "a run cannot shrink"),
+    ("cosine", ["--epochs=3"], "the cosine schedule's learning rate depends on --epochs"),
+])
+def test_every_resume_refusal_leaves_the_folder_byte_for_byte_as_it_was(change, extra, says, run_argv, capsys):
+    """CPU. The lock file included: the check that no live process holds it rewrites nothing."""
+    argv, run_dir, last = run_argv
+    if change == "cosine":
+        argv = [*[a for a in argv if not a.startswith("-lp=")], "-lp=cosine"]
+        run_dir, last = run_folder_for(argv)
+        os.makedirs(run_dir)
+    recorded_run(argv, run_dir, epoch=2, policy="cosine" if change == "cosine" else "null")
+    save_checkpoint(small_state(), os.path.join(run_dir, "best_clean.pt"))
+    if callable(change):
+        change(last)
+    before = folder_bytes(run_dir)
+    assert says in resume_fails(with_epochs(argv, 2) + extra, capsys)
+    assert folder_bytes(run_dir) == before
+
+
 # --- another --epochs on --resume ------------------------------------------------------------------------------
 
 def with_epochs(argv, epochs):
@@ -347,6 +434,12 @@ def test_only_the_schedule_whose_learning_rate_or_state_depends_on_the_epoch_cou
     assert resume.schedule_change_refusal("half", 0.1, done=1, epochs=4, new_epochs=8) == (
         "the state of the half schedule, which --resume restores, depends on --epochs (milestones "
         "Counter({2: 1}) vs Counter({4: 1}))")
+
+
+def test_a_cosine_run_of_one_epoch_refuses_to_grow_in_learning_rates_not_the_schedulers_internals():
+    refusal = resume.schedule_change_refusal("cosine", 0.0001, done=1, epochs=1, new_epochs=2)
+    assert refusal == ("the cosine schedule's learning rate depends on --epochs (epoch 2 would run at 0 under "
+                       "--epochs 1 and at 5e-05 under --epochs 2)")
 
 
 def test_a_resume_names_the_speed_options_and_device_that_change_the_arithmetic():

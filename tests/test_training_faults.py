@@ -1,12 +1,15 @@
 """What a careless or unlucky user does to a training run, and the one line (or the right behaviour) each
 gets: crafted checkpoints, a lost args.json or best_*.pt, one-class models, Ctrl-C and SIGTERM, odd flags.
 Everything runs on the CPU; runs use the synthetic digits and a one-step validation attack."""
+import io
 import json
 import os
+import random
 import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -166,6 +169,57 @@ def test_a_finished_run_grows_in_its_renamed_folder_and_warns_of_speed_options_t
         f"epoch {n:3d}" for n in (1, 2, 3)]  # the lines logged as "/2" are not restored again
 
 
+def grow_records(run_dir):
+    """(the args.json records of an epochs change, the log.txt lines that say it) of the run in `run_dir`."""
+    with open(os.path.join(run_dir, "args.json")) as f:
+        changes = [r["epochs_changed"] for r in json.load(f)["runs"] if "epochs_changed" in r]
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        return changes, [line for line in f.read().splitlines() if "the run grows from" in line]
+
+
+@pytest.mark.slow
+def test_a_grow_stopped_before_its_first_new_epoch_is_saved_leaves_the_run_as_it_was(
+        finished_run, cheap_validation, monkeypatch, capsys):
+    argv, run_dir = finished_run
+    grown = [*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"]
+    stop_at_step(monkeypatch, 1)  # the grow's first step
+    with pytest.raises(SystemExit) as stopped:
+        ALP.main(grown)
+    assert stopped.value.code == 130
+    assert not os.path.exists(run_folder_of(grown)) and load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 2
+    assert grow_records(run_dir) == ([], [])
+    capsys.readouterr()
+    assert ALP.main([*argv, "--resume"]) is None  # the run under its own count: finished
+    assert capsys.readouterr().out.strip() == f"{run_dir} is finished: all 2 epochs are done, nothing to resume"
+    monkeypatch.setattr(ALP, "train_step", training.alp.train_step)
+    ALP.main(grown)  # and the grow, again, goes through
+    changes, lines = grow_records(run_folder_of(grown))
+    assert changes == [{"from": 2, "to": 3, "folder_was": run_dir}] and len(lines) == 1
+
+
+@pytest.mark.slow
+def test_a_grow_stopped_between_its_first_new_epoch_and_the_rename_is_finished_once_by_the_same_command(
+        finished_run, cheap_validation, monkeypatch, capsys):
+    argv, run_dir = finished_run
+    grown = [*[a if a != "--epochs=2" else "--epochs=3" for a in argv], "--resume"]
+    real_rename = os.rename
+
+    def stopped_rename(src, dst):
+        monkeypatch.setattr(os, "rename", real_rename)
+        raise KeyboardInterrupt  # the user's Ctrl-C, at the worst moment
+
+    monkeypatch.setattr(os, "rename", stopped_rename)
+    with pytest.raises(SystemExit):
+        ALP.main(grown)
+    assert load_checkpoint(os.path.join(run_dir, "last.pt"))["epoch"] == 3  # saved, under the old name
+    assert "resume it with --epochs 3" in stops_in_one_line([*argv, "--resume"], capsys)  # not "finished"
+    assert ALP.main(grown) is None  # finishes the rename, and the run is done
+    assert f"{run_folder_of(grown)} is finished: all 3 epochs are done" in capsys.readouterr().out
+    changes, lines = grow_records(run_folder_of(grown))
+    assert changes == [{"from": 2, "to": 3, "folder_was": run_dir}] and len(lines) == 1
+    assert not os.path.exists(run_dir)
+
+
 @pytest.mark.slow
 def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monkeypatch, capsys):
     argv, run_dir = finished_run
@@ -176,6 +230,36 @@ def test_a_folder_that_cannot_be_locked_on_resume_is_one_line(finished_run, monk
     monkeypatch.setattr(training.lock.RunLock, "__init__", read_only)
     err = stops_in_one_line([*argv, "--resume"], capsys)
     assert f"cannot lock the run folder {run_dir}" in err and "writable" in err
+
+
+# --- a console that goes away ---------------------------------------------------------------------------------
+
+def test_a_console_that_goes_away_ends_the_output_not_the_run(synthetic_mnist_root, tmp_path, cheap_validation,
+                                                              monkeypatch):
+    """CPU. `ALP.py ... | head -2`, or a pager quit: the pipe breaks, the run goes on into its log."""
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    ALP.main(argv)
+    with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
+        log = f.read().splitlines()
+    assert log[0].startswith("starting ") and log[-1].startswith("done: ")
+
+
+@pytest.mark.slow
+def test_alp_piped_into_head_finishes_its_run_without_a_word_on_stderr(synthetic_mnist_root, tmp_path):
+    argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
+    process = subprocess.Popen([sys.executable, "ALP.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process.stdout.readline()
+    process.stdout.close()  # what head does after its lines
+    _, err = process.communicate(timeout=300)
+    assert (process.returncode, err) == (0, "")
+    with open(os.path.join(run_folder_of(argv), "log.txt")) as f:
+        assert f.read().splitlines()[-1].startswith("done: ")
 
 
 # --- stopping by hand ------------------------------------------------------------------------------------------
@@ -257,8 +341,9 @@ def test_a_ctrl_c_in_the_first_checkpoint_write_leaves_no_temporary_file(synthet
 
 
 # A sitecustomize.py that makes a script stop at a chosen moment, without a race: STOP_WITH (SIGINT or
-# SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, or when it renames a file
-# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place).
+# SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, when it renames a file
+# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place), or with STOP_AT_EXIT in the last
+# atexit callback (a Ctrl-C once the script's own code has ended).
 STOPPING_SITECUSTOMIZE = """
 import importlib.abc, os, signal, sys
 signum = getattr(signal, os.environ["STOP_WITH"])
@@ -279,6 +364,9 @@ def replace_stopping(src, dst):
     return real_replace(src, dst)
 
 os.replace = replace_stopping
+if os.environ.get("STOP_AT_EXIT"):
+    import atexit
+    atexit.register(lambda: os.kill(os.getpid(), signum))
 """
 
 
@@ -300,6 +388,51 @@ def test_a_stop_while_a_script_imports_torch_is_one_line_with_the_shells_status(
     stopped = stopped_script(tmp_path, [script, "x.pt"], STOP_WITH=signum, STOP_AT_IMPORT="torch")
     name = "Ctrl-C" if signum == "SIGINT" else "SIGTERM"
     assert (stopped.returncode, stopped.stderr) == (status, f"{script}: stopped by {name}\n")
+
+
+@pytest.mark.parametrize("script", ["ALP.py", "eval.py"])
+def test_a_sigterm_inside_an_import_that_catches_errors_still_stops_the_process_at_once(script, tmp_path):
+    """CPU. numpy's import of numpy.linalg sits inside torch's own try: an exit raised there was swallowed,
+    and the script ran on after saying it had stopped."""
+    stopped = stopped_script(tmp_path, [script, "x.pt"], STOP_WITH="SIGTERM", STOP_AT_IMPORT="numpy.linalg")
+    assert (stopped.returncode, stopped.stderr) == (143, f"{script}: stopped by SIGTERM\n")
+
+
+def test_a_ctrl_c_after_the_scripts_own_code_has_ended_prints_no_traceback(tmp_path):
+    stopped = stopped_script(tmp_path, ["eval.py", str(tmp_path / "x.pt")], STOP_WITH="SIGINT", STOP_AT_EXIT="1")
+    assert "Traceback" not in stopped.stderr and "Exception ignored" not in stopped.stderr, stopped.stderr
+    assert stopped.returncode == 130 and stopped.stderr.splitlines()[-1] == "eval.py: stopped by Ctrl-C"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, argv", [("ALP.py", ["mnist", "mnist", "--resume", "--device=cpu"]),
+                                          ("eval.py", ["x.pt"])])
+def test_a_sigterm_at_random_moments_of_the_start_stops_the_script_or_comes_after_its_end(script, argv, tmp_path):
+    """CPU. A batch scheduler's SIGTERM right at the start, 20 times at random moments between the start and
+    the script's own refusal (of a missing run or checkpoint): each run either stops in one line with
+    status 143, or had ended (exit 2, no word of a stop), never both, never a traceback. (Before the script's
+    first line and after the interpreter's end, the signal's default action ends the process.)"""
+    command = [sys.executable, script, *argv, *(["--out", str(tmp_path / "runs")] if script == "ALP.py" else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    unstopped = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert unstopped.returncode == 2
+    whole = time.time() - started
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(20):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env)
+        time.sleep(rng.uniform(0.02, whole))
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=300)
+        if process.returncode == 143:
+            assert err == f"{script}: stopped by SIGTERM\n", err
+        else:  # ended by its refusal, or by the signal's default action before Python's start or after its end
+            assert process.returncode in (2, -signal.SIGTERM), (process.returncode, err)
+            assert "stopped" not in err and "Traceback" not in err, err
+        outcomes.add(process.returncode)
+    assert 143 in outcomes  # the moments reached into the start
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ class RunLock:
 
     NAME = "run.lock"
 
-    def __init__(self, folder):
+    def __init__(self, folder, name=None):
+        """name: the lock file's, where it is not a run folder's (eval.py locks its JSON's evaluation)."""
         import fcntl  # POSIX: the training scripts target Linux
-        self.path = os.path.join(folder, self.NAME)
+        self.path = os.path.join(folder, name or self.NAME)
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -34,14 +35,19 @@ class RunLockHeld(Exception):
 
 
 def lock_holder(folder):
-    """The PID (as text) of a live process holding `folder`'s run lock, or None. A lock file that cannot be
-    opened (a read-only folder) says nothing about a holder: None, and taking the lock reports the folder."""
-    if not os.path.isfile(os.path.join(folder, RunLock.NAME)):
+    """The PID (as text) of a live process holding `folder`'s run lock, or None. Only looks: the lock file
+    is left as it is. A lock file that cannot be opened (a read-only folder) says nothing about a holder:
+    None, and taking the lock reports the folder."""
+    import fcntl
+    path = os.path.join(folder, RunLock.NAME)
+    if not os.path.isfile(path):
         return None
     try:
-        RunLock(folder).release()
-    except RunLockHeld as held:
-        return held.args[0]
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds its exclusive lock
+            except BlockingIOError:
+                return f.read().strip() or "unknown"
     except OSError:
         return None
     return None

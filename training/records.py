@@ -67,9 +67,34 @@ def first_args(path):
         return {}
 
 
-def append_start(path, args, in_force, resume, epochs_changed=None):
+def recorded_data_digest(path):
+    """The data digest the first start in args.json at `path` records (None without one)."""
+    try:
+        with open(path) as f:
+            digest = json.load(f)["runs"][0]["in_force"]["data_digest"]
+        return digest if isinstance(digest, str) else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def mark_epochs_changed(path, change):
+    """args.json at `path` with `change` ({"from", "to", "folder_was"}) as its last record's "epochs_changed",
+    unless a record holds it already: a change recorded again after a stop is still recorded once."""
+    try:
+        with open(path) as f:
+            runs = list(json.load(f)["runs"])
+        runs[-1].get("epochs_changed")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        runs = [{}]  # unreadable: last.pt is what counts; the record starts again
+    if any(record.get("epochs_changed") == change for record in runs):
+        return
+    runs[-1]["epochs_changed"] = change
+    write_atomically(path, json.dumps({"runs": runs}, indent=2) + "\n")
+
+
+def append_start(path, args, in_force, resume):
     """args.json at `path` with this start appended ({"runs": [{"args", "in_force"[, "epochs_changed"]},
-    ...]}); a new run's record starts afresh."""
+    ...]}); a new run's record starts afresh. "epochs_changed" is added by mark_epochs_changed."""
     runs = []
     if resume and os.path.isfile(path):
         try:
@@ -78,10 +103,7 @@ def append_start(path, args, in_force, resume, epochs_changed=None):
             runs = old["runs"] if "runs" in old else [{"args": old}]
         except (OSError, ValueError, KeyError, TypeError):
             runs = []  # unreadable: last.pt is what counts; the record starts again
-    record = {"args": args, "in_force": in_force}
-    if epochs_changed is not None:
-        record["epochs_changed"] = epochs_changed
-    runs.append(record)
+    runs.append({"args": args, "in_force": in_force})
     write_atomically(path, json.dumps({"runs": runs}, indent=2) + "\n")
 
 

@@ -34,6 +34,38 @@ def refuse_changed_arguments(recorded, args, record_path):
              f"resume with the run's own arguments (see {record_path})")
 
 
+def refuse_another_runs_checkpoint(meta, args, recorded_digest, last, record_path):
+    """Ends the script unless last.pt's own record of its run (`meta`: network, data set, arguments, data
+    digest) is this run's: a last.pt copied from another run's folder would otherwise continue that run's
+    weights under this run's name. `recorded_digest`: the data digest the folder's args.json records (None
+    where it records none). Checked before anything in the folder changes."""
+    trained_with = meta.get("args") or {}
+    may_differ = MAY_CHANGE_ON_RESUME | unread_options(args.get("optimizer"))
+    differing = [(key, trained_with[key]) for key in sorted(trained_with)
+                 if key in args and key not in may_differ and trained_with[key] != args[key]]
+    for key in ("model", "dataset"):  # what rebuilds the network, written beside the arguments
+        if meta.get(key) is not None and meta[key] != args.get(key) and key not in dict(differing):
+            differing.insert(0, (key, meta[key]))
+    if differing:
+        fail(f"--resume: {last} is another run's checkpoint: it was trained with "
+             f"{', '.join(f'--{key} {value} (this run has {args[key]})' for key, value in differing)}; put this "
+             f"run's own last.pt back, or start a new run (the run's arguments: {record_path})")
+    trained_on = meta.get("data_digest")
+    if trained_on is not None and recorded_digest is not None and trained_on != recorded_digest:
+        fail(f"--resume: {last} was trained on other data than this run (data digest {trained_on[:12]}, "
+             f"the run's {recorded_digest[:12]} in {record_path}): put this run's own last.pt back, or start a "
+             f"new run")
+
+
+def refuse_a_grown_run_under_its_old_count(meta, done, epochs, last):
+    """A grow whose first new epoch was saved but whose folder kept its old name (stopped in between) is
+    resumed under its new --epochs, which finishes the rename; under the old count it would look finished."""
+    grown_to = (meta.get("args") or {}).get("epochs")
+    if grown_to is not None and grown_to != epochs and done > epochs:
+        fail(f"--resume --epochs {epochs}: {last} holds epoch {done} of this run grown to {grown_to} epochs "
+             f"(stopped before its folder took the new name): resume it with --epochs {grown_to}")
+
+
 def refuse_incomplete_checkpoint(state, last, others):
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
@@ -134,6 +166,10 @@ def schedule_change_refusal(policy, lr, done, epochs, new_epochs):
             return (f"the {policy} schedule's learning rate depends on --epochs (epoch {epoch} ran at {rate:.4g} "
                     f"and would run at {new_rate:.4g} under --epochs {new_epochs})")
     differing = sorted(key for key in state.keys() | new_state.keys() if state.get(key) != new_state.get(key))
+    if "_last_lr" in differing:  # the rate of the epoch to come: what a user can compare
+        (rate,), (new_rate,) = state["_last_lr"], new_state["_last_lr"]
+        return (f"the {policy} schedule's learning rate depends on --epochs (epoch {done + 1} would run at "
+                f"{rate:.4g} under --epochs {epochs} and at {new_rate:.4g} under --epochs {new_epochs})")
     if differing:
         return (f"the state of the {policy} schedule, which --resume restores, depends on --epochs ("
                 + ", ".join(f"{key} {state.get(key)} vs {new_state.get(key)}" for key in differing) + ")")

@@ -3,7 +3,7 @@
 What a run folder holds (ALP.py writes it through RunFolder):
     run.lock        the PID of the process that runs it (an flock: a killed run's lock is stale by construction)
     args.json       {"runs": [{"args": ..., "in_force": ...}, ...]}: one record per start and per --resume
-                    (and "epochs_changed" where --resume grew the run: see RunFolder.open)
+                    (and "epochs_changed" where --resume grew the run: see RunFolder._move_to_target)
     log.txt         what the run printed; metrics.csv: one row per epoch; curves.png: validation accuracies
     last.pt         the last epoch: weights, optimiser, scheduler, metrics, best figures, every process's RNG
     best_clean.pt, best_robust.pt, epoch_NNN.pt   weights only (checkpoints.py says what a checkpoint is)
@@ -26,9 +26,24 @@ from weights import put_weights
 
 from . import resume as policy
 from .lock import RunLock, RunLockHeld, lock_holder
-from .records import (BEST, append_start, best_file_name, epoch_line, first_args, plot_curves, set_rng_state,
-                      without_epoch_count, write_csv)
+from .records import (BEST, append_start, best_file_name, epoch_line, first_args, mark_epochs_changed, plot_curves,
+                      recorded_data_digest, set_rng_state, without_epoch_count, write_csv)
 from .validation import validation_name
+
+
+def console_gone(stream):
+    """After a broken pipe on `stream`: what is written to it from now on goes nowhere, so that neither a
+    later line nor the interpreter's last flush raises again (log.txt keeps every line)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):  # not a file descriptor (a notebook's or a test's stream)
+        pass
+
+
+def file_identity(path):
+    """What tells one version of a file from the next that write_atomically puts there."""
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _one_line_on_write_errors(method):
@@ -73,9 +88,10 @@ class RunFolder:
 
     def open(self, resume):
         """Refuses what the folder does not allow. A new run needs a free folder without a run in it (it is
-        created by take(), once the data has loaded). --resume takes the lock at once, reads last.pt (once)
-        and checks it and the arguments against the run's own record, and the schedule where --epochs
-        changes (training.resume); returns its state (None for a new run)."""
+        created by take(), once the data has loaded). --resume reads last.pt (once) and checks it and the
+        arguments against the run's own record, and the schedule where --epochs changes (training.resume),
+        before it takes the lock: a refusal leaves every byte of the folder as it was. Returns last.pt's
+        state (None for a new run)."""
         if self.is_main:
             self._refuse_if_locked()
         if not resume:
@@ -85,8 +101,7 @@ class RunFolder:
         if not os.path.isfile(self.last):
             folder, self.epochs_before = policy.run_with_other_epochs(self.path, self.args.get("epochs"))
             self._at(folder)
-        if self.is_main:
-            self._lock()
+        read = file_identity(self.last)
         try:
             state = load_checkpoint(self.last)
         except CheckpointError as e:
@@ -94,9 +109,21 @@ class RunFolder:
         policy.refuse_incomplete_checkpoint(state, self.last, other_checkpoints(self.last))
         recorded = self.first_args() or dict(state["meta"].get("args") or {})  # args.json, else last.pt's own
         policy.refuse_changed_arguments(recorded, self.args, self.file("args.json"))
-        if self.epochs_before is not None:
+        policy.refuse_another_runs_checkpoint(state["meta"], self.args, recorded_data_digest(self.file("args.json")),
+                                              self.last, self.file("args.json"))
+        grown_already = (state["meta"].get("args") or {}).get("epochs") == self.args["epochs"]
+        if self.epochs_before is None:
+            policy.refuse_a_grown_run_under_its_old_count(state["meta"], state["epoch"], self.args["epochs"],
+                                                          self.last)
+        elif not grown_already:  # a grow stopped after its first new epoch was saved is past this check
             policy.refuse_unless_the_epochs_may_change(self.path, self.args["learning_policy"], self.args["lr"],
                                                        state["epoch"], self.epochs_before, self.args["epochs"])
+        if self.is_main:
+            self._lock()
+            if file_identity(self.last) != read:
+                fail(f"{self.last} changed while it was read (another process?): run the command again")
+            if self.epochs_before is not None and grown_already:
+                self._move_to_target(state["epoch"] - 1)
         return state
 
     def _refuse_if_taken(self):
@@ -130,8 +157,8 @@ class RunFolder:
         are) before anything is written. Create and lock the folder for a new run (state None; a resumed run
         holds its lock since open()), re-check it under the lock (another run may have taken it while the
         data loaded), remove the temporary files a kill left, append this start to args.json, open the log,
-        rename the folder of a run whose --epochs changes, and for a resumed run repair what a kill left and
-        warn if it computes otherwise than its last epoch did."""
+        and for a resumed run repair what a kill left and warn if it computes otherwise than its last epoch
+        did. (A run whose --epochs changed takes its new name once its first new epoch is saved.)"""
         resume = state is not None
         if resume:
             policy.refuse_unless_it_fits(state, self.last, in_force["data_digest"], in_force["world_size"])
@@ -147,12 +174,8 @@ class RunFolder:
             self._lock()
             self._refuse_if_taken()
         self._remove_temporary_files()
-        epochs_changed = (None if self.epochs_before is None else
-                          {"from": self.epochs_before, "to": self.args["epochs"], "folder_was": self.path})
-        append_start(self.file("args.json"), self.args, in_force, resume, epochs_changed)
+        append_start(self.file("args.json"), self.args, in_force, resume)
         self._log_file = open(self.file("log.txt"), "a")
-        if self.target != self.path:
-            self._move_to_target(state["epoch"])
         if resume:
             self._repair_after_kill(state["metrics"], epochs)
             changes = policy.arithmetic_changes(state["meta"].get("args") or {}, in_force)
@@ -166,18 +189,39 @@ class RunFolder:
             if name.endswith(".tmp"):
                 os.remove(self.file(name))
 
+    @_one_line_on_write_errors
     def _move_to_target(self, done):
-        """Rename the folder of a run whose --epochs changed to the name of its new epoch count, under its
-        lock: args.json already records the change, so a kill before the rename leaves the run as it was
-        (the same command does it again), and one after leaves it under its new name."""
+        """Rename the folder of a run whose --epochs changed to the name of its new epoch count, once the
+        first epoch of the new count is saved (open() finishes it where a stop came in between): a stop
+        before then leaves the run as it was, under its old name and count. The change is recorded first,
+        once whatever the stops: the last args.json record gets "epochs_changed", log.txt its line."""
         old = self.path
+        mark_epochs_changed(self.file("args.json"), {"from": self.epochs_before, "to": self.args["epochs"],
+                                                     "folder_was": old})
+        line = policy.epochs_change_line(self.args["learning_policy"], done, self.epochs_before,
+                                         self.args["epochs"], self.args.get("eval_freq") or 1, old, self.target)
+        if line in self._logged():  # by a run stopped before its rename
+            print(line, flush=True)
+        elif self._log_file is not None:
+            self.log(line)
+        else:  # open() finishing the rename of a run stopped before it: the log is not open yet
+            with open(self.file("log.txt"), "a") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
         try:
             os.rename(old, self.target)
         except OSError as e:
-            fail(f"cannot rename {old} to {self.target} ({e.strerror or e}); the run is unchanged there")
+            fail(f"cannot rename {old} to {self.target} ({e.strerror or e}); the run is there under its old name: "
+                 f"the same command finishes the rename")
         self._at(self.target)
-        self.log(policy.epochs_change_line(self.args["learning_policy"], done, self.epochs_before,
-                                           self.args["epochs"], self.args.get("eval_freq") or 1, old, self.target))
+        self.epochs_before = None
+
+    def _logged(self):
+        try:
+            with open(self.file("log.txt")) as f:
+                return set(f.read().splitlines())
+        except FileNotFoundError:
+            return set()
 
     def restore(self, state, rank, model, optimizer, scheduler):
         """The run's last epoch from its last.pt state (take() checked that it fits): weights, optimiser,
@@ -222,7 +266,10 @@ class RunFolder:
         """Printed (to stdout, or `file`) and appended to log.txt (main process only)."""
         if not self.is_main:
             return
-        say(line, file=file or sys.stdout, flush=True)  # above any progress bar
+        try:
+            say(line, file=file or sys.stdout, flush=True)  # above any progress bar
+        except BrokenPipeError:  # `ALP.py ... | head`, a pager quit: the console is gone, the run goes on
+            console_gone(file or sys.stdout)
         if self._log_file is not None:
             try:
                 self._log_file.write(line + "\n")
@@ -264,6 +311,8 @@ class RunFolder:
                          "metrics": self.metrics, "best": self.best, "rng": rng_states}, self.last)
         write_csv(self.metrics, self.file("metrics.csv"))
         self.log(epoch_line(row, epochs))
+        if self.target != self.path:  # the first epoch of a run whose --epochs changed: now it has the new name
+            self._move_to_target(row["epoch"] - 1)
 
     def kept(self):
         """What a run stopped now leaves to continue from."""
