@@ -220,15 +220,16 @@ def combine(units):
     return Outcome(broken, size_sums, sum(unit["seconds"] for unit in units))
 
 
-UNITS_PER_JOB = 10  # at least, for a job of that many samples per process
+UNITS_PER_JOB = 10  # at least, for a job of that many samples
 
 
-def unit_size(width, samples, processes=1):
+def unit_size(width, samples):
     """The images per unit of a job on `samples` images: at most `width` (the images per attack call, for
-    throughput), and at most a tenth of each process's share of the job, so that the time estimate (after
-    the first unit of every job) comes after at most about a tenth of the work, a progress bar moves at
-    least ten times per attack, and a kill loses at most about a tenth of an attack."""
-    return max(1, min(width, math.ceil(samples / (UNITS_PER_JOB * processes))))
+    throughput), and at most a tenth of the job, so that the time estimate (after the first unit of every
+    job) comes after about a tenth of the work, a progress bar moves about ten times per attack, and a kill
+    loses at most about a tenth of an attack. Not the number of processes: a unit's random stream follows
+    from its position, so the same units under torchrun give the figures of one process."""
+    return max(1, min(width, math.ceil(samples / UNITS_PER_JOB)))
 
 
 # --- units shared out over processes -------------------------------------------------------------------------
@@ -283,8 +284,8 @@ class Runner:
     def run(self, jobs, images, labels, batch_size, on_job=None):
         """[Outcome per job]. on_job(i, outcome) is called for each job in order, as soon as its units
         are done (under torch.distributed: once all processes are). `batch_size` is the widest unit (the
-        images per attack call); each job's units are at most a tenth of its share per process (unit_size)."""
-        sizes = [unit_size(batch_size, len(job.indices), self.world_size) for job in jobs]
+        images per attack call); each job's units are at most a tenth of it (unit_size)."""
+        sizes = [unit_size(batch_size, len(job.indices)) for job in jobs]
         units = [(j, p) for j, job in enumerate(jobs) for p in range(job.units(sizes[j]))]
         done = {}
         for j, p in units:

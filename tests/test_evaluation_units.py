@@ -181,8 +181,8 @@ def test_the_early_estimate_is_printed_as_an_upper_bound_and_the_measured_one_fr
 def test_a_job_as_wide_as_the_split_still_estimates_and_moves_within_its_first_tenth(model_and_digits,
                                                                                      monkeypatch):
     """A width that holds the whole split (CUDA's memory-sized width): the estimate comes once a tenth of the
-    job has run, the progress bar moves ten times, and no unit (what a kill loses) is over a tenth; with
-    several processes, of each process's share."""
+    job has run, the progress bar moves ten times, and no unit (what a kill loses) is over a tenth. The units
+    do not depend on the number of processes, whose figures are one process's."""
     model, _, _ = model_and_digits
     ran, estimates, moves = [], [], []
 
@@ -198,4 +198,5 @@ def test_a_job_as_wide_as_the_split_still_estimates_and_moves_within_its_first_t
         [job], torch.zeros(samples, 1), torch.zeros(samples, dtype=torch.long), batch_size=samples)
     assert len(estimates) == 1 and ran[0] <= samples // 10
     assert len(moves) >= 10 and max(ran) <= samples // 10
-    assert evaluation.units.unit_size(samples, samples, processes=4) <= samples // 4 // 10
+    assert evaluation.units.unit_size(samples, samples) == samples // 10
+    assert evaluation.units.unit_size(16, samples) == 16 and evaluation.units.unit_size(16, 7) == 1
