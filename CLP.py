@@ -16,12 +16,13 @@ from interrupts import stop_in_one_line
 if __name__ == "__main__":
     stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
 
+import functools
 from contextlib import nullcontext
 
 import torch.nn.functional as F
 
 from training import loop
-from training.noise import with_gaussian_noise
+from training.noise import noisy_step
 
 
 def clp_loss(model, x, y, pairing_weight):
@@ -43,15 +44,9 @@ def clp_loss(model, x, y, pairing_weight):
 
 
 def train_step(model, optimizer, x, y, noise_std, pairing_weight, autocast=nullcontext):
-    """One CLP iteration: noise the batch, compute the loss, step."""
-    x_noisy = with_gaussian_noise(x, noise_std)
-    model.train()
-    with autocast():
-        loss, logits = clp_loss(model, x_noisy, y, pairing_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
+    """One CLP iteration: noise the batch, compute the loss, step (training.noise.noisy_step)."""
+    loss = functools.partial(clp_loss, pairing_weight=pairing_weight)
+    return noisy_step(model, optimizer, x, y, noise_std, loss, autocast)
 
 
 def make_iteration(args, optimizer, autocast):

@@ -16,12 +16,13 @@ from interrupts import stop_in_one_line
 if __name__ == "__main__":
     stop_in_one_line()  # first: a Ctrl-C while torch imports ends in one line too
 
+import functools
 from contextlib import nullcontext
 
 import torch.nn.functional as F
 
 from training import loop
-from training.noise import with_gaussian_noise
+from training.noise import noisy_step
 
 
 def lsq_loss(model, x, y, squeeze_weight):
@@ -36,15 +37,9 @@ def lsq_loss(model, x, y, squeeze_weight):
 
 
 def train_step(model, optimizer, x, y, noise_std, squeeze_weight, autocast=nullcontext):
-    """One LSQ iteration: noise the batch, compute the loss, step."""
-    x_noisy = with_gaussian_noise(x, noise_std)
-    model.train()
-    with autocast():
-        loss, logits = lsq_loss(model, x_noisy, y, squeeze_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach()
+    """One LSQ iteration: noise the batch, compute the loss, step (training.noise.noisy_step)."""
+    loss = functools.partial(lsq_loss, squeeze_weight=squeeze_weight)
+    return noisy_step(model, optimizer, x, y, noise_std, loss, autocast)
 
 
 def make_iteration(args, optimizer, autocast):

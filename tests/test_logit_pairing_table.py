@@ -13,6 +13,7 @@ from evaluation.suite import SUITES, attack_names, plan_threat_models, suite_sum
 from reference import MOSBACH_SOURCE, ROW_TABLES, row_training
 from reproduction import child_scripts
 from reproduction.rows import compare_row, row_evaluations
+from test_reproduce import refusal
 
 # Their README's MNIST table at MOSBACH_SOURCE["commit"], copied line for line (the model links cut out): what
 # reference.py's figures must equal.
@@ -112,14 +113,6 @@ def test_help_lists_the_rows_with_the_commands_they_run_on_cpu():
     assert (baseline, attacks, figures) == ("baseline", ["pgd-40"], [("linf", "0.3", "PGD-40")])
     assert suite == "linf" and suite_names == ["fgsm", "pgd-50", "pgd-100", "deepfool", "aa"]
     assert [label for *_, label in suite_figures] == ["FGSM", "PGD-50", "PGD-100", "DeepFool", "AA"]
-
-
-def refusal(capsys, argv):
-    with pytest.raises(SystemExit) as stop:
-        reproduce.main(argv)
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_unknown_rows_and_rows_of_a_one_run_table_are_refused_in_one_line_on_cpu(capsys, tmp_path):

@@ -1,4 +1,6 @@
-"""The Gaussian input noise that CLP.py and LSQ.py train with."""
+"""The Gaussian input noise that CLP.py and LSQ.py train with, and their iteration around it."""
+from contextlib import nullcontext
+
 import torch
 
 
@@ -9,3 +11,16 @@ def with_gaussian_noise(x, std):
     if std == 0:
         return x
     return (x + std * torch.randn_like(x)).clamp(0, 1)
+
+
+def noisy_step(model, optimizer, x, y, noise_std, loss, autocast=nullcontext):
+    """One iteration of CLP or LSQ: noise the batch, compute the script's loss(model, x_noisy, y) -> (loss,
+    logits), step. Returns both detached."""
+    x_noisy = with_gaussian_noise(x, noise_std)
+    model.train()
+    with autocast():
+        value, logits = loss(model, x_noisy, y)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value.detach(), logits.detach()
