@@ -106,6 +106,7 @@ def test_eval_tables_name_the_method_where_a_checkpoint_has_no_leverage_on_cpu()
     from evaluation.report import format_table
     report = {**eval_report(10, 0.9, [("PGD-40", 0.5)], 0.5), "model": "lenet"}
     (table,) = report["threat_models"]
+    table["attacks"][0].update(attack="pgd-linf", options={})
     cells = {}
     for training in ({"method": "LSQ", "squeeze_weight": 0.5, "learning_policy": "null"},
                      {"method": "ALP", "leverage": 0.5, "learning_policy": "null"},
