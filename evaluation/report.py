@@ -37,12 +37,19 @@ def _accuracy_cells(table, clean_accuracy):
             _accuracy(table["worst_case"]["robust_accuracy"])]
 
 
+def _leverage(training):
+    """The leverage cell: an ALP checkpoint's leverage; for a checkpoint of another method (CLP.py's and
+    LSQ.py's pair or squeeze without one), the method's name."""
+    method = training.get("method", "ALP")
+    return _cell(training.get("leverage")) if method == "ALP" else method
+
+
 def format_table(table, report):
     """The reference README's columns plus the worst case; one row, for this model."""
     training = report.get("training_args") or {}
     header = [NORM_SYMBOLS[table["norm"]], "leverage", "Net", "LP", "Nat(%)", *map(_column, table["attacks"]),
               "Worst"]
-    row = [table["epsilon_label"], _cell(training.get("leverage")), report.get("model") or "?",
+    row = [table["epsilon_label"], _leverage(training), report.get("model") or "?",
            _cell(training.get("learning_policy")), *_accuracy_cells(table, report["clean"]["accuracy"])]
     return markdown(header, [row])
 

@@ -103,6 +103,20 @@ def test_a_row_compares_clean_baseline_and_worst_case_and_names_the_masking_flag
     assert weaker["rows"][2]["outside"] and weaker["masking_flags"] == []  # far above theirs: a weak evaluation
 
 
+def test_eval_tables_name_the_method_where_a_checkpoint_has_no_leverage_on_cpu():
+    from evaluation.report import format_table
+    report = {**eval_report(10, 0.9, [("PGD-40", 0.5)], 0.5), "model": "lenet"}
+    (table,) = report["threat_models"]
+    table["attacks"][0].update(attack="pgd-linf", options={})
+    cells = {}
+    for training in ({"method": "LSQ", "squeeze_weight": 0.5, "learning_policy": "null"},
+                     {"method": "ALP", "leverage": 0.5, "learning_policy": "null"},
+                     {"leverage": 1, "learning_policy": "AT"}):  # a checkpoint that names no method: ALP's
+        row = format_table(table, {**report, "training_args": training}).splitlines()[2]
+        cells[training.get("method")] = row.split("|")[2].strip()
+    assert cells == {"LSQ": "LSQ", "ALP": "0.5", None: "1"}
+
+
 def test_help_lists_the_rows_with_the_commands_they_run_on_cpu():
     text = reproduce.build_parser().format_help()
     assert "mosbach-mnist: Mosbach et al.'s MNIST logit-pairing table" in text
