@@ -375,14 +375,5 @@ def test_a_shortened_trial_runs_end_to_end_and_a_kill_in_each_stage_changes_no_f
     again = run(mnist_stand_in_root, moved)
     assert again.count(": done, ") == 4 and "$ " not in again  # training and 3 evaluations: no script ran
     assert figures(moved) == figures(finished)
-    elsewhere = subprocess.run(command(tmp_path / "other-data", moved), capture_output=True, text=True)
-    assert elsewhere.returncode == 2 and f"--data-root {mnist_stand_in_root}, not {tmp_path / 'other-data'}" in \
-        elsewhere.stderr
-    report = json.loads((moved / "eval-linf.json").read_text())
-    fgsm = next(a for a in report["threat_models"][0]["attacks"] if a["label"] == "FGSM")
-    fgsm["robust_accuracy"] = 0.97  # by hand: it contradicts the counts beside it
-    (moved / "eval-linf.json").write_text(json.dumps(report))
-    edited = subprocess.run(command(mnist_stand_in_root, moved), capture_output=True, text=True)
-    assert edited.returncode == 2 and len(edited.stderr.strip().splitlines()) == 1, edited.stderr
-    assert f"{moved / 'eval-linf.json'}: threat_models[0].attacks[" in edited.stderr
-    assert "robust_accuracy (FGSM): 0.97 is not" in edited.stderr and "97.00" not in edited.stdout
+    # Another --data-root and an edited figure are refused by the same code before any script runs: the fast
+    # tests above hold them (test_another_data_root..., the edited reports).

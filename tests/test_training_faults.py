@@ -408,7 +408,7 @@ def test_a_ctrl_c_after_the_scripts_own_code_has_ended_prints_no_traceback(tmp_p
 @pytest.mark.parametrize("script, argv", [("ALP.py", ["mnist", "mnist", "--resume", "--device=cpu"]),
                                           ("eval.py", ["x.pt"])])
 def test_a_sigterm_at_random_moments_of_the_start_stops_the_script_or_comes_after_its_end(script, argv, tmp_path):
-    """CPU. A batch scheduler's SIGTERM right at the start, 12 times at random moments between the start and
+    """CPU. A batch scheduler's SIGTERM right at the start, 6 times at random moments between the start and
     the script's own refusal (of a missing run or checkpoint): each run either stops in one line with
     status 143, or had ended (exit 2, no word of a stop), never both, never a traceback. (Before the script's
     first line and after the interpreter's end, the signal's default action ends the process.)"""
@@ -420,7 +420,7 @@ def test_a_sigterm_at_random_moments_of_the_start_stops_the_script_or_comes_afte
     whole = time.time() - started
     rng = random.Random(0)
     outcomes = set()
-    for _ in range(12):
+    for _ in range(6):
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=env)
         time.sleep(rng.uniform(0.02, whole))
