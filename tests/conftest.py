@@ -20,12 +20,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds on one CPU thread")
 
 
-def pytest_collection_modifyitems(items):
-    """The slow tests first, so that under -n 2 both processes start on them and the quick ones fill the end:
-    a slow test dealt out last would leave one core idle while it runs."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """On a busy 2-core machine two intra-op threads spin-wait on each other (~50x slower than one).
