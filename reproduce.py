@@ -125,6 +125,17 @@ def digest_of(checkpoint):
         fail(str(e))
 
 
+def placement(args, cut):
+    """Where a reproduction goes, the same for every kind of table: (its folder, its command as request.json
+    records it, the data root made absolute, the --data-root and --device flags its scripts get). cut: the
+    shortening flags in force ({} for a reproduction)."""
+    trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
+    folder = args.out or os.path.join("reproductions", args.table + (f"-trial-{trial_name}" if cut else ""))
+    command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
+    data_root = os.path.abspath(args.data_root or "./data")  # the scripts' default, where it is now
+    return folder, command, data_root, ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
+
+
 # --- main --------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -142,19 +153,15 @@ def main(argv=None):
                      f"training run")
     table = TABLES[args.table]
     cut = shortening(table, args.epochs, args.subset, args.images)
-    trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
-    folder = args.out or os.path.join("reproductions", args.table + (f"-trial-{trial_name}" if cut else ""))
+    folder, command, data_root, where = placement(args, cut)
     epochs = cut.get("epochs", reference_epochs(table))
     training = training_argv(table, cut.get("epochs")) + ([f"--subset={cut['subset']}"] if "subset" in cut else [])
     runs = evaluations(table)
     images = cut.get("images", TEST_IMAGES)
-    command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
-    data_root = os.path.abspath(args.data_root or "./data")  # ALP.py's and eval.py's default, where it is now
     claim(folder, {"table": args.table, "command": command, "training": training,
                    "evaluations": [evaluation_argv(norm, attacks) for norm, attacks in runs], "images": images,
                    "data_root": data_root})
     label = trial_label(table, cut, images)
-    where = ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
     print(label or f"REPRODUCTION of the reference's {table.title} table", flush=True)
     print(f"reproduce.py: {table.title} in {folder}: training with {table.training_source} "
           f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test images; "
@@ -202,21 +209,17 @@ def reproduce_rows(parser, args):
     chosen = [name for name in table.rows if name in (args.rows or table.rows)]
     full = (command_epochs(table.common), table.images)
     cut = shortening(table, args.epochs, args.subset, args.images, full=full)
-    trial_name = "-".join(f"{key}{value}" for key, value in cut.items())
-    folder = args.out or os.path.join("reproductions", args.table + (f"-trial-{trial_name}" if cut else ""))
+    folder, command, data_root, where = placement(args, cut)
     epochs, images = cut.get("epochs", full[0]), cut.get("images", table.images)
     subset = [f"--subset={cut['subset']}"] if "subset" in cut else []
     commands = {name: [row.script, *with_epochs(row_training(table, row), cut.get("epochs")), *subset]
                 for name, row in table.rows.items()}
     runs = row_evaluations(table)
-    command = " ".join(["reproduce.py", args.table, *(f"--{key} {value}" for key, value in cut.items())])
-    data_root = os.path.abspath(args.data_root or "./data")  # the scripts' default, where it is now
     claim(folder, {"table": args.table, "command": command, "rows": commands,
                    "evaluations": [evaluation_argv(norm, attacks) for _, norm, attacks, _ in runs], "images": images,
                    "data_root": data_root})
     label = trial_label(table, cut, images, full=full)
-    where = ["--data-root", data_root, *(["--device", args.device] if args.device else [])]
-    common = [*(["--images", str(images)]), *where]
+    common = ["--images", str(images), *where]
     print(label or f"REPRODUCTION of {table.title}", flush=True)
     print(f"reproduce.py: {table.title} in {folder}: rows {', '.join(chosen)}, each trained by its script "
           f"({epochs} epoch{'s' if epochs > 1 else ''}), then {len(runs)} eval.py runs on {images:,} test "
