@@ -40,9 +40,13 @@ def interruptible():
     script can end with one line saying how to continue instead of a traceback."""
     def raise_interrupted(signum, frame):
         global _stopping
+        if _ending is not None:  # the script has said its last line: one more would contradict it
+            _exit_now(_ending)
         _stopping = True  # a second signal, once this block is left (an atexit callback), ends it at once
         raise interrupted_by(signum)
 
+    global _ending
+    _ending = None  # work goes on, so an earlier ending's SystemExit was caught (a test, a Python caller)
     previous = {signum: signal.signal(signum, raise_interrupted) for signum in SIGNALS}
     try:
         yield
@@ -58,6 +62,7 @@ def interruptible():
 _describe_what_is_left = None
 _holding = 0  # how many holding() blocks are open
 _stopping = False
+_ending = None  # the exit status the script is ending with, once it has said its last line (ending())
 
 
 def stop_in_one_line():
@@ -69,8 +74,19 @@ def stop_in_one_line():
     SystemExit, so that `finally` blocks and write_atomically's clean-up run. A second signal, or one that
     lands after the script's own code has ended (in an atexit callback), ends the process at once and
     silently. Under torchrun only rank 0 prints."""
+    global _ending, _stopping
+    _ending, _stopping = None, False
     for signum in SIGNALS:
         signal.signal(signum, _stop)
+
+
+def ending(status):
+    """The script has decided to end with `status` and is about to say why (an error line, --help): a stop
+    that lands from now on ends the process at once, silently, with that status, so that the user never
+    reads both the script's last word and a stop. Until the next interruptible() block: a caller that
+    catches the SystemExit and works on gets its stops back."""
+    global _ending
+    _ending = status
 
 
 def say_on_stop(describe):
@@ -118,13 +134,15 @@ def _exit_now(status):
 def _stop(signum, frame):
     global _stopping
     stop = interrupted_by(signum)
-    if _stopping:  # the second Ctrl-C of an impatient user: no more clean-up
-        _exit_now(stop.exit_status)
+    if _ending is not None:
+        _exit_now(_ending)
+    if _stopping or not _in_main_program(frame):  # a second Ctrl-C, or the script's code has ended: no more
+        _exit_now(stop.exit_status)                # clean-up, and no line (its own last word stands)
     _stopping = True
     if os.environ.get("RANK", "0") == "0":
         clause = _describe_what_is_left() if _describe_what_is_left is not None else None
         line = f"{os.path.basename(sys.argv[0])}: stopped by {stop}" + (f"; {clause}" if clause else "")
         os.write(2, (line + "\n").encode())  # not print(): the signal may have landed inside one
-    if (_describe_what_is_left is None and not _holding) or _importing(frame) or not _in_main_program(frame):
+    if (_describe_what_is_left is None and not _holding) or _importing(frame):
         _exit_now(stop.exit_status)
     raise SystemExit(stop.exit_status)

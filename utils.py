@@ -13,7 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from interrupts import holding
+from interrupts import ending, holding
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -32,6 +32,10 @@ class CLIParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def exit(self, status=0, message=None):
+        ending(status)  # its line (an error, --help) is the script's last word: a stop now must not follow it
+        super().exit(status, message)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}{self.did_you_mean(message)}\n")
@@ -53,7 +57,8 @@ class CLIParser(argparse.ArgumentParser):
 
 def fail(message, status=2):
     """Stop a script with one line on stderr: for bad input and data or checkpoints that cannot be used."""
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    ending(status)
+    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")  # one write: a stop cannot cut it
     sys.exit(status)
 
 

@@ -342,7 +342,8 @@ def test_a_ctrl_c_in_the_first_checkpoint_write_leaves_no_temporary_file(synthet
 
 # A sitecustomize.py that makes a script stop at a chosen moment, without a race: STOP_WITH (SIGINT or
 # SIGTERM) is sent to the process when it first imports the module STOP_AT_IMPORT, when it renames a file
-# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place), or with STOP_AT_EXIT in the last
+# into STOP_AT_RENAME_TO (the moment write_atomically puts a file in place), right after it writes a line
+# holding STOP_AFTER_WRITING to stderr (its error line, before it exits), or with STOP_AT_EXIT in the last
 # atexit callback (a Ctrl-C once the script's own code has ended).
 STOPPING_SITECUSTOMIZE = """
 import importlib.abc, os, signal, sys
@@ -364,6 +365,22 @@ def replace_stopping(src, dst):
     return real_replace(src, dst)
 
 os.replace = replace_stopping
+
+class StderrStopping:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        written = self.stream.write(text)
+        if os.environ.get("STOP_AFTER_WRITING") and os.environ["STOP_AFTER_WRITING"] in text:
+            self.stream.flush()
+            os.kill(os.getpid(), signum)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+sys.stderr = StderrStopping(sys.stderr)
 if os.environ.get("STOP_AT_EXIT"):
     import atexit
     atexit.register(lambda: os.kill(os.getpid(), signum))
@@ -398,10 +415,28 @@ def test_a_sigterm_inside_an_import_that_catches_errors_still_stops_the_process_
     assert (stopped.returncode, stopped.stderr) == (143, f"{script}: stopped by SIGTERM\n")
 
 
-def test_a_ctrl_c_after_the_scripts_own_code_has_ended_prints_no_traceback(tmp_path):
-    stopped = stopped_script(tmp_path, ["eval.py", str(tmp_path / "x.pt")], STOP_WITH="SIGINT", STOP_AT_EXIT="1")
-    assert "Traceback" not in stopped.stderr and "Exception ignored" not in stopped.stderr, stopped.stderr
-    assert stopped.returncode == 130 and stopped.stderr.splitlines()[-1] == "eval.py: stopped by Ctrl-C"
+def test_a_ctrl_c_after_the_scripts_error_line_leaves_that_line_its_last_word(tmp_path):
+    """CPU. The stop lands between the error line and the exit: the user reads the refusal alone, with its
+    status, never a refusal followed by a stop (a race a batch scheduler's SIGTERM once won)."""
+    for stop in ({"STOP_AFTER_WRITING": "error:"}, {"STOP_AT_EXIT": "1"}):
+        stopped = stopped_script(tmp_path, ["eval.py", tmp_path / "x.pt"], STOP_WITH="SIGINT", **stop)
+        assert (stopped.returncode, stopped.stderr) == (2, f"eval.py: error: no checkpoint at {tmp_path / 'x.pt'}\n")
+
+
+def test_a_bad_flag_stopped_right_after_its_error_line_ends_with_that_line_and_status_2(tmp_path):
+    stopped = stopped_script(tmp_path, ["ALP.py", "--optimiser=adam"], STOP_WITH="SIGTERM",
+                             STOP_AFTER_WRITING="error:")
+    assert stopped.returncode == 2 and stopped.stderr.startswith("ALP.py: error: ") and "stopped" not in stopped.stderr
+
+
+def test_a_ctrl_c_after_a_scripts_own_code_has_ended_without_error_is_silent(tmp_path):
+    """CPU. In the last atexit callback the work is done and said: the process ends at once, with no line and
+    no 'Exception ignored in atexit callback'."""
+    program = tmp_path / "done.py"
+    program.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom interrupts import stop_in_one_line\n"
+                       "stop_in_one_line()\nprint('done')\n")
+    stopped = stopped_script(tmp_path, [program], STOP_WITH="SIGINT", STOP_AT_EXIT="1")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (130, "done\n", "")
 
 
 @pytest.mark.slow
