@@ -1,10 +1,13 @@
 """Data sets as whole uint8 tensors on the training device, augmented per batch there (as airbench does).
 
-Each split is decoded once through torchvision's own data set class (which also downloads it into the data
-root on first use) and kept as one N x C x H x W uint8 tensor. A batch is a gather from that tensor plus a
+Each split is decoded once and kept as one N x C x H x W uint8 tensor: MNIST-type files (idx) are read here,
+CIFAR and SVHN through torchvision's own data set classes, and torchvision downloads a data set missing from
+the data root. torchvision is imported only for those: its import costs about a second (it brings in
+torch._dynamo), which every script start would pay. A batch is a gather from that tensor plus a
 random crop/flip done with index arithmetic on the device: no worker processes, no per-image PIL work.
 """
 import hashlib
+import importlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -12,9 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.datasets as tvd
-import torchvision.datasets.cifar as tv_cifar
-import torchvision.datasets.svhn as tv_svhn
 
 from utils import short_reason, update_digest
 
@@ -36,8 +36,13 @@ class DatasetSpec:
     folder: str             # what torchvision puts under the data root, for error messages
 
 
-def _split(cls):
-    return lambda root, train, download: cls(root, train=train, download=download)
+def _torchvision(name):
+    """torchvision.datasets.NAME, imported on first use (see the docstring above)."""
+    return getattr(importlib.import_module("torchvision.datasets"), name)
+
+
+def _split(name):
+    return lambda root, train, download: _torchvision(name)(root, train=train, download=download)
 
 
 CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)  # C x H x W
@@ -45,16 +50,16 @@ CIFAR_SHAPE, MNIST_SHAPE = (3, 32, 32), (1, 28, 28)  # C x H x W
 # mean/std are the ALP reference's normalisation constants, so that our models (which normalise inside)
 # give the reference's logits for the reference's weights; MNIST-type data is not normalised there.
 DATASETS = {
-    "cifar10": DatasetSpec(_split(tvd.CIFAR10), 10, (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2617),
+    "cifar10": DatasetSpec(_split("CIFAR10"), 10, (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2617),
                            "cifar", CIFAR_SHAPE, True, True, "cifar-10-batches-py"),
-    "cifar100": DatasetSpec(_split(tvd.CIFAR100), 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
+    "cifar100": DatasetSpec(_split("CIFAR100"), 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
                             "cifar", CIFAR_SHAPE, True, True, "cifar-100-python"),
     # Digits are not mirror-symmetric, so SVHN gets crops but no flips.
-    "svhn": DatasetSpec(lambda root, train, download: tvd.SVHN(root, "train" if train else "test",
-                                                                  download=download),
+    "svhn": DatasetSpec(lambda root, train, download: _torchvision("SVHN")(root, "train" if train else "test",
+                                                                             download=download),
                         10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar", CIFAR_SHAPE, True, False, "."),
-    "mnist": DatasetSpec(_split(tvd.MNIST), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False, False, "MNIST"),
-    "fashionmnist": DatasetSpec(_split(tvd.FashionMNIST), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False,
+    "mnist": DatasetSpec(_split("MNIST"), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False, False, "MNIST"),
+    "fashionmnist": DatasetSpec(_split("FashionMNIST"), 10, (0.0,), (1.0,), "mnist", MNIST_SHAPE, False,
                                 False, "FashionMNIST"),
 }
 
@@ -68,9 +73,9 @@ def _checked_files(name, root, train):
         return [(os.path.join(folder, "raw", f"{prefix}-{kind}-ubyte"), ("idx", magic))
                 for prefix in ("train", "t10k") for kind, magic in (("images-idx3", 2051), ("labels-idx1", 2049))]
     if name == "svhn":
-        _, filename, md5 = tvd.SVHN.split_list["train" if train else "test"]
+        _, filename, md5 = _torchvision("SVHN").split_list["train" if train else "test"]
         return [(os.path.join(folder, filename), ("md5", md5))]
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]  # both splits' files, as torchvision
+    cls = _torchvision({"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[name])  # both splits' files, as torchvision
     return [(os.path.join(folder, filename), ("md5", md5)) for filename, md5 in cls.train_list + cls.test_list]
 
 
@@ -78,7 +83,10 @@ def _damage(path, check):
     """Why a file that is there cannot be what torchvision expects, or None."""
     kind, expected = check
     if kind == "md5":
-        checker = tv_svhn.check_integrity if path.endswith(".mat") else tv_cifar.check_integrity
+        # the name each torchvision class checks with (looked up at each call: patched in tests and in
+        # offline stand-ins whose files are not the originals)
+        module = importlib.import_module("torchvision.datasets." + ("svhn" if path.endswith(".mat") else "cifar"))
+        checker = module.check_integrity
         return None if checker(path, expected) else "it fails torchvision's md5 check"
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -116,6 +124,21 @@ def _download(name, root, train):
             f"{root}") from None
 
 
+def _read_idx(path):
+    """An idx-ubyte file that passed _damage() (magic number, dimensions, size) as a uint8 tensor of its
+    dimensions: what torchvision's MNIST class reads from it."""
+    with open(path, "rb") as f:
+        content = bytearray(f.read())
+    dims = [int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(content[3])]
+    return torch.frombuffer(content, dtype=torch.uint8)[4 * (1 + len(dims)):].view(*dims)
+
+
+def _data_and_labels(ds):
+    """(images, labels) tensors of a torchvision data set object."""
+    labels = ds.targets if hasattr(ds, "targets") else ds.labels  # SVHN: .labels
+    return torch.as_tensor(np.asarray(ds.data)), torch.as_tensor(np.asarray(labels))
+
+
 def load_split(name, root, train):
     """(images uint8 N x C x H x W, labels int64 N) of one split, on the CPU. Downloads the data set into
     root when none of its files are there; files that are there but damaged are named, never replaced."""
@@ -126,7 +149,7 @@ def load_split(name, root, train):
     files = _checked_files(name, root, train)
     present = [path for path, _ in files if os.path.isfile(path)]
     if not present:
-        ds = _download(name, root, train)
+        images, labels = _data_and_labels(_download(name, root, train))
     else:
         missing = [path for path, _ in files if path not in present]
         if missing:
@@ -136,13 +159,15 @@ def load_split(name, root, train):
             reason = _damage(path, check)
             if reason:
                 raise DataError(f"{path} is damaged ({reason}); replace it, or delete it to download it again")
-        try:
-            ds = spec.load(root, train, download=False)
-        except Exception as e:  # the files passed the checks above, but torchvision could not read them
-            raise DataError(f"{name} ({split} split) under {root} is damaged: torchvision cannot read it "
-                            f"({short_reason(e)})") from None
-    images = torch.as_tensor(np.asarray(ds.data))
-    labels = torch.as_tensor(np.asarray(ds.targets if hasattr(ds, "targets") else ds.labels))  # SVHN: .labels
+        if spec.family == "mnist":  # the checks above read each file's header: the rest is the data
+            split_files = files[:2] if train else files[2:]  # (images, labels) of the split
+            images, labels = (_read_idx(path) for path, _ in split_files)
+        else:
+            try:
+                images, labels = _data_and_labels(spec.load(root, train, download=False))
+            except Exception as e:  # the files passed the checks above, but torchvision could not read them
+                raise DataError(f"{name} ({split} split) under {root} is damaged: torchvision cannot read it "
+                                f"({short_reason(e)})") from None
     if images.dim() == 3:                      # MNIST-type: N x H x W
         images = images.unsqueeze(1)
     elif images.shape[-1] == 3:                # CIFAR: N x H x W x C; SVHN is already N x C x H x W

@@ -42,7 +42,7 @@ EPSILONS = {
     "synthetic": {"linf": 0.17, "l2": 2.3, "l1": 18.0, "l1-dense": 38.0, "aa-linf": 0.13},
 }
 # Carlini-Wagner cut down from 9 x 1000 steps for time, the same on both sides.
-CW_SETTINGS = dict(binary_search_steps=3, steps=200, initial_const=1.0)
+CW_SETTINGS = dict(binary_search_steps=3, steps=100, initial_const=1.0)
 
 
 def small_cnn():
@@ -190,9 +190,10 @@ def test_carlini_wagner_matches_foolbox_robust_accuracy_and_median_size(setting)
 
 @pytest.mark.slow
 def test_autoattack_adapter_matches_pyautoattack(setting):
+    """CPU. Also the contract of every attack (see below) for AutoAttack at ℓ∞, on this run."""
     model, x, y, eps = setting
-    x, y = x[:24], y[:24]
-    ours = AutoAttack(eps["aa-linf"], "linf", seed=0)(model, x, y)
+    x, y = x[:24].clone(), y[:24]
+    ours = assert_keeps_the_contract(model, x, y, AutoAttack(eps["aa-linf"], "linf", seed=0))
     direct = PackageAutoAttack(copy.deepcopy(model), device=DEVICE, eps=eps["aa-linf"], norm=PACKAGE_NORMS["linf"],
                                seed=0, version="standard")
     theirs, _ = direct.run_standard_evaluation(x, y, batch_size=500)
@@ -207,6 +208,10 @@ THREAT_MODEL = {
     "fgsm": "linf", "pgd-linf": "linf", "pgd-l2": "l2", "pgd-l1": "l1", "slide": "l1", "deepfool-linf": "linf",
     "deepfool-l2": "l2", "cw-l2": "l2", "aa-linf": "linf", "aa-l2": "l2", "aa-l1": "l1",
 }
+# AutoAttack at ℓ2 and ℓ1 gets thrice the comparisons' epsilon: its first attack then breaks every sample, and
+# the later ones (thousands of Square queries on each robust sample) never run. The contract is the
+# adapter's (the same code at every norm); its ℓ∞ run in full is checked in the comparison with pyautoattack.
+CONTRACT_EPSILON_SCALE = {"aa-l2": 3, "aa-l1": 3}
 # Options for a quick run: PGD needs a step size, SLIDE and Carlini-Wagner get a short budget.
 QUICK = {
     "pgd-linf": dict(rel_stepsize=0.25), "pgd-l2": dict(rel_stepsize=0.25), "pgd-l1": dict(rel_stepsize=0.25),
@@ -218,26 +223,35 @@ def test_registry_holds_every_evaluation_attack():
     assert set(ATTACKS) == set(THREAT_MODEL)
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("aa") else name
-                                  for name in sorted(THREAT_MODEL)])
-def test_attack_stays_in_the_box_and_the_ball_and_leaves_model_and_input_as_they_were(setting, name):
-    trained, x, y, eps = setting
+def assert_keeps_the_contract(trained, x, y, attack):
+    """attack(model, x, y) on a copy of the model in training mode: the result stays in the box and the
+    ball, and the input, the model's mode and its parameters' gradients are as they were. Returns it."""
     model = copy.deepcopy(trained).train()  # eval mode during the attack must not stick
     assert all(p.grad is None for p in model.parameters())
-    x, y = x[:12].clone(), y[:12]
     x_before = x.clone()
-    norm = THREAT_MODEL[name]
-    attack = ATTACKS[name](eps[norm], **QUICK.get(name, {}))
-    assert attack.epsilon == eps[norm] and attack.norm == norm
     x_adv = attack(model, x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    assert (flat_norm(x_adv - x, norm) <= eps[norm] * (1 + 1e-5) + 1e-6).all()
+    assert (flat_norm(x_adv - x, attack.norm) <= attack.epsilon * (1 + 1e-5) + 1e-6).all()
     assert torch.equal(x, x_before)
     if hasattr(attack, "minimize"):  # the minimal adversarial, clipped into the ball
-        assert torch.equal(x_adv, (x + clip_to_ball(attack.minimize(model, x, y) - x, eps[norm], norm)).clamp(0, 1))
+        minimal = attack.minimize(model, x, y)
+        assert torch.equal(x_adv, (x + clip_to_ball(minimal - x, attack.epsilon, attack.norm)).clamp(0, 1))
     assert model.training
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    return x_adv
+
+
+# aa-linf keeps it in test_autoattack_adapter_matches_pyautoattack, whose run serves both
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name.startswith("aa") else name
+                                  for name in sorted(THREAT_MODEL) if name != "aa-linf"])
+def test_attack_stays_in_the_box_and_the_ball_and_leaves_model_and_input_as_they_were(setting, name):
+    model, x, y, eps = setting
+    norm = THREAT_MODEL[name]
+    epsilon = eps[norm] * CONTRACT_EPSILON_SCALE.get(name, 1)
+    attack = ATTACKS[name](epsilon, **QUICK.get(name, {}))
+    assert attack.epsilon == epsilon and attack.norm == norm
+    assert_keeps_the_contract(model, x[:12].clone(), y[:12], attack)
 
 
 # --- SLIDE's pieces -----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Data: loading through torchvision's own classes from files in the real on-disk formats, the errors when
+"""Data: loading from files in the real on-disk formats (MNIST-type here, the others through torchvision's own
+classes), the errors when
 data is missing, validation hold-out and subsets, the crop/flip augmentation, and the device loader."""
 import gzip
 import os
@@ -63,8 +64,29 @@ def as_nchw(images):
     return images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
 
 
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
+def test_mnist_type_files_are_read_as_torchvisions_class_reads_them_on_cpu(name, folder, tmp_path):
+    import torchvision.datasets as tvd
+    write_dataset(name, tmp_path, n_train=30, n_test=9)
+    for train in (True, False):
+        theirs = getattr(tvd, folder)(str(tmp_path), train=train, download=False)
+        images, labels = load_split(name, str(tmp_path), train=train)
+        assert torch.equal(images[:, 0], theirs.data) and torch.equal(labels, theirs.targets)
+
+
+def test_a_script_starts_without_importing_torchvision(tmp_path):
+    """CPU. torchvision's import (which brings in torch._dynamo) took about a second of each script's start;
+    it is needed only to download, and to read CIFAR and SVHN."""
+    import subprocess
+    import sys
+    probe = "import sys, data, eval, ALP; print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.stdout == "[]\n", done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_each_dataset_loads_through_torchvision_from_its_real_format(name, tmp_path, monkeypatch):
+def test_each_dataset_loads_from_its_real_on_disk_format(name, tmp_path, monkeypatch):
     patch_md5(monkeypatch)
     train_x, train_y, test_x, test_y = write_dataset(name, tmp_path)
     channels = 1 if DATASETS[name].family == "mnist" else 3

@@ -251,8 +251,9 @@ def test_a_console_that_goes_away_ends_the_output_not_the_run(synthetic_mnist_ro
 
 @pytest.mark.slow
 def test_alp_piped_into_head_finishes_its_run_without_a_word_on_stderr(synthetic_mnist_root, tmp_path):
+    """CPU. ALP.py's main() in a process of its own (tests/alp_process.py: a cheap validation)."""
     argv = quick_run(synthetic_mnist_root, tmp_path / "runs", "--epochs=1")
-    process = subprocess.Popen([sys.executable, "ALP.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "tests/alp_process.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     process.stdout.readline()
     process.stdout.close()  # what head does after its lines
