@@ -222,7 +222,8 @@ def test_script_trains_end_to_end_and_eval_py_evaluates_its_checkpoint(script, s
     assert run.name.startswith(f"mnist-lenet-{script.__name__}-")
     args = json.loads((run / "args.json").read_text())["runs"][0]["args"]
     assert args["method"] == script.__name__ and args["noise_std"] == 0.5
-    assert "epoch   2/2" in capsys.readouterr().out
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch   2/2 |")]
+    assert len(epoch_lines) == 1 and "| train acc " in epoch_lines[0]  # no adversarial half here
     checkpoint = run / "last.pt"
     code, out, err = run_eval(capsys, checkpoint, "--data-root", synthetic_mnist_root, "--n", 20, "--attacks",
                               "fgsm", "--json", tmp_path / "eval.json")

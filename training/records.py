@@ -109,11 +109,18 @@ def append_start(path, args, in_force, resume):
 
 # --- log.txt -----------------------------------------------------------------------------------------------------
 
-def epoch_line(row, epochs):
+# What an epoch's training accuracy is measured on, as its log line and curves.png name it (by the method of
+# the script): ALP's on the adversarial half of each batch, CLP's and LSQ's on the batches they train on
+# (noised, unless --noise-std 0).
+TRAINING_ACCURACY = {"ALP": ("adv acc", "training (adversarial half)"),
+                     "CLP": ("train acc", "training batches"), "LSQ": ("train acc", "training batches")}
+
+
+def epoch_line(row, epochs, method="ALP"):
     accuracies = (f" | clean {percent(row['clean_accuracy'])} robust {percent(row['robust_accuracy'])}"
                   if row["clean_accuracy"] is not None else "")
     return (f"epoch {row['epoch']:3d}/{epochs} | lr {row['lr']:.4g} | loss {row['train_loss']:.4f} | "
-            f"adv acc {percent(row['train_adv_accuracy'])}{accuracies} | {row['seconds']:.1f}s"
+            f"{TRAINING_ACCURACY[method][0]} {percent(row['train_adv_accuracy'])}{accuracies} | {row['seconds']:.1f}s"
             + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
 
 
@@ -147,8 +154,8 @@ def write_csv(rows, path):
     write_atomically(path, text.getvalue())
 
 
-def curves_figure(rows, title="", robust_label="robust"):
-    """The figure of plot_curves. Above, accuracy (%): training's on the adversarial half at every epoch, and
+def curves_figure(rows, title="", robust_label="robust", method="ALP"):
+    """The figure of plot_curves. Above, accuracy (%): training's (TRAINING_ACCURACY) at every epoch, and
     validation's, clean and under its attack (`robust_label` names it), at every validated epoch; below, the
     training loss at every epoch. Markers where there are few points to see, the whole title wrapped, and a
     note instead of an empty frame."""
@@ -163,7 +170,7 @@ def curves_figure(rows, title="", robust_label="robust"):
     def draw(ax, kept, key, label, scale=100, **style):
         ax.plot([r["epoch"] for r in kept], [scale * r[key] for r in kept], label=label,
                 marker="o" if len(kept) <= 40 else None, **style)
-    draw(accuracy, trained, "train_adv_accuracy", "training (adversarial half)", color="0.6", markersize=4)
+    draw(accuracy, trained, "train_adv_accuracy", TRAINING_ACCURACY[method][1], color="0.6", markersize=4)
     draw(accuracy, validated, "clean_accuracy", "validation, clean", color="C0")
     draw(accuracy, validated, "robust_accuracy", f"validation, {robust_label}", color="C1")
     draw(loss, trained, "train_loss", "training loss", scale=1, color="0.4", markersize=4)
@@ -188,10 +195,10 @@ def curves_figure(rows, title="", robust_label="robust"):
     return fig
 
 
-def plot_curves(rows, path, title="", robust_label="robust"):
+def plot_curves(rows, path, title="", robust_label="robust", method="ALP"):
     """curves.png of a run: see curves_figure."""
     import matplotlib.pyplot as plt
-    fig = curves_figure(rows, title, robust_label)
+    fig = curves_figure(rows, title, robust_label, method)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)

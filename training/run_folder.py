@@ -78,6 +78,11 @@ class RunFolder:
         self.metrics, self.best = [], {key: -1.0 for key in BEST}
         self.lock, self._log_file = None, None
 
+    @property
+    def method(self):
+        """The script's method (ALP, CLP, LSQ): what its epoch lines' training accuracy is measured on."""
+        return self.args.get("method", "ALP")
+
     def _at(self, path):
         self.path, self.last = path, os.path.join(path, "last.pt")
 
@@ -254,7 +259,7 @@ class RunFolder:
         with open(self.file("log.txt")) as f:
             logged = {without_epoch_count(line) for line in f.read().splitlines()}
         for row in metrics:
-            line = epoch_line(row, epochs)
+            line = epoch_line(row, epochs, self.method)
             if without_epoch_count(line) not in logged:  # logged as "epoch 2/2" by a run grown since
                 self.log(f"(epoch {row['epoch']}'s line, restored from last.pt: the run was stopped before it "
                          f"was logged)")
@@ -310,7 +315,7 @@ class RunFolder:
         save_checkpoint({**weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "metrics": self.metrics, "best": self.best, "rng": rng_states}, self.last)
         write_csv(self.metrics, self.file("metrics.csv"))
-        self.log(epoch_line(row, epochs))
+        self.log(epoch_line(row, epochs, self.method))
         if self.target != self.path:  # the first epoch of a run whose --epochs changed: now it has the new name
             self._move_to_target(row["epoch"] - 1)
 
@@ -333,7 +338,7 @@ class RunFolder:
         if not self.is_main:
             return
         plot_curves(self.metrics, self.file("curves.png"), title=title,
-                    robust_label=validation_name(self.args["dataset"]))
+                    robust_label=validation_name(self.args["dataset"]), method=self.method)
         written = [key for key in BEST if self.best[key] >= 0 and os.path.isfile(self.file(best_file_name(key)))]
         if written:
             figures = ", ".join(f"best {key.split('_')[0]} {percent(self.best[key])} ({best_file_name(key)})"
