@@ -552,3 +552,13 @@ def test_args_json_from_before_run_records_is_read_as_the_first_run(tmp_path):
     with open(tmp_path / "args.json", "w") as f:
         json.dump({"epochs": 3, "lr": 0.1}, f)
     assert RunFolder(str(tmp_path), {}).first_args() == {"epochs": 3, "lr": 0.1}
+
+
+def test_log_lines_are_matched_to_their_epoch_by_number_whatever_their_count_and_words():
+    """CPU. A resume adds the lines of epochs that last.pt holds and log.txt lacks: a line logged with
+    another --epochs or by a script that named its training accuracy otherwise still counts."""
+    from training.records import logged_epoch
+    assert logged_epoch("epoch   2/3 | lr 0.1 | loss 1.0000 | adv acc 50.00% | 1.0s") == 2
+    assert logged_epoch("epoch  12/100 | lr 0.001 | loss 1.0000 | train acc 50.00% | 1.0s") == 12
+    assert logged_epoch("(epoch 2's line, restored from last.pt: the run was stopped before it was logged)") is None
+    assert logged_epoch("epoch 8: 71/235 batch (30%) in 20 s, about 46 s left") is None

@@ -124,9 +124,11 @@ def epoch_line(row, epochs, method="ALP"):
             + (f" (validation {row['validation_seconds']:.1f}s)" if row.get("validation_seconds") else ""))
 
 
-def without_epoch_count(line):
-    """An epoch line without its "/EPOCHS", which a run whose --epochs changed logged with another count."""
-    return re.sub(r"^(epoch +\d+)/\d+ ", r"\1 ", line)
+def logged_epoch(line):
+    """The epoch an epoch line of log.txt is about, or None for another line. By number alone: a run whose
+    --epochs changed logged it with another count, and a run of an earlier release with other words."""
+    match = re.match(r"epoch +(\d+)/\d+ \|", line)
+    return int(match.group(1)) if match else None
 
 
 # --- random-number state -----------------------------------------------------------------------------------------

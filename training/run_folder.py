@@ -26,8 +26,8 @@ from weights import put_weights
 
 from . import resume as policy
 from .lock import RunLock, RunLockHeld, lock_holder
-from .records import (BEST, append_start, best_file_name, epoch_line, first_args, mark_epochs_changed, plot_curves,
-                      recorded_data_digest, set_rng_state, without_epoch_count, write_csv)
+from .records import (BEST, append_start, best_file_name, epoch_line, first_args, logged_epoch, mark_epochs_changed,
+                      plot_curves, recorded_data_digest, set_rng_state, write_csv)
 from .validation import validation_name
 
 
@@ -257,13 +257,12 @@ class RunFolder:
         if metrics:
             write_csv(metrics, self.file("metrics.csv"))
         with open(self.file("log.txt")) as f:
-            logged = {without_epoch_count(line) for line in f.read().splitlines()}
+            logged = {logged_epoch(line) for line in f.read().splitlines()}
         for row in metrics:
-            line = epoch_line(row, epochs, self.method)
-            if without_epoch_count(line) not in logged:  # logged as "epoch 2/2" by a run grown since
+            if row["epoch"] not in logged:
                 self.log(f"(epoch {row['epoch']}'s line, restored from last.pt: the run was stopped before it "
                          f"was logged)")
-                self.log(line)
+                self.log(epoch_line(row, epochs, self.method))
 
     # --- during training ---------------------------------------------------------------------------------------
 
