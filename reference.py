@@ -120,8 +120,8 @@ MOSBACH_IMAGES = 1_000
 # What every row shares, from their train.py defaults and train.sh: Adam at lr 1e-3 (their epsilon 1e-6,
 # PyTorch's 1e-8: not a flag here), batch 256, 100 epochs, a constant rate, no weight decay (--wd is on but
 # --wd_lambda 0). Their training evaluates on its 1,000 test images each epoch. Our validation runs PGD-100 on
-# the whole test split: on a 2-core CPU (Xeon with AMX, other jobs running) LSQ.py's estimate was 2.7 min for
-# a training epoch and 34 min for a validation, so the rows validate at the 50th and the last epoch only.
+# the whole test split in float32: on an idle 2-core CPU (Xeon with AMX) one took 5.1-8.0 min against 14.7 s
+# for a bf16 training epoch of the Plain and CLP rows, so the rows validate at the 50th and the last epoch only.
 MOSBACH_COMMON = ["--optimizer=adam", "-lr=0.001", "-mom=0", "-b=256", "--epochs=100", "-wd=0", "-lp=null",
                   "--eval-freq=50"]
 # The adversarial rows' PGD (train.py and train_utils.get_at_loss): ε 76.5/255 = 0.3, 40 steps of 2.55/255 =

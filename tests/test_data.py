@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED
+from conftest import ROOT, SHARED
 from data import (DATASETS, DataError, DeviceLoader, balanced_subset, data_digest, load_split, random_crop_flip,
                   train_val_splits)
 from formats import patch_md5, write_cifar10, write_cifar100, write_mnist, write_svhn
@@ -80,8 +80,7 @@ def test_a_script_starts_without_importing_torchvision(tmp_path):
     import subprocess
     import sys
     probe = "import sys, data, eval, ALP; print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout == "[]\n", done.stdout + done.stderr
 
 
